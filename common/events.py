@@ -1,0 +1,222 @@
+"""Bus events: the one definition of every event on a node's local bus.
+
+An event travels as two ZeroMQ frames, ``[topic, body]``: ``topic`` is the
+UTF-8 event name (subscribers filter on its prefix) and ``body`` a msgpack map
+holding ``v`` (the event's version), ``src`` (the publishing service), ``ts``
+(unix seconds) and the event's own fields. docs/protocol.md, "Events", lists
+them all; ``tests/unit/test_protocol_doc.py`` keeps the two in step.
+
+Receivers call ``decode_event``: it rejects anything that is not exactly two
+frames, an unknown topic, a body that is not a msgpack map within the size
+limit, a ``v`` it does not know, or a field of the wrong type or size. Unknown
+*fields* are ignored, so a newer publisher may add optional fields without a
+version bump (docs/protocol.md, "Versions").
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from . import codec
+from .errors import SchemaError
+from .schema import HEX32, Len, Match, Range, Record, record
+
+#: Sent alone (one frame) by the broker to each new subscriber (ZMQ_XPUB_WELCOME_MSG).
+WELCOME_TOPIC = "bus.welcome"
+MAX_TOPIC = 64
+DEFAULT_MAX_EVENT_BYTES = 262144
+
+ServiceName = Annotated[str, Match(r"[a-z][a-z0-9_-]{0,31}")]
+HexKey = Annotated[str, HEX32]
+Address = Annotated[str, Match(r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}"), Len(9, 21)]
+Nickname = Annotated[str, Len(1, 32)]
+Fingerprint = Annotated[str, Match(r"[0-9a-f]{4}(-[0-9a-f]{4}){3}")]
+PeerStateName = Literal["discovered", "connected", "verified", "mesh", "offline"]
+ServiceStateName = Literal["up", "starting", "stopping", "restarting", "down", "failed"]
+Seq = Annotated[int, Range(0, 2**63 - 1)]
+
+EVENTS: dict[str, type[Event]] = {}
+
+
+@record
+class Event(Record):
+    """Base of every bus event; subclasses set ``TOPIC`` and ``V``."""
+
+    TOPIC: ClassVar[str] = ""
+    V: ClassVar[int] = 1
+
+    src: ServiceName
+    ts: Annotated[float, Range(0, 2**40)]
+
+
+def event(topic: str, v: int = 1):
+    """Declare an event class: frozen keyword-only dataclass, registered by topic."""
+
+    def wrap(cls: type) -> type:
+        if topic in EVENTS:
+            raise TypeError(f"event topic {topic!r} defined twice")
+        if not 0 < len(topic) <= MAX_TOPIC:
+            raise TypeError(f"bad topic {topic!r}")
+        cls.TOPIC = topic
+        cls.V = v
+        made = record(cls)
+        EVENTS[topic] = made
+        return made
+
+    return wrap
+
+
+# --- shared records -------------------------------------------------------------
+
+
+@record
+class PeerInfo(Record):
+    """What this node knows of one peer (docs/protocol.md, "PeerInfo")."""
+
+    key: HexKey
+    fingerprint: Fingerprint
+    nickname: Nickname
+    addresses: Annotated[tuple[Address, ...], Len(0, 16)]
+    state: PeerStateName
+    last_seen: Annotated[float, Range(0, 2**40)]
+    #: Hop count over the mesh; 1 for a direct neighbour, None if unknown.
+    hops: Annotated[int, Range(0, 255)] | None = None
+    #: Set when the key differs from the one pinned for this nickname/fingerprint.
+    alert: Annotated[str, Len(0, 200)] | None = None
+
+
+@record
+class ServiceHealth(Record):
+    """One row of ``tazcom status``."""
+
+    service: ServiceName
+    state: ServiceStateName
+    pid: Annotated[int, Range(0, 2**31)] | None
+    since: Annotated[float, Range(0, 2**40)] | None = None
+    last_heartbeat: Annotated[float, Range(0, 2**40)] | None = None
+    detail: Annotated[str, Len(0, 200)] = ""
+
+
+# --- bus and service life -----------------------------------------------------------
+
+
+@event("bus.ping")
+class BusPing(Event):
+    """Published by a client to itself to prove its subscription is live."""
+
+    nonce: Annotated[bytes, Len(8, 32)]
+
+
+@event("service.started")
+class ServiceStarted(Event):
+    """A service finished starting and serves requests."""
+
+    service: ServiceName
+    pid: Annotated[int, Range(0, 2**31)]
+    version: Annotated[str, Len(0, 32)]
+
+
+@event("service.heartbeat")
+class ServiceHeartbeat(Event):
+    """Every ``heartbeat_interval`` seconds from every service."""
+
+    service: ServiceName
+    pid: Annotated[int, Range(0, 2**31)]
+    state: ServiceStateName
+    uptime: Annotated[float, Range(0, 2**40)]
+    detail: Annotated[str, Len(0, 200)] = ""
+
+
+@event("service.stopping")
+class ServiceStopping(Event):
+    """A service received SIGTERM and is closing."""
+
+    service: ServiceName
+    pid: Annotated[int, Range(0, 2**31)]
+
+
+# --- peers ---------------------------------------------------------------------------
+
+
+@event("peer.discovered")
+class PeerDiscovered(Event):
+    """A peer became reachable (a valid signed record was seen, or a link came up)."""
+
+    seq: Seq
+    peer: PeerInfo
+
+
+@event("peer.updated")
+class PeerUpdated(Event):
+    """Something visible about a reachable peer changed (addresses, nickname, state)."""
+
+    seq: Seq
+    peer: PeerInfo
+
+
+@event("peer.lost")
+class PeerLost(Event):
+    """A peer became unreachable; it stays in the table as ``offline``."""
+
+    seq: Seq
+    peer: PeerInfo
+
+
+@event("discovery.rejected")
+class DiscoveryRejected(Event):
+    """An mDNS record was ignored (logged once per name and reason)."""
+
+    name: Annotated[str, Len(0, 255)]
+    address: Annotated[str, Len(0, 64)]
+    reason: Annotated[str, Len(1, 64)]
+
+
+# --- gateway -------------------------------------------------------------------------
+
+
+@event("gateway.listening")
+class GatewayListening(Event):
+    """The gateway accepts TCP connections on these addresses."""
+
+    addresses: Annotated[tuple[Address, ...], Len(1, 16)]
+    port: Annotated[int, Range(1, 65535)]
+
+
+# --- codec ---------------------------------------------------------------------------
+
+
+def encode_event(ev: Event) -> list[bytes]:
+    """The two frames of ``ev``."""
+    body = ev.to_dict()
+    body["v"] = ev.V
+    return [ev.TOPIC.encode(), codec.pack(body)]
+
+
+def decode_event(frames: list[bytes], max_size: int = DEFAULT_MAX_EVENT_BYTES) -> Event:
+    """Validate frames from the bus; raises ``SchemaError``/``RemoteProtocolError``."""
+    if len(frames) != 2:
+        raise SchemaError(f"an event is 2 frames, got {len(frames)}", code="bad_frames")
+    raw_topic, body = frames
+    if len(raw_topic) > MAX_TOPIC:
+        raise SchemaError("topic too long", code="bad_topic")
+    try:
+        topic = raw_topic.decode()
+    except UnicodeDecodeError:
+        raise SchemaError("topic is not UTF-8", code="bad_topic") from None
+    cls = EVENTS.get(topic)
+    if cls is None:
+        raise SchemaError(f"unknown topic {topic!r}", code="unknown_topic")
+    data = codec.unpack(body, max_size)
+    if not isinstance(data, dict):
+        raise SchemaError("body is not a map", code="bad_message")
+    v = data.get("v")
+    if v != cls.V or isinstance(v, bool):
+        raise SchemaError(f"{topic}: unsupported version {v!r}", code="bad_version")
+    return cls.from_dict(data)
+
+
+def event_as_json(ev: Event) -> dict[str, Any]:
+    """JSON object for ``tazcom events --json``: ``topic``, ``v`` and the fields."""
+    from .schema import to_jsonable
+
+    return {"topic": ev.TOPIC, "v": ev.V, **to_jsonable(ev.to_dict())}

@@ -1,0 +1,73 @@
+"""Service health as seen on the bus: the table behind ``tazcom status``.
+
+Fed with ``service.*`` events; ``report(now)`` derives each service's state:
+
+* ``up`` (or the state the service itself reports: ``starting``, ``failed``)
+  while heartbeats arrive within ``3 x interval``;
+* ``restarting`` after ``service.stopping`` until the next heartbeat, for at
+  most ``restart_window`` seconds;
+* ``down`` when heartbeats stopped without a goodbye (a crash, a kill -9), a
+  stop lasted longer than the restart window, or it was never seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .events import ServiceHealth, ServiceHeartbeat, ServiceStarted, ServiceStopping
+
+
+@dataclass(slots=True)
+class _Seen:
+    pid: int
+    state: str
+    since: float
+    last_heartbeat: float
+    detail: str = ""
+    stopping_at: float | None = None
+
+
+class HealthTable:
+    def __init__(self, expected: tuple[str, ...], *, interval: float,
+                 restart_window: float = 10.0) -> None:
+        self.expected = expected
+        self.interval = interval
+        self.restart_window = restart_window
+        self._seen: dict[str, _Seen] = {}
+
+    def observe(self, ev: ServiceHeartbeat | ServiceStarted | ServiceStopping, now: float) -> None:
+        seen = self._seen.get(ev.service)
+        if isinstance(ev, ServiceStopping):
+            if seen is not None and seen.pid == ev.pid:
+                seen.stopping_at = now
+            return
+        state = ev.state if isinstance(ev, ServiceHeartbeat) else "up"
+        detail = ev.detail if isinstance(ev, ServiceHeartbeat) else ""
+        if seen is None or seen.pid != ev.pid:
+            self._seen[ev.service] = _Seen(pid=ev.pid, state=state, since=now,
+                                           last_heartbeat=now, detail=detail)
+            return
+        if seen.state != state:
+            seen.since = now
+        seen.state, seen.last_heartbeat, seen.detail = state, now, detail
+        seen.stopping_at = None
+
+    def report(self, now: float) -> tuple[ServiceHealth, ...]:
+        names = list(self.expected) + sorted(set(self._seen) - set(self.expected))
+        return tuple(self._row(name, now) for name in names)
+
+    def _row(self, name: str, now: float) -> ServiceHealth:
+        seen = self._seen.get(name)
+        if seen is None:
+            return ServiceHealth(service=name, state="down", pid=None)
+        if seen.stopping_at is not None:
+            state = "restarting" if now - seen.stopping_at <= self.restart_window else "down"
+            return ServiceHealth(service=name, state=state, pid=seen.pid, since=seen.stopping_at,
+                                 last_heartbeat=seen.last_heartbeat, detail=seen.detail)
+        if now - seen.last_heartbeat > 3 * self.interval:
+            return ServiceHealth(service=name, state="down", pid=seen.pid,
+                                 since=seen.last_heartbeat + 3 * self.interval,
+                                 last_heartbeat=seen.last_heartbeat, detail="no heartbeat")
+        return ServiceHealth(service=name, state=seen.state, pid=seen.pid,  # type: ignore[arg-type]
+                             since=seen.since, last_heartbeat=seen.last_heartbeat,
+                             detail=seen.detail)

@@ -1,0 +1,1 @@
+"""Default configuration shipped with TAZCOM (``default.toml``)."""

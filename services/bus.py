@@ -1,0 +1,89 @@
+"""The node's event bus: an XSUB/XPUB forwarder, and the health table behind ``tazcom status``.
+
+Publishers connect PUB sockets to ``run/bus-in.sock`` (XSUB), subscribers SUB
+sockets to ``run/bus-out.sock`` (XPUB); the forwarding is ``zmq.proxy`` in
+libzmq, in a thread, so events never pass through Python here. The XSUB
+subscribes to everything upstream, so publishers never filter away an event
+before a new subscriber's subscription has travelled up to them; the XPUB
+filters per subscriber and greets each new one with ``bus.welcome``.
+docs/protocol.md, "Bus".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+
+import zmq
+from tazcom.common import rpc
+from tazcom.common.events import (
+    WELCOME_TOPIC,
+    Event,
+    ServiceHeartbeat,
+    ServiceStarted,
+    ServiceStopping,
+)
+from tazcom.common.health import HealthTable
+
+from .busclient import bus_in, bus_out, tune
+from .runtime import Runtime, run
+
+
+def _bind_ipc(sock: zmq.Socket, endpoint: str) -> None:
+    sock.bind(endpoint)
+    os.chmod(endpoint.removeprefix("ipc://"), 0o600)
+
+
+async def main(rt: Runtime) -> None:
+    config = rt.config
+    config.paths.run.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(config.paths.run, 0o700)
+    ctx = zmq.Context.shadow(rt.ctx.underlying)
+    xsub = ctx.socket(zmq.XSUB)
+    xpub = ctx.socket(zmq.XPUB)
+    for sock in (xsub, xpub):
+        tune(sock, config)
+    # Threat: one publisher (or a stranger's process) sending a huge frame;
+    # libzmq drops that connection instead of buffering it.
+    xsub.setsockopt(zmq.MAXMSGSIZE, config.bus_max_event_bytes)
+    xpub.setsockopt(zmq.XPUB_WELCOME_MSG, WELCOME_TOPIC.encode())
+    _bind_ipc(xsub, bus_in(config))
+    _bind_ipc(xpub, bus_out(config))
+    xsub.send(b"\x01")  # subscribe upstream to everything (see module docstring)
+
+    control_addr = f"inproc://bus-control-{os.getpid()}"
+    control = ctx.socket(zmq.PAIR)
+    control.bind(control_addr)
+    proxy_control = ctx.socket(zmq.PAIR)
+    proxy_control.connect(control_addr)
+
+    def forward() -> None:
+        with contextlib.suppress(zmq.ContextTerminated, zmq.ZMQError):
+            zmq.proxy_steerable(xsub, xpub, None, proxy_control)
+
+    thread = threading.Thread(target=forward, name="bus-proxy", daemon=True)
+    thread.start()
+
+    health = HealthTable(config.services, interval=config.heartbeat_interval)
+
+    def on_service(ev: Event) -> None:
+        if isinstance(ev, ServiceHeartbeat | ServiceStarted | ServiceStopping):
+            health.observe(ev, time.time())
+
+    rt.bus.subscribe("service.", on_service)
+    rt.serve({rpc.GetStatus: lambda _r: rpc.StatusReport(services=health.report(time.time()))})
+    rt.ready(f"{bus_in(config)} -> {bus_out(config)}")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        control.send(b"TERMINATE")
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 2.0)
+        for sock in (control, proxy_control, xsub, xpub):
+            sock.close(linger=0)
+
+
+if __name__ == "__main__":
+    run("bus", main)

@@ -1,0 +1,331 @@
+"""Clients of the local bus and of other services' request sockets.
+
+* ``BusClient``: publish events to the broker, subscribe to prefixes, and
+  ``wait_ready()``: a ping published to ourselves that comes back through the
+  broker proves both our PUB and SUB paths are live (the broker's welcome
+  only proves the SUB connection).
+* ``RpcServer``: a ROUTER socket answering requests from ``common.rpc``,
+  draining everything ready before yielding, so pipelined requests cost one
+  wake-up per batch.
+* ``RpcClient``: a DEALER with request ids, a deadline per call and retries
+  on a fresh socket (zguide "Lazy Pirate"): a restarted service is reached
+  again by the next call, whatever the old socket's state. Every request is
+  idempotent (docs/protocol.md, "Requests"), so a retry is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import zmq
+import zmq.asyncio
+from tazcom.common import codec, rpc
+from tazcom.common.config import Config
+from tazcom.common.errors import RemoteProtocolError, ServiceUnavailable, TazcomError
+from tazcom.common.events import WELCOME_TOPIC, BusPing, Event, decode_event, encode_event
+from tazcom.common.rejects import RejectLog
+from tazcom.common.schema import Record
+
+from tazcom import __version__
+
+log = logging.getLogger("tazcom.bus")
+R = TypeVar("R", bound=Record)
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+EventHandler = Callable[[Event], Awaitable[None] | None]
+
+
+def bus_in(config: Config) -> str:
+    """Where publishers connect (the broker's XSUB)."""
+    return config.paths.socket("bus-in")
+
+
+def bus_out(config: Config) -> str:
+    """Where subscribers connect (the broker's XPUB)."""
+    return config.paths.socket("bus-out")
+
+
+def tune(sock: zmq.Socket, config: Config) -> None:
+    """Limits every TAZCOM socket gets: bounded queues, no linger on close."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, config.bus_send_hwm)
+    sock.setsockopt(zmq.RCVHWM, config.bus_recv_hwm)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+
+
+class BusClient:
+    """A service's (or tool's) connection to the node's event bus."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, config: Config, source: str,
+                 *, publish: bool = True) -> None:
+        self.config = config
+        self.source = source
+        self.max_event_bytes = config.bus_max_event_bytes
+        self.rejects = RejectLog(log)
+        self.sub = ctx.socket(zmq.SUB)
+        tune(self.sub, config)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, config.bus_max_event_bytes)
+        self.sub.setsockopt(zmq.SUBSCRIBE, WELCOME_TOPIC.encode())
+        self.sub.connect(bus_out(config))
+        self.pub: zmq.asyncio.Socket | None = None
+        if publish:
+            self.pub = ctx.socket(zmq.PUB)
+            tune(self.pub, config)
+            self.pub.connect(bus_in(config))
+        self._handlers: list[tuple[str, EventHandler]] = []
+        self._pings: dict[bytes, asyncio.Event] = {}
+        self.welcomed = asyncio.Event()
+
+    def subscribe(self, prefix: str, handler: EventHandler | None = None) -> None:
+        self.sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        if handler is not None:
+            self._handlers.append((prefix, handler))
+
+    def unsubscribe(self, prefix: str) -> None:
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, prefix.encode())
+
+    def publish(self, ev: Event) -> None:
+        """Queue ``ev`` for the broker; never blocks (PUB drops at its high-water mark)."""
+        if self.pub is None:
+            raise RuntimeError("this bus client does not publish")
+        with contextlib.suppress(zmq.Again):
+            self.pub.send_multipart(encode_event(ev), flags=zmq.NOBLOCK)
+
+    def event(self, cls: type[Event], **fields: Any) -> Event:
+        """Build an event from this source, stamped now."""
+        return cls(src=self.source, ts=time.time(), **fields)
+
+    def emit(self, cls: type[Event], **fields: Any) -> None:
+        self.publish(self.event(cls, **fields))
+
+    async def recv(self) -> Event | None:
+        """Next valid event, or None for the welcome; junk is logged and skipped."""
+        while True:
+            frames = await self.sub.recv_multipart()
+            if len(frames) == 1 and frames[0] == WELCOME_TOPIC.encode():
+                self.welcomed.set()
+                return None
+            try:
+                return decode_event(frames, self.max_event_bytes)
+            except RemoteProtocolError as e:
+                topic = frames[0][:64].decode("utf-8", "replace") if frames else "?"
+                self.rejects.reject(f"bus topic {topic!r}", e.code, e.message)
+
+    async def dispatch_forever(self) -> None:
+        """Read events and hand each to the handlers whose prefix matches."""
+        while True:
+            ev = await self.recv()
+            if ev is None:
+                continue
+            if isinstance(ev, BusPing):
+                waiter = self._pings.get(ev.nonce)
+                if waiter is not None:
+                    waiter.set()
+                continue
+            for prefix, handler in self._handlers:
+                if ev.TOPIC.startswith(prefix):
+                    result = handler(ev)
+                    if result is not None:
+                        await result
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Ping ourselves through the broker until it comes back (needs dispatch_forever)."""
+        nonce = os.urandom(16)
+        waiter = asyncio.Event()
+        self._pings[nonce] = waiter
+        self.sub.setsockopt(zmq.SUBSCRIBE, BusPing.TOPIC.encode())
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.emit(BusPing, nonce=nonce)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), 0.05)
+                    return True
+            return False
+        finally:
+            self._pings.pop(nonce, None)
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, BusPing.TOPIC.encode())
+
+    def close(self) -> None:
+        self.sub.close(linger=0)
+        if self.pub is not None:
+            # A short linger lets a final service.stopping reach the broker.
+            self.pub.close(linger=200)
+
+
+Handler = Callable[[Any], Record | Awaitable[Record]]
+
+
+class RpcServer:
+    """Answers requests on ``ipc://<run>/<service>.sock``."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, config: Config, service: str,
+                 handlers: dict[type[rpc.Request], Handler]) -> None:
+        self.service = service
+        self.max_request = config.rpc_max_request_bytes
+        self.rejects = RejectLog(logging.getLogger(f"tazcom.{service}.rpc"))
+        self.log = self.rejects.logger
+        self.handlers: dict[type[rpc.Request], Handler] = {rpc.Ping: self._ping, **handlers}
+        self.sock = ctx.socket(zmq.ROUTER)
+        tune(self.sock, config)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, self.max_request + 1024)
+        self.sock.bind(config.paths.socket(service))
+        self._sync = zmq.Socket.shadow(self.sock.underlying)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handled = 0
+
+    def _ping(self, _req: rpc.Ping) -> rpc.Pong:
+        return rpc.Pong(service=self.service, pid=os.getpid(), version=__version__)
+
+    async def serve_forever(self) -> None:
+        while True:
+            await self.sock.poll(flags=zmq.POLLIN)
+            while True:
+                try:
+                    frames = self._sync.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._handle(frames)
+
+    def _reply(self, ident: bytes, body: bytes) -> None:
+        with contextlib.suppress(zmq.Again, zmq.ZMQError):
+            self._sync.send_multipart([ident, body], zmq.NOBLOCK)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.rejects.reject("an rpc client", "bad_frames", f"{len(frames)} frames")
+            return
+        ident, body = frames
+        source = f"rpc client {ident.hex()[:10]}"
+        try:
+            req_id, req = rpc.decode_request(body, self.max_request)
+        except RemoteProtocolError as e:
+            self.rejects.reject(source, e.code, e.message)
+            rid = getattr(e, "req_id", None)
+            if rid is not None:
+                self._reply(ident, rpc.encode_error(rid, e.code, e.message))
+            return
+        handler = self.handlers.get(type(req))
+        if handler is None:
+            self._reply(ident, rpc.encode_error(req_id, "unknown_op",
+                                                f"{self.service} does not serve {req.OP}"))
+            return
+        self.handled += 1
+        try:
+            result = handler(req)
+        except TazcomError as e:
+            self._reply(ident, rpc.encode_error(req_id, e.code, e.message))
+            return
+        if isinstance(result, Record):
+            self._reply(ident, rpc.encode_reply(req_id, result))
+            return
+        task = asyncio.ensure_future(self._finish(ident, req_id, result))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, ident: bytes, req_id: int, pending: Awaitable[Record]) -> None:
+        try:
+            result = await pending
+        except TazcomError as e:
+            self._reply(ident, rpc.encode_error(req_id, e.code, e.message))
+            return
+        self._reply(ident, rpc.encode_reply(req_id, result))
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.sock.close(linger=0)
+
+
+class RpcClient:
+    """Calls one service; pipelines, times out and retries on a fresh socket."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ctx: zmq.asyncio.Context, config: Config, service: str) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.service = service
+        self.endpoint = config.paths.socket(service)
+        self.timeout = config.rpc_timeout
+        self.retries = config.rpc_retries
+        self._pending: dict[int, tuple[asyncio.Future[Any], bytes]] = {}
+        self._sock: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.rejects = RejectLog(logging.getLogger("tazcom.rpc"))
+
+    def _open(self) -> zmq.asyncio.Socket:
+        if self._sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            tune(sock, self.config)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+            sock.connect(self.endpoint)
+            self._sock = sock
+            self._reader = asyncio.ensure_future(self._read(sock))
+        return self._sock
+
+    def _reset(self) -> None:
+        """Drop the socket (a restarted service is reached again by a new one)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            if len(frames) != 1:
+                self.rejects.reject(self.service, "bad_frames")
+                continue
+            try:
+                data = codec.unpack(frames[0], MAX_REPLY_BYTES)
+            except RemoteProtocolError as e:
+                self.rejects.reject(self.service, e.code)
+                continue
+            rid = rpc.peek_reply_id(data)
+            entry = self._pending.get(rid) if rid is not None else None
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(data)
+
+    async def call(self, req: rpc.Request, *, timeout: float | None = None,
+                   retries: int | None = None) -> Any:
+        """Send ``req``; return its reply record or raise RequestFailed/ServiceUnavailable."""
+        timeout = self.timeout if timeout is None else timeout
+        retries = self.retries if retries is None else retries
+        req_id = next(self._ids)
+        body = rpc.encode_request(req, req_id)
+        loop = asyncio.get_running_loop()
+        try:
+            for attempt in range(retries + 1):
+                fut: asyncio.Future[Any] = loop.create_future()
+                self._pending[req_id] = (fut, body)
+                sock = self._open()
+                await sock.send(body)
+                try:
+                    data = await asyncio.wait_for(fut, timeout)
+                except TimeoutError:
+                    if attempt < retries:
+                        self._reset()
+                    continue
+                return rpc.parse_reply(data, req.REPLY)
+        finally:
+            self._pending.pop(req_id, None)
+        raise ServiceUnavailable(
+            f"{self.service} did not answer {req.OP} within {timeout:g}s "
+            f"({retries + 1} attempts)", code="unavailable")
+
+    def close(self) -> None:
+        self._reset()
+        for fut, _ in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()

@@ -1,0 +1,233 @@
+"""Discovery: announce this node over mDNS, find the others, own the peer table.
+
+It announces ``tz-<key prefix>._tazcom._tcp.local.`` (python-zeroconf's
+asyncio API, on the configured interfaces only) with a TXT record signed by
+the identity service, browses for the same type, and validates every record
+it resolves (``common.announce``). Valid records feed the peer table
+(``common.peers``), whose changes go out as ``peer.discovered`` /
+``peer.updated`` / ``peer.lost``; junk is logged once per (name, reason) and
+published as ``discovery.rejected``. Link states from the gateway
+(``link.*``) are merged into the same table, and ``discovery.snapshot``
+returns it whole, so a service or tool that starts late misses nothing.
+
+The table is saved to ``peers.json`` so peers seen before a restart are
+still listed, ``offline``, afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+
+from tazcom.common import announce, rpc
+from tazcom.common.errors import RemoteProtocolError, TazcomError
+from tazcom.common.events import (
+    DiscoveryRejected,
+    Event,
+    GatewayListening,
+    PeerDiscovered,
+    PeerLost,
+    PeerUpdated,
+)
+from tazcom.common.keys import DOMAIN_MDNS_TXT, fingerprint
+from tazcom.common.peers import Change, PeerTable, TableFull
+from tazcom.common.rejects import RejectLog
+from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from .netif import resolve_interfaces
+from .runtime import Runtime, run
+
+CHANGE_EVENTS: dict[str, type[Event]] = {
+    "peer.discovered": PeerDiscovered,
+    "peer.updated": PeerUpdated,
+    "peer.lost": PeerLost,
+}
+SAVE_DELAY = 0.5
+MAX_RESOLVING = 64
+
+
+class Discovery:
+    def __init__(self, rt: Runtime, ips: list[str]) -> None:
+        self.rt = rt
+        self.config = rt.config
+        self.ips = ips
+        self.table = PeerTable(max_peers=self.config.max_peers)
+        self.rejects = RejectLog(rt.log)
+        self.own_key: bytes | None = None
+        self.own_name: str | None = None
+        self.nickname = self.config.nickname
+        self.port: int | None = None
+        self.aiozc: AsyncZeroconf | None = None
+        self.info: ServiceInfo | None = None
+        self._resolving: dict[str, bool] = {}
+        self._save_handle: asyncio.TimerHandle | None = None
+        self._register_lock = asyncio.Lock()
+
+    # -- peer table --------------------------------------------------------------------
+
+    def load(self) -> None:
+        path = self.config.paths.peers_file
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            self.rt.log.warning("ignoring unreadable %s: %s", path, e)
+            return
+        kept = self.table.load(data)
+        self.rt.log.info("remembered %d peers from %s", kept, path.name)
+
+    def save(self) -> None:
+        self._save_handle = None
+        path = self.config.paths.peers_file
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.table.dump()))
+            os.replace(tmp, path)
+        except OSError as e:
+            self.rt.log.warning("cannot save %s: %s", path, e.strerror)
+
+    def publish(self, changes: list[Change]) -> None:
+        for change in changes:
+            self.rt.bus.emit(CHANGE_EVENTS[change.kind], seq=change.seq, peer=change.peer)
+        if changes and self._save_handle is None:
+            self._save_handle = asyncio.get_running_loop().call_later(SAVE_DELAY, self.save)
+
+    def snapshot(self, _req: rpc.GetPeers) -> rpc.PeerSnapshot:
+        seq, peers = self.table.snapshot(time.time())
+        return rpc.PeerSnapshot(seq=seq, peers=peers)
+
+    def reject(self, name: str, address: str, reason: str, detail: str) -> None:
+        if self.rejects.reject(f"mDNS record {name!r} from {address or '?'}", reason, detail):
+            self.rt.bus.emit(DiscoveryRejected, name=name[:255], address=address[:64],
+                             reason=reason)
+
+    # -- announcing ----------------------------------------------------------------------
+
+    async def build_info(self) -> ServiceInfo:
+        assert self.own_key is not None and self.port is not None
+        txt = announce.unsigned_txt(key=self.own_key, port=self.port, nickname=self.nickname,
+                                    now=time.time())
+        reply = await self.rt.client("identity").call(
+            rpc.Sign(domain=DOMAIN_MDNS_TXT, data=announce.canonical(txt)))
+        txt[b"s"] = reply.sig.hex().encode()
+        label = announce.instance_label(self.own_key)
+        ttl = self.config.record_ttl
+        return ServiceInfo(
+            self.config.service_type, f"{label}.{self.config.service_type}",
+            addresses=[socket.inet_aton(ip) for ip in self.ips], port=self.port,
+            properties=txt, server=f"{label}.local.", host_ttl=ttl, other_ttl=ttl)
+
+    async def announce(self) -> None:
+        """Register our record, or update it if the port changed."""
+        assert self.aiozc is not None
+        async with self._register_lock:
+            info = await self.build_info()
+            if self.info is None:
+                pending = await self.aiozc.async_register_service(info)
+                self.info = info
+                self.rt.log.info("announced %s on %s port %d", info.name, ",".join(self.ips),
+                                 self.port)
+                await pending
+            else:
+                self.info = info
+                await (await self.aiozc.async_update_service(info))
+
+    def on_gateway(self, ev: Event) -> None:
+        if isinstance(ev, GatewayListening) and ev.port != self.port and self.own_key:
+            self.rt.log.info("gateway moved to port %d", ev.port)
+            self.port = ev.port
+            self.rt.spawn(self.announce(), "re-announce")
+
+    # -- browsing -------------------------------------------------------------------------
+
+    def on_service_state_change(self, zeroconf: Zeroconf, service_type: str, name: str,
+                                state_change: ServiceStateChange) -> None:
+        if state_change is ServiceStateChange.Removed:
+            self.publish(self.table.mdns_gone(name, time.time()))
+            return
+        if name == self.own_name:
+            return
+        if name in self._resolving:
+            self._resolving[name] = True  # resolve again when the current one ends
+            return
+        if len(self._resolving) >= MAX_RESOLVING:
+            self.reject(name, "", "busy", "too many records being resolved at once")
+            return
+        self._resolving[name] = False
+        self.rt.spawn(self.resolve(name), f"resolve {name[:40]}")
+
+    async def resolve(self, name: str) -> None:
+        try:
+            while True:
+                await self._resolve_once(name)
+                if not self._resolving.get(name):
+                    return
+                self._resolving[name] = False
+        finally:
+            self._resolving.pop(name, None)
+
+    async def _resolve_once(self, name: str) -> None:
+        assert self.aiozc is not None
+        info = AsyncServiceInfo(self.config.service_type, name)
+        found = await info.async_request(self.aiozc.zeroconf,
+                                         int(self.config.resolve_timeout * 1000))
+        addresses = info.parsed_addresses(IPVersion.V4Only) if found else []
+        source = addresses[0] if addresses else ""
+        if not found:
+            self.reject(name, source, "unresolved", "no SRV/TXT/address answer in time")
+            return
+        try:
+            ann = announce.validate(name=name, properties=dict(info.properties or {}),
+                                    srv_port=info.port, addresses=addresses)
+        except RemoteProtocolError as e:
+            self.reject(name, source, e.code, e.message)
+            return
+        if ann.key.raw == self.own_key:
+            self.reject(name, source, "own_key", "our own key announced from elsewhere")
+            return
+        try:
+            self.publish(self.table.mdns_seen(ann, time.time()))
+        except TableFull as e:
+            self.reject(name, source, "table_full", str(e))
+
+
+async def main(rt: Runtime) -> None:
+    ips = resolve_interfaces(rt.config.interfaces)
+    disco = Discovery(rt, ips)
+    disco.load()
+    rt.serve({rpc.GetPeers: disco.snapshot})
+    rt.bus.subscribe("gateway.listening", disco.on_gateway)
+    ident = await rt.call_until_ready("identity", rpc.GetIdentity())
+    disco.own_key = bytes.fromhex(ident.key)
+    disco.table.own_key = disco.own_key
+    disco.nickname = ident.nickname
+    disco.own_name = f"{announce.instance_label(disco.own_key)}.{rt.config.service_type}"
+    gateway = await rt.call_until_ready("gateway", rpc.GetGatewayInfo())
+    disco.port = gateway.port
+    disco.aiozc = AsyncZeroconf(interfaces=ips, ip_version=IPVersion.V4Only)
+    browser = AsyncServiceBrowser(disco.aiozc.zeroconf, [rt.config.service_type],
+                                  handlers=[disco.on_service_state_change])
+    rt.ready(f"{fingerprint(disco.own_key)} on {', '.join(ips)}")
+    try:
+        await disco.announce()
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(TazcomError, OSError, RuntimeError):
+            await browser.async_cancel()
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            # Unregistering sends the mDNS goodbye: peers mark us offline at once.
+            await asyncio.wait_for(disco.aiozc.async_unregister_all_services(), 2.0)
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            await asyncio.wait_for(disco.aiozc.async_close(), 2.0)
+        if disco._save_handle is not None:
+            disco.save()
+
+
+if __name__ == "__main__":
+    run("discovery", main)

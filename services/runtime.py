@@ -1,0 +1,235 @@
+"""What every service shares: config in, logging, the bus, heartbeats, clean shutdown.
+
+A service module defines ``async def main(rt: Runtime)`` and ends with
+``run("name", main)``. ``run`` loads the configuration, opens the bus, starts
+the heartbeat, runs ``main`` and, on SIGTERM or SIGINT, publishes
+``service.stopping``, cancels ``main`` (whose ``finally`` blocks close what it
+opened) and exits 0. A configuration or key-file error is one log line and
+exit code 78, which supervisord.conf lists as expected, so it is not restarted
+in a loop. A bug (an exception nobody handled) is logged with its traceback
+and exits 1, so supervisord restarts the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn
+
+import zmq
+import zmq.asyncio
+from tazcom.common import rpc
+from tazcom.common.config import Config, load_config
+from tazcom.common.errors import ConfigError, KeyFileError, TazcomError
+from tazcom.common.events import ServiceHeartbeat, ServiceStarted, ServiceStopping
+
+from tazcom import __version__
+
+from .busclient import BusClient, Handler, RpcClient, RpcServer
+
+EX_CONFIG = 78
+# supervisord counts a process as started after startsecs (1 s, supervisord.conf);
+# a fatal error must outlive that to be taken as a clean, expected exit.
+STARTSECS = 1.0
+
+
+class FatalError(TazcomError):
+    """The service cannot run with this configuration or state."""
+
+    code = "fatal"
+
+
+def load_defaults_text() -> str:
+    return importlib.resources.files("tazcom.config").joinpath("default.toml").read_text()
+
+
+def load_from_env(env: dict[str, str] | None = None) -> Config:
+    """The configuration every service and the CLI use."""
+    env = dict(os.environ if env is None else env)
+    from tazcom.common.config import NODE_CONFIG_FILE, home_from_env
+
+    node_file = home_from_env(env) / NODE_CONFIG_FILE
+    try:
+        node_text = node_file.read_text() if node_file.exists() else None
+    except OSError as e:
+        raise ConfigError(f"{node_file}: {e.strerror}") from None
+    login = env.get("USER") or env.get("LOGNAME") or "tazcom"
+    return load_config(defaults_text=load_defaults_text(), env=env, node_text=node_text,
+                       login=login)
+
+
+def setup_logging(service: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s {service}[%(process)d] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # python-zeroconf logs every malformed packet; we report junk records ourselves.
+    logging.getLogger("zeroconf").setLevel(logging.ERROR)
+    if os.environ.get("TAZCOM_DEBUG"):
+        logging.getLogger("tazcom").setLevel(logging.DEBUG)
+
+
+class Runtime:
+    """Handles a service's main coroutine gets: config, bus, RPC, state, tasks."""
+
+    def __init__(self, name: str, config: Config) -> None:
+        self.name = name
+        self.config = config
+        self.log = logging.getLogger(f"tazcom.{name}")
+        self.ctx = zmq.asyncio.Context()
+        self.bus = BusClient(self.ctx, config, name)
+        self.started_at = time.monotonic()
+        self.state = "starting"
+        self.detail = ""
+        self.stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._servers: list[RpcServer] = []
+        self._clients: dict[str, RpcClient] = {}
+        self.crashed: BaseException | None = None
+        self.fatal: TazcomError | None = None
+
+    # -- building blocks -------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` for the life of the service; if it dies of a bug, so does the service."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, FatalError | ConfigError | KeyFileError):
+            self.fatal = exc
+            self.stopping.set()
+        elif exc is not None and self.crashed is None:
+            self.crashed = exc
+            self.log.critical("task %s failed", task.get_name(), exc_info=exc)
+            self.stopping.set()
+
+    def serve(self, handlers: dict[type[rpc.Request], Handler]) -> RpcServer:
+        server = RpcServer(self.ctx, self.config, self.name, handlers)
+        self._servers.append(server)
+        self.spawn(server.serve_forever(), f"rpc-{self.name}")
+        return server
+
+    def client(self, service: str) -> RpcClient:
+        if service not in self._clients:
+            self._clients[service] = RpcClient(self.ctx, self.config, service)
+        return self._clients[service]
+
+    async def call_until_ready(self, service: str, req: rpc.Request,
+                               *, attempt_timeout: float = 0.25) -> Any:
+        """Call ``service`` until it answers (it may still be starting); stops with the service."""
+        delay = 0.02
+        while True:
+            try:
+                return await self.client(service).call(req, timeout=attempt_timeout, retries=0)
+            except TazcomError as e:
+                if e.code not in ("unavailable",):
+                    raise
+            self.client(service)._reset()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def ready(self, detail: str = "") -> None:
+        """Main has opened its sockets: announce it and report ``up`` from now on."""
+        self.state = "up"
+        self.detail = detail
+        self.bus.emit(ServiceStarted, service=self.name, pid=os.getpid(), version=__version__)
+        self._heartbeat_now()
+        self.log.info("%s %s up (pid %d)%s", self.name, __version__, os.getpid(),
+                      f": {detail}" if detail else "")
+
+    def _heartbeat_now(self) -> None:
+        self.bus.emit(ServiceHeartbeat, service=self.name, pid=os.getpid(), state=self.state,
+                      uptime=time.monotonic() - self.started_at, detail=self.detail[:200])
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._heartbeat_now()
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def _run(self, main: Callable[[Runtime], Awaitable[None]]) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        self.spawn(self.bus.dispatch_forever(), "bus-dispatch")
+        self.spawn(self._heartbeat(), "heartbeat")
+        main_task = self.spawn(main(self), "main")
+        stop_wait = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({main_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if self.fatal is not None:
+            code = await self._fatal(self.fatal)
+        elif self.crashed is not None:
+            code = 1
+        self.state = "stopping"
+        self.bus.emit(ServiceStopping, service=self.name, pid=os.getpid())
+        for task in list(self._tasks):
+            task.cancel()
+        stop_wait.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            server.close()
+        for client in self._clients.values():
+            client.close()
+        self.bus.close()
+        self.ctx.term()
+        return code
+
+    async def _fatal(self, exc: TazcomError) -> int:
+        self.log.error("cannot run: %s", exc.message)
+        self.state, self.detail = "failed", exc.message
+        self._heartbeat_now()
+        remaining = STARTSECS + 0.2 - (time.monotonic() - self.started_at)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        return EX_CONFIG
+
+
+def _install_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def fatal_exit(service: str, message: str) -> NoReturn:
+    logging.getLogger(f"tazcom.{service}").error("cannot run: %s", message)
+    time.sleep(STARTSECS + 0.2)  # see STARTSECS
+    sys.exit(EX_CONFIG)
+
+
+def run(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
+    """Entry point of every service module."""
+    setup_logging(name)
+    try:
+        config = load_from_env()
+    except ConfigError as e:
+        fatal_exit(name, f"configuration: {e.message}")
+    _install_loop_policy()
+
+    async def amain() -> int:
+        rt = Runtime(name, config)
+        return await rt._run(main)
+
+    code = asyncio.run(amain())
+    with contextlib.suppress(Exception):
+        logging.getLogger(f"tazcom.{name}").info("%s stopped (exit %d)", name, code)
+    sys.exit(code)

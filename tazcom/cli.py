@@ -1,0 +1,271 @@
+"""``tazcom``: the command-line tool of a node.
+
+Every subcommand acts on the node named by ``TAZCOM_HOME`` (or ``--home``),
+prints for people by default and one JSON object per line with ``--json``.
+It is a client only: it asks the node's services over their request sockets
+and reads the bus; it never reads the secret key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from tazcom.common import rpc
+from tazcom.common.config import Config
+from tazcom.common.errors import ConfigError, TazcomError
+from tazcom.common.events import Event, PeerInfo, ServiceHealth, event_as_json
+from tazcom.common.schema import to_jsonable
+from tazcom.services.busclient import BusClient, RpcClient
+from tazcom.services.runtime import load_from_env
+
+EXIT_ERROR = 1
+EXIT_NOT_RUNNING = 3
+
+
+class NodeNotRunning(TazcomError):
+    code = "not_running"
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace, config: Config) -> None:
+        self.args = args
+        self.config = config
+        self.json = args.json
+        self.ctx = zmq.asyncio.Context()
+        self._clients: dict[str, RpcClient] = {}
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self.ctx.term()
+
+    def out(self, obj: dict[str, Any]) -> None:
+        print(json.dumps(to_jsonable(obj), ensure_ascii=False), flush=True)
+
+    async def call(self, service: str, req: rpc.Request, timeout: float = 1.5) -> Any:
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = RpcClient(self.ctx, self.config, service)
+        try:
+            return await client.call(req, timeout=timeout, retries=1)
+        except TazcomError as e:
+            if e.code == "unavailable":
+                raise NodeNotRunning(
+                    f"the node at {self.config.paths.home} is not running, or its {service} "
+                    f"service is down (start it with: supervisord -c supervisord.conf)") from None
+            raise
+
+    # -- id -----------------------------------------------------------------------------
+
+    async def cmd_id(self) -> int:
+        info = await self.call("identity", rpc.GetIdentity())
+        if self.json:
+            self.out({"key": info.key, "fingerprint": info.fingerprint,
+                      "nickname": info.nickname})
+        else:
+            print(f"nickname     {info.nickname}")
+            print(f"fingerprint  {info.fingerprint}")
+            print(f"key          {info.key}")
+        return 0
+
+    # -- peers ----------------------------------------------------------------------------
+
+    async def cmd_peers(self) -> int:
+        snap = await self.call("discovery", rpc.GetPeers())
+        peers: Sequence[PeerInfo] = snap.peers
+        if self.json:
+            for p in peers:
+                self.out(p.to_dict())
+            return 0
+        if not peers:
+            print("no peers seen yet")
+            return 0
+        now = time.time()
+        rows = [("NICKNAME", "FINGERPRINT", "STATE", "LAST SEEN", "ADDRESSES")]
+        for p in peers:
+            state = p.state + (f" ({p.hops} hops)" if p.state == "mesh" and p.hops else "")
+            if p.alert:
+                state += " KEY CHANGED!"
+            rows.append((p.nickname, p.fingerprint, state, _ago(now, p.last_seen, p.state),
+                         ", ".join(p.addresses) or "-"))
+        _table(rows)
+        return 0
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def cmd_status(self) -> int:
+        try:
+            report = await self.call("bus", rpc.GetStatus(), timeout=1.0)
+            rows: list[ServiceHealth] = list(report.services)
+            note = ""
+        except NodeNotRunning:
+            rows = await self._status_without_bus()
+            note = "the bus is not answering: states come from pinging each service"
+        if self.json:
+            for r in rows:
+                self.out(r.to_dict())
+            return 0
+        now = time.time()
+        table = [("SERVICE", "STATE", "PID", "SINCE", "DETAIL")]
+        for r in rows:
+            since = _ago(now, r.since, "offline") if r.since else "-"
+            table.append((r.service, r.state, str(r.pid or "-"), since, r.detail or ""))
+        _table(table)
+        if note:
+            print(f"({note})")
+        return 0
+
+    async def _status_without_bus(self) -> list[ServiceHealth]:
+        async def ping(service: str) -> ServiceHealth:
+            client = RpcClient(self.ctx, self.config, service)
+            try:
+                pong = await client.call(rpc.Ping(), timeout=0.5, retries=0)
+                return ServiceHealth(service=service, state="up", pid=pong.pid)
+            except TazcomError:
+                return ServiceHealth(service=service, state="down", pid=None)
+            finally:
+                client.close()
+
+        return list(await asyncio.gather(*(ping(s) for s in self.config.services)))
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def cmd_events(self) -> int:
+        bus = BusClient(self.ctx, self.config, "cli", publish=False)
+        bus.subscribe(self.args.topic or "")
+        count = 0
+        deadline = time.monotonic() + self.args.timeout if self.args.timeout else None
+        try:
+            while self.args.count is None or count < self.args.count:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                try:
+                    ev = await asyncio.wait_for(bus.recv(), remaining)
+                except TimeoutError:
+                    break
+                if ev is None:
+                    if not self.json and not self.args.quiet:
+                        print(f"# listening to {self.config.paths.home} "
+                              f"(topic {self.args.topic or '*'})", file=sys.stderr, flush=True)
+                    continue
+                count += 1
+                self._print_event(ev)
+        finally:
+            bus.close()
+        return 0
+
+    def _print_event(self, ev: Event) -> None:
+        data = event_as_json(ev)
+        if self.json:
+            self.out(data)
+            return
+        millis = int(ev.ts * 1000) % 1000
+        stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts)) + f".{millis:03d}"
+        rest = {k: v for k, v in data.items() if k not in ("topic", "v", "src", "ts")}
+        print(f"{stamp} {ev.TOPIC:<20} [{ev.src}] {_compact(rest)}", flush=True)
+
+
+def _compact(d: dict[str, Any]) -> str:
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = "{" + _compact(v) + "}"
+        elif isinstance(v, list):
+            v = ",".join(map(str, v))
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+def _ago(now: float, then: float | None, state: str) -> str:
+    if then is None:
+        return "-"
+    if state != "offline":
+        return "now"
+    secs = max(0, int(now - then))
+    if secs < 60:
+        return f"{secs}s ago"
+    if secs < 3600:
+        return f"{secs // 60}m ago"
+    if secs < 86400:
+        return f"{secs // 3600}h ago"
+    return time.strftime("%Y-%m-%d", time.localtime(then))
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="node home (default: $TAZCOM_HOME, else "
+                        "~/.local/share/tazcom)")
+    common.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser = argparse.ArgumentParser(prog="tazcom", parents=[common],
+                                     description="Tool of a TAZCOM chat-mesh node.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("id", parents=[common], help="this node's key, fingerprint and nickname")
+    sub.add_parser("peers", parents=[common], help="known peers and their state")
+    sub.add_parser("status", parents=[common], help="each service's health, as seen on the bus")
+    ev = sub.add_parser("events", parents=[common], help="tail the node's event bus")
+    ev.add_argument("--topic", default="", help="only topics starting with this prefix")
+    ev.add_argument("--count", type=int, default=None, help="stop after N events")
+    ev.add_argument("--timeout", type=float, default=None, help="stop after S seconds")
+    ev.add_argument("--quiet", action="store_true", help="no banner on stderr")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
+    "id": Cli.cmd_id,
+    "peers": Cli.cmd_peers,
+    "status": Cli.cmd_status,
+    "events": Cli.cmd_events,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = dict(os.environ)
+    if args.home:
+        env["TAZCOM_HOME"] = str(Path(args.home).expanduser().absolute())
+    try:
+        config = load_from_env(env)
+    except ConfigError as e:
+        print(f"tazcom: configuration error: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    cli = Cli(args, config)
+
+    async def run() -> int:
+        return await COMMANDS[args.command](cli)
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+    except NodeNotRunning as e:
+        print(f"tazcom: {e.message}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except TazcomError as e:
+        print(f"tazcom: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        with contextlib.suppress(Exception):
+            cli.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
