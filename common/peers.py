@@ -143,7 +143,7 @@ class PeerTable:
         live = entry.live_addresses()
         if live:
             entry.addresses = live
-        if entry.state != "offline":
+        if entry.state != "offline" or (before is not None and before.state != "offline"):
             entry.last_seen = now
         after = entry.info(now)
         if before is None or before.state == "offline":

@@ -96,7 +96,7 @@ def _compile(tp: Any) -> Validator:
         allowed = frozenset(get_args(tp))
 
         def v_literal(x: Any, path: str) -> Any:
-            if isinstance(x, bool) or x not in allowed:
+            if not isinstance(x, str | int) or isinstance(x, bool) or x not in allowed:
                 _fail(path, f"must be one of {sorted(map(str, allowed))}")
             return x
 

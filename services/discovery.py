@@ -57,6 +57,8 @@ class Discovery:
         self.config = rt.config
         self.ips = ips
         self.table = PeerTable(max_peers=self.config.max_peers)
+        # seq continues across restarts (docs/protocol.md, "Peer table sequence").
+        self.table.seq = int(time.time() * 1000)
         self.rejects = RejectLog(rt.log)
         self.own_key: bytes | None = None
         self.own_name: str | None = None

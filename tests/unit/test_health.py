@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from tazcom.common.events import ServiceHeartbeat, ServiceStarted, ServiceStopping
+from tazcom.common.health import HealthTable
+
+
+def hb(service: str, pid: int, state: str = "up") -> ServiceHeartbeat:
+    return ServiceHeartbeat(src=service, ts=1.0, service=service, pid=pid, state=state, uptime=1)
+
+
+def states(t: HealthTable, now: float) -> dict[str, tuple[str, int | None]]:
+    return {r.service: (r.state, r.pid) for r in t.report(now)}
+
+
+def test_life_cycle() -> None:
+    t = HealthTable(("bus", "identity"), interval=1.0)
+    assert states(t, 0) == {"bus": ("down", None), "identity": ("down", None)}
+    t.observe(ServiceStarted(src="bus", ts=1, service="bus", pid=10, version="1"), 1)
+    t.observe(hb("identity", 11, "starting"), 1)
+    assert states(t, 1.5) == {"bus": ("up", 10), "identity": ("starting", 11)}
+    t.observe(ServiceStopping(src="bus", ts=2, service="bus", pid=10), 2)
+    assert states(t, 3)["bus"] == ("restarting", 10)
+    t.observe(hb("bus", 12), 4)
+    assert states(t, 4)["bus"] == ("up", 12)
+    assert states(t, 8)["identity"] == ("down", 11)  # heartbeats stopped: a crash
+    t.observe(ServiceStopping(src="bus", ts=9, service="bus", pid=12), 9)
+    assert states(t, 25)["bus"] == ("down", 12)  # stopped for good
+
+
+def test_stale_stopping_from_old_pid_is_ignored_and_unknown_services_listed() -> None:
+    t = HealthTable(("bus",), interval=1.0)
+    t.observe(hb("bus", 12), 1)
+    t.observe(ServiceStopping(src="bus", ts=1, service="bus", pid=10), 1)
+    assert states(t, 1.5) == {"bus": ("up", 12)}
+    t.observe(hb("router", 30), 1)
+    assert list(states(t, 1.5)) == ["bus", "router"]

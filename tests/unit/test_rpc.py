@@ -1,0 +1,74 @@
+"""Every request and reply: round trip and rejection of malformed shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+from tazcom.common import codec, rpc
+from tazcom.common.errors import RemoteProtocolError, RequestFailed
+
+from .examples import build, invalid_values
+
+ALL = sorted(rpc.REQUESTS.items())
+
+
+@pytest.mark.parametrize(("op", "cls"), ALL, ids=[o for o, _ in ALL])
+def test_request_round_trip(op: str, cls: type) -> None:
+    req = build(cls)
+    req_id, back = rpc.decode_request(rpc.encode_request(req, 42), 1 << 20)
+    assert (req_id, back) == (42, req)
+
+
+@pytest.mark.parametrize(("op", "cls"), ALL, ids=[o for o, _ in ALL])
+def test_reply_round_trip(op: str, cls: type) -> None:
+    reply = build(cls.REPLY)
+    data = codec.unpack(rpc.encode_reply(9, reply), 1 << 22)
+    assert rpc.peek_reply_id(data) == 9
+    assert rpc.parse_reply(data, cls.REPLY) == reply
+
+
+@pytest.mark.parametrize(("op", "cls"), ALL, ids=[o for o, _ in ALL])
+def test_request_fields_reject_bad_values(op: str, cls: type) -> None:
+    body = codec.unpack(rpc.encode_request(build(cls), 1), 1 << 20)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        for bad in invalid_values(hints[f.name]):
+            with pytest.raises(RemoteProtocolError) as info:
+                rpc.decode_request(codec.pack({**body, f.name: bad}), 1 << 20)
+            assert info.value.req_id == 1  # so the server can answer with an error
+
+
+def test_error_reply() -> None:
+    data = codec.unpack(rpc.encode_error(5, "no_link", "peer is not connected"), 1000)
+    with pytest.raises(RequestFailed) as info:
+        rpc.parse_reply(data, rpc.Empty)
+    assert info.value.code == "no_link"
+    assert "not connected" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (codec.pack([1]), "bad_request"),
+        (codec.pack({"v": 1, "op": "ping"}), "bad_request"),
+        (codec.pack({"v": 1, "id": -1, "op": "ping"}), "bad_request"),
+        (codec.pack({"v": 1, "id": True, "op": "ping"}), "bad_request"),
+        (codec.pack({"v": 2, "id": 1, "op": "ping"}), "bad_version"),
+        (codec.pack({"v": 1, "id": 1, "op": "launch.missiles"}), "unknown_op"),
+        (codec.pack({"v": 1, "id": 1}), "unknown_op"),
+        (b"\xc1\xc1", "bad_encoding"),
+    ],
+)
+def test_malformed_requests(body: bytes, code: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        rpc.decode_request(body, 1 << 16)
+    assert info.value.code == code
+
+
+def test_bad_reply_envelope() -> None:
+    with pytest.raises(RemoteProtocolError):
+        rpc.parse_reply({"v": 3, "id": 1, "ok": True}, rpc.Empty)
+    with pytest.raises(RemoteProtocolError):
+        rpc.parse_reply("nope", rpc.Empty)
