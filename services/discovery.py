@@ -126,24 +126,29 @@ class Discovery:
             properties=txt, server=f"{label}.local.", host_ttl=ttl, other_ttl=ttl)
 
     async def announce(self) -> None:
-        """Register our record, or update it if the port changed."""
+        """Register our record, or update it; again if the port moved meanwhile."""
         assert self.aiozc is not None
         async with self._register_lock:
-            info = await self.build_info()
-            if self.info is None:
-                pending = await self.aiozc.async_register_service(info)
-                self.info = info
-                self.rt.log.info("announced %s on %s port %d", info.name, ",".join(self.ips),
-                                 self.port)
-                await pending
-            else:
-                self.info = info
-                await (await self.aiozc.async_update_service(info))
+            while True:
+                info = await self.build_info()
+                if self.info is None:
+                    pending = await self.aiozc.async_register_service(info)
+                    self.info = info
+                    self.rt.log.info("announced %s on %s port %d", info.name,
+                                     ",".join(self.ips), info.port)
+                    await pending
+                else:
+                    self.info = info
+                    await (await self.aiozc.async_update_service(info))
+                if info.port == self.port:
+                    return
 
     def on_gateway(self, ev: Event) -> None:
-        if isinstance(ev, GatewayListening) and ev.port != self.port and self.own_key:
+        if not isinstance(ev, GatewayListening) or ev.port == self.port:
+            return
+        self.port = ev.port
+        if self.info is not None:  # else the first announcement will carry the new port
             self.rt.log.info("gateway moved to port %d", ev.port)
-            self.port = ev.port
             self.rt.spawn(self.announce(), "re-announce")
 
     # -- browsing -------------------------------------------------------------------------
@@ -152,8 +157,6 @@ class Discovery:
                                 state_change: ServiceStateChange) -> None:
         if state_change is ServiceStateChange.Removed:
             self.publish(self.table.mdns_gone(name, time.time()))
-            return
-        if name == self.own_name:
             return
         if name in self._resolving:
             self._resolving[name] = True  # resolve again when the current one ends
@@ -184,14 +187,20 @@ class Discovery:
         if not found:
             self.reject(name, source, "unresolved", "no SRV/TXT/address answer in time")
             return
+        properties = dict(info.properties or {})
+        if name == self.own_name:
+            foreign = [a for a in addresses if a not in self.ips]
+            if foreign:
+                self.reject(name, foreign[0], "own_key", "our name announced from another address")
+            return
+        if self.own_key is not None and properties.get(b"k") == self.own_key.hex().encode():
+            self.reject(name, source, "own_key", "our own key announced from elsewhere")
+            return
         try:
-            ann = announce.validate(name=name, properties=dict(info.properties or {}),
+            ann = announce.validate(name=name, properties=properties,
                                     srv_port=info.port, addresses=addresses)
         except RemoteProtocolError as e:
             self.reject(name, source, e.code, e.message)
-            return
-        if ann.key.raw == self.own_key:
-            self.reject(name, source, "own_key", "our own key announced from elsewhere")
             return
         try:
             self.publish(self.table.mdns_seen(ann, time.time()))

@@ -1,0 +1,198 @@
+"""Real nodes for tests and benchmarks: supervisord, a node home each, loopback or namespaces.
+
+``Node`` launches ``supervisord -c supervisord.conf`` exactly as a user does,
+with ``TAZCOM_HOME`` in a fresh directory and ``TAZCOM_INTERFACES`` set
+(``lo`` unless the node lives in a test namespace): nothing here ever uses
+the machine's real interfaces. ``stop()`` shuts the node down and then kills,
+by its environment, any process of that node that is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "supervisord.conf"
+BIN = Path(sys.executable).parent
+SERVICES = ("bus", "identity", "gateway", "discovery")
+T = TypeVar("T")
+
+
+class Timeout(AssertionError):
+    pass
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str,
+             interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise Timeout(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)  # noqa: sleep-ok - polling interval under a deadline
+
+
+def tool(name: str) -> str:
+    local = BIN / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def short_tmp(prefix: str = "tz") -> Path:
+    """A short temporary directory (Unix socket paths are limited to 107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+class Node:
+    def __init__(self, home: Path, nick: str, *, interfaces: str = "lo", port: int = 0,
+                 netns: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.nick = nick
+        self.netns = netns
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TAZCOM_")},
+            "TAZCOM_HOME": str(home),
+            "TAZCOM_NICK": nick,
+            "TAZCOM_INTERFACES": interfaces,
+            "TAZCOM_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.started_at: float | None = None
+        self._key: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Node({self.nick}, {self.home})"
+
+    # -- processes ------------------------------------------------------------------
+
+    def _argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+
+    def run(self, argv: list[str], *, check: bool = True, timeout: float = 30,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self._argv(argv), env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout}\n"
+                                 f"{proc.stderr}")
+        return proc
+
+    def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(self._argv(argv), env=self.env, cwd=ROOT, text=True, **kw)
+
+    def start(self) -> Node:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.monotonic()
+        self.run([tool("supervisord"), "-c", str(CONF)])
+        return self
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run([tool("supervisorctl"), "-c", str(CONF), *args], check=check)
+
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return self.run([tool("tazcom"), *args], check=check, timeout=timeout)
+
+    def cli_json(self, *args: str) -> list[dict[str, Any]]:
+        out = self.cli(*args, "--json").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def try_json(self, *args: str) -> list[dict[str, Any]] | None:
+        proc = self.cli(*args, "--json", check=False)
+        if proc.returncode != 0:
+            return None
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+    # -- queries ----------------------------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        if self._key is None:
+            self._key = self.cli_json("id")[0]["key"]
+        return self._key
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """Peers by nickname ({} while discovery does not answer)."""
+        return {p["nickname"]: p for p in self.try_json("peers") or []}
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {r["service"]: r for r in self.try_json("status") or []}
+
+    def pid(self, service: str) -> int | None:
+        out = self.ctl("pid", f"tazcom:{service}", check=False).stdout.strip()
+        return int(out) if out.isdigit() and int(out) > 0 else None
+
+    def all_up(self, services: tuple[str, ...] = SERVICES) -> bool:
+        st = self.status()
+        return all(st.get(s, {}).get("state") == "up" for s in services)
+
+    def wait_up(self, timeout: float = 20) -> Node:
+        wait_for(self.all_up, timeout, f"{self.nick}: every service up")
+        return self
+
+    def wait_peer(self, nick: str, states: tuple[str, ...], timeout: float = 10) -> dict:
+        return wait_for(lambda: (p := self.peers().get(nick)) and p["state"] in states and p,
+                        timeout, f"{self.nick} to see {nick} in {states}")
+
+    # -- logs -------------------------------------------------------------------------
+
+    def logs(self) -> dict[str, str]:
+        out = {}
+        for path in sorted((self.home / "logs").glob("*.log*")):
+            with contextlib.suppress(OSError):
+                out[path.name] = path.read_text(errors="replace")
+        return out
+
+    def tracebacks(self) -> list[str]:
+        return [f"{name}:\n{text}" for name, text in self.logs().items()
+                if "Traceback" in text]
+
+    # -- teardown -----------------------------------------------------------------------
+
+    def own_pids(self) -> list[int]:
+        """Every live process whose environment names this node's home."""
+        needle = f"TAZCOM_HOME={self.home}\0".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if needle in (entry / "environ").read_bytes() + b"\0":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+    def stop(self, timeout: float = 15) -> None:
+        self.ctl("shutdown", check=False)
+        with contextlib.suppress(Timeout):
+            wait_for(lambda: not self.own_pids(), timeout, f"{self.nick} to stop")
+        for pid in self.own_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def nodes_cleanup() -> Iterator[list[Node]]:
+    """Collect nodes; stop all of them at the end, also on failure."""
+    started: list[Node] = []
+    try:
+        yield started
+    finally:
+        for node in started:
+            node.stop()

@@ -1,0 +1,153 @@
+"""Garbage on the bus, on request sockets and as mDNS records: logged, dropped, nobody falls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+
+import nacl.signing
+import zmq
+from zeroconf import IPVersion, ServiceInfo
+from zeroconf.asyncio import AsyncZeroconf
+
+from tazcom.common import announce, codec
+from tazcom.common.events import ServiceHeartbeat, encode_event
+from tests.harness import SERVICES, Node, wait_for
+
+TYPE = "_tazcom._tcp.local."
+
+
+def _pids(node: Node) -> dict[str, int | None]:
+    return {s: node.pid(s) for s in SERVICES}
+
+
+def test_garbage_on_the_bus_and_request_sockets(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    before = _pids(a)
+    run = a.home / "run"
+    rng = random.Random(1)
+    ctx = zmq.Context()
+    try:
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 2000)
+        pub.connect(f"ipc://{run}/bus-in.sock")
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"bus.welcome")
+        sub.connect(f"ipc://{run}/bus-out.sock")
+        assert sub.poll(5000), "the broker greets a new subscriber"
+        assert sub.recv_multipart() == [b"bus.welcome"]
+        hb = encode_event(ServiceHeartbeat(src="x", ts=1.0, service="gateway", pid=1,
+                                           state="up", uptime=1))
+        junk = [
+            [b"service.heartbeat"],
+            [b"service.heartbeat", b"\xc1\xc1\xc1"],
+            [b"service.heartbeat", codec.pack({"v": 1, "service": 7})],
+            [b"service.heartbeat", codec.pack({"v": 99})],
+            [b"service.heartbeat", hb[1] + b"trailing"],
+            [b"service.heartbeat", b"\xdd\xff\xff\xff\xff"],
+            [b"peer.discovered", codec.pack([1, 2, 3])],
+            [b"gateway.listening", codec.pack({"v": 1, "addresses": ["nonsense"], "port": 0})],
+            [b"no.such.topic", b"x"],
+            [b"\xff\xfe\xfd", b"x"],
+            [b"service.", b"x", b"y", b"z"],
+            [b"service.heartbeat", os.urandom(600_000)],  # over ZMQ_MAXMSGSIZE
+        ]
+        junk += [[b"service.heartbeat", rng.randbytes(rng.randint(0, 300))] for _ in range(200)]
+        time.sleep(0.2)  # noqa: sleep-ok - let the PUB connect before the burst (no ack exists)
+        for frames in junk:
+            pub.send_multipart(frames)
+        for service in SERVICES:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(f"ipc://{run}/{service}.sock")
+            for frames in ([b"\xc1"], [b"a", b"b"], [codec.pack({"v": 1, "id": 1, "op": "x"})],
+                           [codec.pack({"v": 1, "id": 2, "op": "identity.sign",
+                                        "domain": b"evil", "data": b"x"})],
+                           [codec.pack({"v": 1, "id": 3, "op": "ping", "pad": "x" * 10})]):
+                dealer.send_multipart(frames)
+            assert dealer.poll(5000), f"{service} still answers after junk"
+            replies = []
+            while dealer.poll(500):
+                replies.append(codec.unpack(dealer.recv(), 1 << 20))
+            by_id = {r["id"]: r for r in replies}
+            assert by_id[3]["ok"] is True and by_id[3]["service"] == service
+            assert by_id[1]["ok"] is False and by_id[1]["error"] == "unknown_op"
+            assert by_id[2]["ok"] is False  # identity refuses the domain; others the op
+            dealer.close()
+    finally:
+        ctx.destroy(linger=0)
+    wait_for(lambda: a.all_up(), 10, "every service still up")
+    assert _pids(a) == before, "no service restarted"
+    logs = "".join(a.logs().values())
+    assert "rejected input" in logs
+    assert "Traceback" not in logs
+
+
+def _junk_infos(victim_txt: dict[bytes, bytes]) -> list[ServiceInfo]:
+    def info(name: str | None, over: dict[bytes, bytes] | None = None,
+             props: dict[bytes, bytes] | None = None, port: int = 4242) -> ServiceInfo:
+        sk = nacl.signing.SigningKey(os.urandom(32))
+        key = bytes(sk.verify_key)
+        txt = announce.unsigned_txt(key=key, port=4242, nickname="mallory", now=time.time())
+        txt[b"s"] = sk.sign(announce.signed_bytes(txt)).signature.hex().encode()
+        txt.update(over or {})
+        name = name or announce.instance_label(key)
+        return ServiceInfo(TYPE, f"{name}.{TYPE}", addresses=[socket.inet_aton("127.0.0.9")],
+                           port=port, properties=props if props is not None else txt,
+                           server=f"{name}.local.")
+
+    return [
+        info("junk-no-txt", props={b"hello": b"world"}),
+        info(None, {b"k": b"ab" * 20}),                 # wrong key length
+        info(None, {b"s": b"00" * 64}),                 # bad signature
+        info(None, {b"n": b"\xff\xfe"}),                # nickname not UTF-8
+        info("tz-" + "0" * 16),                         # name does not match the key
+        info("tz-replay", props=dict(victim_txt), port=int(victim_txt[b"p"])),  # our own key
+    ]
+
+
+def test_junk_mdns_records_are_ignored(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    before = _pids(a)
+    events = a.popen(["tazcom", "events", "--json", "--topic", "discovery.rejected",
+                      "--timeout", "25", "--quiet"], stdout=__import__("subprocess").PIPE)
+
+    async def scenario() -> None:
+        zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+        try:
+            victim = await zc.async_get_service_info(
+                TYPE, f"{announce.instance_label(bytes.fromhex(a.key))}.{TYPE}", 3000)
+            assert victim is not None, "the test can resolve alice's own record"
+            infos = _junk_infos(dict(victim.properties))
+            for info in infos:
+                await zc.async_register_service(info, cooperating_responders=True,
+                                                strict=False)
+            # raw garbage datagrams to the mDNS group, on loopback only
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                            socket.inet_aton("127.0.0.1"))
+            rng = random.Random(3)
+            for _ in range(50):
+                sock.sendto(rng.randbytes(rng.randint(1, 1500)), ("224.0.0.251", 5353))
+            sock.close()
+            await asyncio.sleep(4)  # noqa: sleep-ok - records stay announced while A resolves
+            await zc.async_unregister_all_services()
+        finally:
+            await zc.async_close()
+
+    asyncio.run(scenario())
+    out, _ = events.communicate(timeout=40)
+    import json
+
+    reasons = {json.loads(line)["reason"] for line in out.splitlines()}
+    assert {"bad_txt", "bad_signature", "bad_name", "own_key"} <= reasons, reasons
+    assert "mallory" not in a.peers()
+    assert _pids(a) == before
+    wait_for(lambda: a.all_up(), 10, "every service still up")
+    logs = a.logs()["discovery.log"]
+    assert "Traceback" not in logs
+    # logged once per (record, reason), not once per packet
+    assert logs.count("'tz-replay._tazcom._tcp.local.'") == 1
