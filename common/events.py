@@ -79,6 +79,8 @@ class PeerInfo(Record):
     addresses: Annotated[tuple[Address, ...], Len(0, 16)]
     state: PeerStateName
     last_seen: Annotated[float, Range(0, 2**40)]
+    #: When the peer entered its current state (unix seconds).
+    since: Annotated[float, Range(0, 2**40)] = 0.0
     #: Hop count over the mesh; 1 for a direct neighbour, None if unknown.
     hops: Annotated[int, Range(0, 255)] | None = None
     #: Set when the key differs from the one pinned for this nickname/fingerprint.

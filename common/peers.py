@@ -49,6 +49,7 @@ class PeerEntry:
     key: bytes
     nickname: str
     last_seen: float
+    since: float = 0.0
     addresses: tuple[str, ...] = ()
     announcements: dict[str, Announcement] = field(default_factory=dict)
     link: LinkState = "none"
@@ -84,6 +85,7 @@ class PeerEntry:
             addresses=self.addresses,
             state=state,  # type: ignore[arg-type]
             last_seen=self.last_seen if state == "offline" else now,
+            since=self.since,
             hops=1 if self.link == "verified" else self.hops,
             alert=self.alert,
         )
@@ -145,6 +147,8 @@ class PeerTable:
             entry.addresses = live
         if entry.state != "offline" or (before is not None and before.state != "offline"):
             entry.last_seen = now
+        if before is None or before.state != entry.state:
+            entry.since = now
         after = entry.info(now)
         if before is None or before.state == "offline":
             if after.state == "offline":
@@ -235,7 +239,7 @@ class PeerTable:
             "version": PERSIST_VERSION,
             "peers": [
                 {"key": p.key.hex(), "nickname": p.nickname, "addresses": list(p.addresses),
-                 "last_seen": p.last_seen, "alert": p.alert}
+                 "last_seen": p.last_seen, "since": p.since, "alert": p.alert}
                 for p in self._peers.values()
             ],
         }
@@ -257,6 +261,7 @@ class PeerTable:
             if key == self.own_key or key in self._peers:
                 continue
             self._peers[key] = PeerEntry(key=key, nickname=nickname, last_seen=last_seen,
+                                         since=last_seen,
                                          addresses=addresses,
                                          alert=alert if isinstance(alert, str) else None)
             kept += 1

@@ -10,7 +10,7 @@ import pytest
 from tests.harness import wait_for
 
 
-def test_key_created_0600_and_kept_across_restarts(make_node) -> None:  # noqa: ANN001
+def test_key_created_0600_and_kept_across_restarts(make_node) -> None:
     n = make_node("keeper").start().wait_up()
     key_file = n.home / "identity.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -32,7 +32,7 @@ def test_key_created_0600_and_kept_across_restarts(make_node) -> None:  # noqa: 
     ],
     ids=["world-readable", "truncated", "garbage"],
 )
-def test_unsafe_or_corrupt_key_stops_identity(make_node, damage, expect) -> None:  # noqa: ANN001
+def test_unsafe_or_corrupt_key_stops_identity(make_node, damage, expect) -> None:
     n = make_node("damaged").start().wait_up()
     n.stop()
     key_file = n.home / "identity.key"

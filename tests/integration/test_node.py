@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from tests.harness import SERVICES, Node, wait_for
+from tests.harness import SERVICES, Node
 
 
 def test_two_nodes_discover_each_other_and_the_cli_reports_them(
@@ -47,7 +47,7 @@ def test_events_tail_filters_by_topic_and_prints_json(pair: tuple[Node, Node]) -
     assert human.count("service.") >= 2
 
 
-def test_stopped_node_turns_offline_and_stays_listed(make_node) -> None:  # noqa: ANN001
+def test_stopped_node_turns_offline_and_stays_listed(make_node) -> None:
     a = make_node("carol").start()
     d = make_node("dave").start()
     a.wait_up()
@@ -64,7 +64,7 @@ def test_stopped_node_turns_offline_and_stays_listed(make_node) -> None:  # noqa
     assert a.peers()["dave"]["state"] == "offline"
 
 
-def test_cli_says_clearly_when_the_node_is_not_running(make_node) -> None:  # noqa: ANN001
+def test_cli_says_clearly_when_the_node_is_not_running(make_node) -> None:
     n = make_node("nobody")
     n.home.mkdir(parents=True)
     for cmd in ("id", "peers"):
