@@ -85,6 +85,7 @@ class Runtime:
         self.name = name
         self.config = config
         self.log = logging.getLogger(f"tazcom.{name}")
+        config.paths.run.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ctx = zmq.asyncio.Context()
         self.bus = BusClient(self.ctx, config, name)
         self.started_at = time.monotonic()
@@ -189,7 +190,7 @@ class Runtime:
         for client in self._clients.values():
             client.close()
         self.bus.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # also closes any socket a failed start left open
         return code
 
     async def _fatal(self, exc: TazcomError) -> int:

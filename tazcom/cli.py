@@ -49,7 +49,7 @@ class Cli:
     def close(self) -> None:
         for c in self._clients.values():
             c.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
 
     def out(self, obj: dict[str, Any]) -> None:
         print(json.dumps(to_jsonable(obj), ensure_ascii=False), flush=True)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import socket
+import subprocess
 import time
 
 import nacl.signing
 import zmq
 from tazcom.common import announce, codec
-from tazcom.common.events import ServiceHeartbeat, encode_event
+from tazcom.common.events import BusPing, ServiceHeartbeat, encode_event
 from zeroconf import IPVersion, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
@@ -56,7 +58,10 @@ def test_garbage_on_the_bus_and_request_sockets(pair: tuple[Node, Node]) -> None
             [b"service.heartbeat", os.urandom(600_000)],  # over ZMQ_MAXMSGSIZE
         ]
         junk += [[b"service.heartbeat", rng.randbytes(rng.randint(0, 300))] for _ in range(200)]
-        time.sleep(0.2)  # noqa: sleep-ok - let the PUB connect before the burst (no ack exists)
+        # Our PUB is connected once a ping we publish comes back through the broker.
+        sub.setsockopt(zmq.SUBSCRIBE, b"bus.ping")
+        ping = encode_event(BusPing(src="test", ts=1.0, nonce=b"n" * 16))
+        wait_for(lambda: pub.send_multipart(ping) or sub.poll(50), 10, "the broker to relay")
         for frames in junk:
             pub.send_multipart(frames)
         for service in SERVICES:
@@ -113,7 +118,17 @@ def test_junk_mdns_records_are_ignored(pair: tuple[Node, Node]) -> None:
     a, _ = pair
     before = _pids(a)
     events = a.popen(["tazcom", "events", "--json", "--topic", "discovery.rejected",
-                      "--timeout", "25", "--quiet"], stdout=__import__("subprocess").PIPE)
+                      "--timeout", "30", "--quiet"], stdout=subprocess.PIPE)
+    expected = {"bad_txt", "bad_length", "bad_signature", "bad_name", "own_key"}
+    seen: set[str] = set()
+
+    def read_rejections() -> None:
+        assert events.stdout is not None
+        while not expected <= seen:
+            line = events.stdout.readline()
+            if not line:
+                return
+            seen.add(json.loads(line)["reason"])
 
     async def scenario() -> None:
         zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
@@ -121,8 +136,7 @@ def test_junk_mdns_records_are_ignored(pair: tuple[Node, Node]) -> None:
             victim = await zc.async_get_service_info(
                 TYPE, f"{announce.instance_label(bytes.fromhex(a.key))}.{TYPE}", 3000)
             assert victim is not None, "the test can resolve alice's own record"
-            infos = _junk_infos(dict(victim.properties))
-            for info in infos:
+            for info in _junk_infos(dict(victim.properties)):
                 await zc.async_register_service(info, cooperating_responders=True,
                                                 strict=False)
             # raw garbage datagrams to the mDNS group, on loopback only
@@ -133,17 +147,18 @@ def test_junk_mdns_records_are_ignored(pair: tuple[Node, Node]) -> None:
             for _ in range(50):
                 sock.sendto(rng.randbytes(rng.randint(1, 1500)), ("224.0.0.251", 5353))
             sock.close()
-            await asyncio.sleep(4)  # noqa: sleep-ok - records stay announced while A resolves
+            # the records stay announced until alice has rejected each of them
+            await asyncio.get_running_loop().run_in_executor(None, read_rejections)
             await zc.async_unregister_all_services()
         finally:
             await zc.async_close()
 
-    asyncio.run(scenario())
-    out, _ = events.communicate(timeout=40)
-    import json
-
-    reasons = {json.loads(line)["reason"] for line in out.splitlines()}
-    assert {"bad_txt", "bad_signature", "bad_name", "own_key"} <= reasons, reasons
+    try:
+        asyncio.run(scenario())
+    finally:
+        events.kill()
+        events.wait()
+    assert expected <= seen, seen
     assert "mallory" not in a.peers()
     assert _pids(a) == before
     wait_for(lambda: a.all_up(), 10, "every service still up")
