@@ -82,6 +82,8 @@ class BusClient:
         self._handlers: list[tuple[str, EventHandler]] = []
         self._pings: dict[bytes, asyncio.Event] = {}
         self.welcomed = asyncio.Event()
+        #: Called on every welcome: our SUB (re)connected, e.g. after the bus restarted.
+        self.on_welcome: list[Callable[[], None]] = []
 
     def subscribe(self, prefix: str, handler: EventHandler | None = None) -> None:
         self.sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
@@ -111,6 +113,8 @@ class BusClient:
             frames = await self.sub.recv_multipart()
             if len(frames) == 1 and frames[0] == WELCOME_TOPIC.encode():
                 self.welcomed.set()
+                for callback in self.on_welcome:
+                    callback()
                 return None
             try:
                 return decode_event(frames, self.max_event_bytes)
