@@ -68,6 +68,10 @@ class Paths:
         return self.home / "peers.json"
 
     @property
+    def announce_file(self) -> Path:
+        return self.home / "announce.json"
+
+    @property
     def gateway_port_file(self) -> Path:
         return self.home / "gateway.port"
 

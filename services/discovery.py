@@ -69,6 +69,7 @@ class Discovery:
         self._resolving: dict[str, bool] = {}
         self._save_handle: asyncio.TimerHandle | None = None
         self._register_lock = asyncio.Lock()
+        self.identity_known = asyncio.Event()
 
     # -- peer table --------------------------------------------------------------------
 
@@ -118,37 +119,79 @@ class Discovery:
         reply = await self.rt.client("identity").call(
             rpc.Sign(domain=DOMAIN_MDNS_TXT, data=announce.canonical(txt)))
         txt[b"s"] = reply.sig.hex().encode()
-        label = announce.instance_label(self.own_key)
+        path = self.config.paths.announce_file
+        with contextlib.suppress(OSError):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"key": self.own_key.hex(), "txt": {
+                k.decode("latin-1"): v.decode("latin-1") for k, v in txt.items()}}))
+            os.replace(tmp, path)
+        return self._info(self.own_key, self.port, txt)
+
+    def cached_info(self) -> ServiceInfo | None:
+        """Our last signed record (``announce.json``), if still valid for these interfaces.
+
+        Announcing it at once, before identity and gateway answer, starts the
+        ~1 s mDNS probe as early as possible; ``announce()`` replaces it when
+        anything differs.
+        """
+        path = self.config.paths.announce_file
+        try:
+            data = json.loads(path.read_text())
+            txt = {k.encode(): v.encode("latin-1") for k, v in data["txt"].items()}
+            key = bytes.fromhex(data["key"])
+            name = f"{announce.instance_label(key)}.{self.config.service_type}"
+            ann = announce.validate(name=name, properties=txt, srv_port=None,
+                                    addresses=self.ips)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, TazcomError) as e:
+            self.rt.log.info("not reusing %s: %s", path.name, e)
+            return None
+        self.own_key = ann.key.raw
+        self.own_name = name
+        return self._info(ann.key.raw, ann.port, txt)
+
+    def _info(self, key: bytes, port: int, txt: dict[bytes, bytes]) -> ServiceInfo:
+        label = announce.instance_label(key)
         ttl = self.config.record_ttl
         return ServiceInfo(
             self.config.service_type, f"{label}.{self.config.service_type}",
-            addresses=[socket.inet_aton(ip) for ip in self.ips], port=self.port,
+            addresses=[socket.inet_aton(ip) for ip in self.ips], port=port,
             properties=txt, server=f"{label}.local.", host_ttl=ttl, other_ttl=ttl)
 
-    async def announce(self) -> None:
-        """Register our record, or update it; again if the port moved meanwhile."""
+    async def publish_record(self, info: ServiceInfo) -> None:
+        """Register ``info`` (probing first), or update the registered record."""
         assert self.aiozc is not None
         async with self._register_lock:
-            while True:
-                info = await self.build_info()
-                if self.info is None:
-                    pending = await self.aiozc.async_register_service(info)
-                    self.info = info
-                    self.rt.log.info("announced %s on %s port %d", info.name,
-                                     ",".join(self.ips), info.port)
-                    await pending
-                else:
-                    self.info = info
-                    await (await self.aiozc.async_update_service(info))
-                if info.port == self.port:
-                    return
+            if self.info is not None and self.info.name != info.name:
+                await self.aiozc.async_unregister_service(self.info)  # our key changed
+                self.info = None
+            if self.info is None:
+                pending = await self.aiozc.async_register_service(info)
+                self.rt.log.info("announcing %s on %s port %d", info.name,
+                                 ",".join(self.ips), info.port)
+            else:
+                pending = await self.aiozc.async_update_service(info)
+            self.info = info
+        await pending
+
+    async def announce(self) -> None:
+        """Announce a freshly signed record unless the one announced says the same."""
+        while True:
+            port, nick = self.port, self.nickname
+            current = self.info
+            if current is None or current.port != port or current.name != self.own_name or \
+                    current.properties.get(b"n") != nick.encode():
+                await self.publish_record(await self.build_info())
+            if (self.port, self.nickname) == (port, nick):
+                return
 
     def on_gateway(self, ev: Event) -> None:
         if not isinstance(ev, GatewayListening) or ev.port == self.port:
             return
         self.port = ev.port
-        if self.info is not None:  # else the first announcement will carry the new port
-            self.rt.log.info("gateway moved to port %d", ev.port)
+        if self.identity_known.is_set():
+            self.rt.log.info("gateway listens on port %d", ev.port)
             self.rt.spawn(self.announce(), "re-announce")
 
     # -- browsing -------------------------------------------------------------------------
@@ -179,6 +222,7 @@ class Discovery:
 
     async def _resolve_once(self, name: str) -> None:
         assert self.aiozc is not None
+        await self.identity_known.wait()
         info = AsyncServiceInfo(self.config.service_type, name)
         found = await info.async_request(self.aiozc.zeroconf,
                                          int(self.config.resolve_timeout * 1000))
@@ -214,16 +258,20 @@ async def main(rt: Runtime) -> None:
     disco.load()
     rt.serve({rpc.GetPeers: disco.snapshot})
     rt.bus.subscribe("gateway.listening", disco.on_gateway)
-    ident = await rt.call_until_ready("identity", rpc.GetIdentity())
-    disco.own_key = bytes.fromhex(ident.key)
-    disco.table.own_key = disco.own_key
-    disco.nickname = ident.nickname
-    disco.own_name = f"{announce.instance_label(disco.own_key)}.{rt.config.service_type}"
-    gateway = await rt.call_until_ready("gateway", rpc.GetGatewayInfo())
-    disco.port = gateway.port
     disco.aiozc = AsyncZeroconf(interfaces=ips, ip_version=IPVersion.V4Only)
     browser = AsyncServiceBrowser(disco.aiozc.zeroconf, [rt.config.service_type],
                                   handlers=[disco.on_service_state_change])
+    cached = disco.cached_info()
+    if cached is not None:
+        rt.spawn(disco.publish_record(cached), "announce-cached")
+    ident = await rt.call_until_ready("identity", rpc.GetIdentity())
+    disco.own_key = bytes.fromhex(ident.key)
+    disco.table.own_key = disco.own_key
+    disco.own_name = f"{announce.instance_label(disco.own_key)}.{rt.config.service_type}"
+    disco.identity_known.set()
+    gateway = await rt.call_until_ready("gateway", rpc.GetGatewayInfo())
+    disco.port = gateway.port
+    disco.nickname = ident.nickname
     rt.ready(f"{fingerprint(disco.own_key)} on {', '.join(ips)}")
     try:
         await disco.announce()
