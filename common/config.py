@@ -68,6 +68,10 @@ class Paths:
         return self.home / "peers.json"
 
     @property
+    def pins_file(self) -> Path:
+        return self.home / "pins.json"
+
+    @property
     def announce_file(self) -> Path:
         return self.home / "announce.json"
 

@@ -184,6 +184,93 @@ class GatewayListening(Event):
     port: Annotated[int, Range(1, 65535)]
 
 
+# --- links (gateway) ------------------------------------------------------------------
+
+LinkPeerState = Literal["none", "connected", "verified"]
+Direction = Literal["in", "out"]
+LinkId = Annotated[int, Range(0, 2**63 - 1)]
+OptKey = Annotated[str, HEX32] | None
+
+
+@event("link.up")
+class LinkUp(Event):
+    """A TCP connection to or from a peer is up (its handshake has not finished yet)."""
+
+    link: LinkId
+    address: Address
+    direction: Direction
+    #: The key we dialled (outbound), else None until the handshake proves one.
+    key: OptKey = None
+    #: The peer's link state after this change (none, connected, verified).
+    peer_state: LinkPeerState = "connected"
+
+
+@event("link.down")
+class LinkDown(Event):
+    """A link closed (by us, by the peer, or the connection was lost)."""
+
+    link: LinkId
+    address: Address
+    direction: Direction
+    key: OptKey = None
+    reason: Annotated[str, Len(1, 48)]
+    detail: Annotated[str, Len(0, 200)] = ""
+    by_peer: bool = False
+    peer_state: LinkPeerState = "none"
+
+
+@event("peer.verified")
+class PeerVerified(Event):
+    """A link's handshake proved the peer's key and HELLOs were exchanged."""
+
+    link: LinkId
+    key: HexKey
+    nickname: Nickname
+    address: Address
+    direction: Direction
+    version: Annotated[int, Range(1, 65535)]
+    caps: Annotated[tuple[Annotated[str, Len(1, 32)], ...], Len(0, 32)] = ()
+    peer_state: LinkPeerState = "verified"
+
+
+@event("peer.key_changed")
+class PeerKeyChanged(Event):
+    """A peer proved a key that differs from the one pinned for its nickname: link refused."""
+
+    key: HexKey
+    nickname: Nickname
+    pinned: Annotated[tuple[HexKey, ...], Len(1, 64)]
+    address: Address
+    alert: Annotated[str, Len(1, 200)]
+
+
+@event("peer.trusted")
+class PeerTrusted(Event):
+    """The user accepted (or, with ``trusted`` false, removed the pin of) a key."""
+
+    key: HexKey
+    trusted: bool = True
+
+
+@event("wire.rejected")
+class WireRejected(Event):
+    """A connection or message from a peer was refused; the link was closed."""
+
+    address: Annotated[str, Len(0, 64)]
+    reason: Annotated[str, Len(1, 48)]
+    detail: Annotated[str, Len(0, 200)] = ""
+    key: OptKey = None
+
+
+@event("link.message")
+class LinkMessage(Event):
+    """An ``app`` message from a verified peer, for the local service named by ``kind``."""
+
+    key: HexKey
+    kind: Annotated[str, Len(1, 32)]
+    body: Annotated[bytes, Len(0, 65536)]
+
+
 # --- codec ---------------------------------------------------------------------------
 
 

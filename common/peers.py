@@ -266,3 +266,38 @@ class PeerTable:
                                          alert=alert if isinstance(alert, str) else None)
             kept += 1
         return kept
+
+
+class PeerNotFound(Exception):
+    """No known peer matches what the user typed."""
+
+
+class PeerAmbiguous(Exception):
+    """Several peers match; ``candidates`` lists them."""
+
+    def __init__(self, query: str, candidates: list[PeerInfo]) -> None:
+        super().__init__(query)
+        self.candidates = candidates
+
+
+def match_peer(query: str, peers: list[PeerInfo] | tuple[PeerInfo, ...]) -> PeerInfo:
+    """Find the peer a person means by ``query``: a key, a key or fingerprint prefix, or a
+    nickname (case-insensitive). Raises PeerNotFound or PeerAmbiguous."""
+    q = query.strip()
+    if not q:
+        raise PeerNotFound(query)
+    exact = [p for p in peers if p.key == q.lower()]
+    if exact:
+        return exact[0]
+    by_nick = [p for p in peers if p.nickname.lower() == q.lower()]
+    digits = "".join(ch for ch in q.lower() if ch in "0123456789abcdef")
+    by_prefix: list[PeerInfo] = []
+    if len(digits) >= 4 and len(digits) == len(q.replace("-", "").replace(" ", "")):
+        by_prefix = [p for p in peers if p.fingerprint.replace("-", "").startswith(digits)
+                     or (len(digits) >= 8 and p.key.startswith(digits))]
+    found = list({p.key: p for p in by_nick + by_prefix}.values())
+    if not found:
+        raise PeerNotFound(query)
+    if len(found) > 1:
+        raise PeerAmbiguous(query, found)
+    return found[0]

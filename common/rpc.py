@@ -10,7 +10,7 @@ socket; replies may come back in any order. docs/protocol.md, "Requests".
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from . import codec
 from .errors import RequestFailed, SchemaError
@@ -93,6 +93,25 @@ class GatewayInfo(Record):
 
 
 @record
+class LinkInfo(Record):
+    link: Annotated[int, Range(0, 2**63 - 1)]
+    address: Address
+    direction: Literal["in", "out"]
+    state: Literal["handshake", "open"]
+    since: Annotated[float, Range(0, 2**40)]
+    key: HexKey | None = None
+    nickname: Nickname | None = None
+    version: Annotated[int, Range(1, 65535)] | None = None
+    frames_in: Annotated[int, Range(0, 2**63 - 1)] = 0
+    frames_out: Annotated[int, Range(0, 2**63 - 1)] = 0
+
+
+@record
+class LinkList(Record):
+    links: Annotated[tuple[LinkInfo, ...], Len(0, 4096)]
+
+
+@record
 class StatusReport(Record):
     services: Annotated[tuple[ServiceHealth, ...], Len(0, 64)]
 
@@ -137,6 +156,35 @@ class GetPeers(Request):
 @request("gateway.info", GatewayInfo)
 class GetGatewayInfo(Request):
     """Where the gateway listens."""
+
+
+@request("gateway.send", Empty)
+class SendToPeer(Request):
+    """Send an ``app`` message to a verified peer. Errors: no_link, too_large."""
+
+    key: HexKey
+    kind: Annotated[str, Len(1, 32)]
+    body: Annotated[bytes, Len(0, 65000)]
+
+
+@request("gateway.links", LinkList)
+class GetLinks(Request):
+    """Every link, in handshake or open."""
+
+
+@request("gateway.trust", Empty)
+class Trust(Request):
+    """Accept ``key`` (pin it), clearing a key-change alert. ``nickname`` pins it to a name."""
+
+    key: HexKey
+    nickname: Nickname | None = None
+
+
+@request("gateway.untrust", Empty)
+class Untrust(Request):
+    """Remove every pin of ``key``. Errors: not_pinned."""
+
+    key: HexKey
 
 
 @request("bus.status", StatusReport)
@@ -208,8 +256,36 @@ def parse_reply(data: Any, reply_cls: type[Record]) -> Record:
 
 
 __all__ = [
-    "REQUESTS", "Address", "Empty", "Fingerprint", "GatewayInfo", "GetGatewayInfo",
-    "GetIdentity", "GetPeers", "GetStatus", "HexKey", "IdentityInfo", "Nickname", "PeerSnapshot",
-    "Ping", "Pong", "Request", "Sign", "SignMany", "Signature", "Signatures", "StatusReport",
-    "decode_request", "encode_error", "encode_reply", "encode_request", "parse_reply",
+    "REQUESTS",
+    "Address",
+    "Empty",
+    "Fingerprint",
+    "GatewayInfo",
+    "GetGatewayInfo",
+    "GetIdentity",
+    "GetLinks",
+    "GetPeers",
+    "GetStatus",
+    "HexKey",
+    "IdentityInfo",
+    "LinkInfo",
+    "LinkList",
+    "Nickname",
+    "PeerSnapshot",
+    "Ping",
+    "Pong",
+    "Request",
+    "SendToPeer",
+    "Sign",
+    "SignMany",
+    "Signature",
+    "Signatures",
+    "StatusReport",
+    "Trust",
+    "Untrust",
+    "decode_request",
+    "encode_error",
+    "encode_reply",
+    "encode_request",
+    "parse_reply",
 ]

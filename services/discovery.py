@@ -29,9 +29,15 @@ from tazcom.common.events import (
     DiscoveryRejected,
     Event,
     GatewayListening,
+    LinkDown,
+    LinkUp,
     PeerDiscovered,
+    PeerKeyChanged,
     PeerLost,
+    PeerTrusted,
     PeerUpdated,
+    PeerVerified,
+    ServiceStarted,
 )
 from tazcom.common.keys import DOMAIN_MDNS_TXT, fingerprint
 from tazcom.common.peers import Change, PeerTable, TableFull
@@ -186,6 +192,54 @@ class Discovery:
             if (self.port, self.nickname) == (port, nick):
                 return
 
+    # -- links (from the gateway) -------------------------------------------------------------
+
+    def on_link(self, ev: Event) -> None:
+        now = time.time()
+        if isinstance(ev, LinkUp | LinkDown) and ev.key:
+            self.publish(self.table.link_changed(
+                bytes.fromhex(ev.key), ev.peer_state, now,
+                address=ev.address if ev.direction == "out" else None))
+        elif isinstance(ev, PeerVerified):
+            self.publish(self.table.link_changed(
+                bytes.fromhex(ev.key), "verified", now, nickname=ev.nickname,
+                address=ev.address if ev.direction == "out" else None))
+        elif isinstance(ev, PeerKeyChanged):
+            key = bytes.fromhex(ev.key)
+            if self.table.get(key) is None:
+                self.publish(self.table.link_changed(key, "none", now, nickname=ev.nickname))
+            self.publish(self.table.set_alert(key, ev.alert, now))
+        elif isinstance(ev, PeerTrusted) and ev.trusted:
+            self.publish(self.table.set_alert(bytes.fromhex(ev.key), None, now))
+        elif isinstance(ev, ServiceStarted) and ev.service == "gateway":
+            self.rt.spawn(self.sync_links(), "sync-links")
+
+    async def sync_links(self) -> None:
+        """Take the gateway's links as they are (after it, or we, restarted)."""
+        try:
+            reply = await self.rt.client("gateway").call(rpc.GetLinks(), timeout=1.0)
+        except TazcomError as e:
+            self.rt.log.info("cannot read the gateway's links: %s", e.message)
+            return
+        now = time.time()
+        states: dict[bytes, str] = {}
+        addresses: dict[bytes, str] = {}
+        for link in reply.links:
+            if link.key is None:
+                continue
+            key = bytes.fromhex(link.key)
+            state = "verified" if link.state == "open" else "connected"
+            if states.get(key) != "verified":
+                states[key] = state
+            if link.direction == "out":
+                addresses[key] = link.address
+        for entry in self.table.entries():
+            if entry.key not in states and entry.link != "none":
+                self.publish(self.table.link_changed(entry.key, "none", now))
+        for key, state in states.items():
+            self.publish(self.table.link_changed(key, state, now,  # type: ignore[arg-type]
+                                                 address=addresses.get(key)))
+
     def on_gateway(self, ev: Event) -> None:
         if not isinstance(ev, GatewayListening) or ev.port == self.port:
             return
@@ -258,6 +312,9 @@ async def main(rt: Runtime) -> None:
     disco.load()
     rt.serve({rpc.GetPeers: disco.snapshot})
     rt.bus.subscribe("gateway.listening", disco.on_gateway)
+    for prefix in ("link.up", "link.down", "peer.verified", "peer.key_changed", "peer.trusted",
+                   "service.started"):
+        rt.bus.subscribe(prefix, disco.on_link)
     disco.aiozc = AsyncZeroconf(interfaces=ips, ip_version=IPVersion.V4Only)
     browser = AsyncServiceBrowser(disco.aiozc.zeroconf, [rt.config.service_type],
                                   handlers=[disco.on_service_state_change])
@@ -273,6 +330,7 @@ async def main(rt: Runtime) -> None:
     disco.port = gateway.port
     disco.nickname = ident.nickname
     rt.ready(f"{fingerprint(disco.own_key)} on {', '.join(ips)}")
+    rt.spawn(disco.sync_links(), "sync-links")
     try:
         await disco.announce()
         await asyncio.Event().wait()

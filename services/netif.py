@@ -52,3 +52,13 @@ def resolve_interfaces(wanted: tuple[str, ...]) -> list[str]:
     if not out:
         raise ConfigError("no usable IPv4 interface (set TAZCOM_INTERFACES)")
     return out
+
+
+def interface_networks(ips: list[str]) -> list[ipaddress.IPv4Interface]:
+    """The network (address/prefix) of each of our addresses; /32 when unknown."""
+    prefixes: dict[str, int] = {}
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                prefixes.setdefault(ip.ip, ip.network_prefix)
+    return [ipaddress.IPv4Interface(f"{ip}/{prefixes.get(ip, 32)}") for ip in ips]

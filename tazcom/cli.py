@@ -26,16 +26,25 @@ from tazcom.common import rpc
 from tazcom.common.config import Config
 from tazcom.common.errors import ConfigError, TazcomError
 from tazcom.common.events import Event, PeerInfo, ServiceHealth, event_as_json
+from tazcom.common.keys import safety_number
+from tazcom.common.peers import PeerAmbiguous, PeerNotFound, match_peer
 from tazcom.common.schema import to_jsonable
 from tazcom.services.busclient import BusClient, RpcClient
 from tazcom.services.runtime import load_from_env
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
 
 class NodeNotRunning(TazcomError):
     code = "not_running"
+
+
+class UserError(TazcomError):
+    """What the user asked for cannot be done (unknown peer...); message says why."""
+
+    code = "usage"
 
 
 class Cli:
@@ -71,18 +80,44 @@ class Cli:
 
     async def cmd_id(self) -> int:
         info = await self.call("identity", rpc.GetIdentity())
+        out: dict[str, Any] = {"key": info.key, "fingerprint": info.fingerprint,
+                               "nickname": info.nickname}
+        peer = await self.find_peer(self.args.peer) if self.args.peer else None
+        if peer is not None:
+            out["peer"] = peer.key
+            out["peer_nickname"] = peer.nickname
+            out["safety_number"] = safety_number(bytes.fromhex(info.key),
+                                                 bytes.fromhex(peer.key))
         if self.json:
-            self.out({"key": info.key, "fingerprint": info.fingerprint,
-                      "nickname": info.nickname})
-        else:
-            print(f"nickname     {info.nickname}")
-            print(f"fingerprint  {info.fingerprint}")
-            print(f"key          {info.key}")
+            self.out(out)
+            return 0
+        print(f"nickname     {info.nickname}")
+        print(f"fingerprint  {info.fingerprint}")
+        print(f"key          {info.key}")
+        if peer is not None:
+            print(f"safety number with {peer.nickname} ({peer.fingerprint}):")
+            print(f"  {out['safety_number']}")
+            print("  compare it aloud with theirs: `tazcom id YOUR-NICKNAME` on their node")
         return 0
+
+    async def find_peer(self, query: str) -> PeerInfo:
+        snap = await self.call("discovery", rpc.GetPeers())
+        try:
+            return match_peer(query, snap.peers)
+        except PeerNotFound:
+            known = ", ".join(f"{p.nickname} ({p.fingerprint})" for p in snap.peers) or "none"
+            raise UserError(f"no peer matches {query!r}; known peers: {known}") from None
+        except PeerAmbiguous as e:
+            listed = "; ".join(f"{p.nickname} {p.fingerprint} {p.key[:16]}"
+                               for p in e.candidates)
+            raise UserError(f"{query!r} matches several peers: {listed}; "
+                            "give more of the fingerprint or the key") from None
 
     # -- peers ----------------------------------------------------------------------------
 
     async def cmd_peers(self) -> int:
+        if self.args.peer:
+            return await self.peer_detail(self.args.peer)
         snap = await self.call("discovery", rpc.GetPeers())
         peers: Sequence[PeerInfo] = snap.peers
         if self.json:
@@ -101,6 +136,44 @@ class Cli:
             rows.append((p.nickname, p.fingerprint, state, _ago(now, p.last_seen, p.state),
                          ", ".join(p.addresses) or "-"))
         _table(rows)
+        return 0
+
+    async def peer_detail(self, query: str) -> int:
+        peer = await self.find_peer(query)
+        me = await self.call("identity", rpc.GetIdentity())
+        number = safety_number(bytes.fromhex(me.key), bytes.fromhex(peer.key))
+        if self.json:
+            self.out({**peer.to_dict(), "safety_number": number})
+            return 0
+        now = time.time()
+        rows = [("nickname", peer.nickname), ("fingerprint", peer.fingerprint),
+                ("key", peer.key), ("state", peer.state + (f" ({peer.hops} hops)"
+                                                           if peer.hops else "")),
+                ("since", _ago(now, peer.since, "offline") if peer.since else "-"),
+                ("last seen", _ago(now, peer.last_seen, peer.state)),
+                ("addresses", ", ".join(peer.addresses) or "-"),
+                ("safety number", number)]
+        if peer.alert:
+            rows.append(("ALERT", peer.alert))
+        for name, value in rows:
+            print(f"{name:<14} {value}")
+        return 0
+
+    # -- trust ----------------------------------------------------------------------------
+
+    async def cmd_trust(self) -> int:
+        peer = await self.find_peer(self.args.peer)
+        if self.args.remove:
+            await self.call("gateway", rpc.Untrust(key=peer.key))
+            verb = "removed every pin of"
+        else:
+            await self.call("gateway", rpc.Trust(key=peer.key, nickname=peer.nickname))
+            verb = "trusted"
+        if self.json:
+            self.out({"key": peer.key, "nickname": peer.nickname,
+                      "trusted": not self.args.remove})
+        else:
+            print(f"{verb} {peer.nickname} ({peer.fingerprint})")
         return 0
 
     # -- status ---------------------------------------------------------------------------
@@ -218,8 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tazcom", parents=[common],
                                      description="Tool of a TAZCOM chat-mesh node.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("id", parents=[common], help="this node's key, fingerprint and nickname")
-    sub.add_parser("peers", parents=[common], help="known peers and their state")
+    idp = sub.add_parser("id", parents=[common],
+                         help="this node's key, fingerprint and nickname")
+    idp.add_argument("peer", nargs="?", help="also show the safety number with this peer")
+    pp = sub.add_parser("peers", parents=[common], help="known peers and their state")
+    pp.add_argument("peer", nargs="?", help="show one peer in detail, with the safety number")
+    tp = sub.add_parser("trust", parents=[common],
+                        help="accept a peer's key (clears a key-change alert)")
+    tp.add_argument("peer", help="key, fingerprint (prefix) or nickname")
+    tp.add_argument("--remove", action="store_true", help="remove the peer's pins instead")
     sub.add_parser("status", parents=[common], help="each service's health, as seen on the bus")
     ev = sub.add_parser("events", parents=[common], help="tail the node's event bus")
     ev.add_argument("--topic", default="", help="only topics starting with this prefix")
@@ -234,6 +314,7 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
     "peers": Cli.cmd_peers,
     "status": Cli.cmd_status,
     "events": Cli.cmd_events,
+    "trust": Cli.cmd_trust,
 }
 
 
@@ -259,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NodeNotRunning as e:
         print(f"tazcom: {e.message}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    except UserError as e:
+        print(f"tazcom: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
     except TazcomError as e:
         print(f"tazcom: {e.code}: {e.message}", file=sys.stderr)
         return EXIT_ERROR

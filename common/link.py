@@ -1,0 +1,381 @@
+"""One link between two nodes, as a sans-IO state machine.
+
+Theory of operation
+-------------------
+Bytes from TCP and the current time go in (``receive_data(data, now)``,
+``handle_timer(now)``); events come out, bytes to write accumulate
+(``data_to_send()``) and ``next_deadline()`` says when to call back. The
+gateway only reads, feeds, writes and re-arms a timer, so every rule below is
+tested without sockets (docs/protocol.md, "Links").
+
+1. Handshake: Noise XX (``common.noise``), prologue ``tazcom-link``. Message 1
+   (initiator: ``e``) carries no payload. Messages 2 and 3 carry an
+   ``IdentityProof``: the sender's Ed25519 key and its signature of
+   ``"tazcom-noise-static:" || the sender's Noise static key``. Noise proves the
+   sender holds that static key; the signature binds it to the identity. A
+   dialer that expected a given key rejects any other (``wrong_key``).
+2. HELLO: each side's first transport message. Versions are negotiated
+   (highest common); none in common closes with ``unsupported_version``.
+3. OPEN: ``app`` messages flow both ways; ``ping``/``pong`` keep the link
+   alive; each side rekeys its sending cipher after ``rekey`` signalling.
+
+The state table fails closed: input in a state that does not expect it
+closes the link. Limits, each closing the link with its reject code:
+``handshake_timeout`` (not OPEN within 10 s), ``slow_sender`` (a frame
+started but unfinished for 5 s), ``timeout`` (nothing received for 9 s while
+OPEN), ``rate_limited`` (more frames per second than allowed), plus every
+decoding and crypto failure.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import nacl.exceptions
+import nacl.signing
+
+from . import noise
+from .errors import LocalProtocolError, RemoteProtocolError
+from .keys import DOMAIN_NOISE_STATIC
+from .messages import (
+    App,
+    Close,
+    Hello,
+    IdentityProof,
+    Message,
+    Ping,
+    Pong,
+    Rekey,
+    decode_message,
+    decode_proof,
+    encode_message,
+    encode_proof,
+)
+from .wire import FrameDecoder, encode_frame
+
+PROLOGUE = b"tazcom-link"
+LINK_VERSIONS = (1, 1)
+HANDSHAKE_MAX_FRAME = 1024
+MSG1_LEN = noise.DH_LEN
+
+
+class State(enum.Enum):
+    INITIATOR_EXPECT_MSG2 = "initiator_expect_msg2"
+    RESPONDER_EXPECT_MSG1 = "responder_expect_msg1"
+    RESPONDER_EXPECT_MSG3 = "responder_expect_msg3"
+    EXPECT_HELLO = "expect_hello"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkLimits:
+    handshake_timeout: float = 10.0
+    frame_timeout: float = 5.0
+    keepalive: float = 3.0
+    dead_after: float = 9.0
+    rekey_interval: float = 3600.0
+    rekey_frames: int = 2**20
+    #: Token bucket on received frames: sustained rate and burst.
+    frames_per_second: float = 20000.0
+    frame_burst: float = 40000.0
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkVerified:
+    """The peer proved ``key`` and both HELLOs were exchanged."""
+
+    key: bytes
+    nickname: str
+    version: int
+    caps: tuple[str, ...]
+    handshake_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    kind: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDropped:
+    """A well-encrypted message we could not use (unknown type, bad fields); link stays."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClosed:
+    reason: str
+    detail: str
+    by_peer: bool
+
+
+Event = LinkVerified | MessageReceived | MessageDropped | LinkClosed
+
+
+class Link:
+    """One TCP link's protocol state. Pure: time arrives as ``now``."""
+
+    def __init__(
+        self, *, initiator: bool, identity_key: bytes, static_private: bytes,
+        static_sig: bytes, nickname: str, now: float, expected_key: bytes | None = None,
+        versions: tuple[int, int] = LINK_VERSIONS, caps: tuple[str, ...] = (),
+        limits: LinkLimits = LinkLimits(), protocol_name: str = noise.PROTOCOL_BLAKE2B,
+        ephemeral_private: bytes | None = None,
+    ) -> None:
+        self.initiator = initiator
+        self.identity_key = identity_key
+        self.expected_key = expected_key
+        self.nickname = nickname
+        self.versions = versions
+        self.caps = caps
+        self.limits = limits
+        self._proof = encode_proof(IdentityProof(v=1, key=identity_key, sig=static_sig))
+        self._hs = noise.HandshakeState(initiator=initiator, static_private=static_private,
+                                        prologue=PROLOGUE, protocol_name=protocol_name,
+                                        ephemeral_private=ephemeral_private)
+        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        self._out: list[bytes] = []
+        self._send: noise.CipherState | None = None
+        self._recv: noise.CipherState | None = None
+        self.started = now
+        self.last_received = now
+        self.last_sent = now
+        self._partial_since: float | None = None
+        self._tokens = limits.frame_burst
+        self._tokens_at = now
+        self._sent_since_rekey = 0
+        self._rekeyed_at = now
+        self._ping_n = 0
+        self.peer_key: bytes | None = None
+        self.peer_nickname: str | None = None
+        self.version: int | None = None
+        self.close_reason: str | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        if initiator:
+            self.state = State.INITIATOR_EXPECT_MSG2
+            self._out.append(encode_frame(self._hs.write_message(b"")))
+        else:
+            self.state = State.RESPONDER_EXPECT_MSG1
+
+    # -- output ---------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        return data
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is State.OPEN
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def _write(self, msg: Message, now: float) -> None:
+        assert self._send is not None
+        limits = self.limits
+        if (self._sent_since_rekey >= limits.rekey_frames
+                or now - self._rekeyed_at >= limits.rekey_interval) and not isinstance(msg, Rekey):
+            self._write(Rekey(), now)
+            self._send.rekey()
+            self._sent_since_rekey = 0
+            self._rekeyed_at = now
+        frame = self._send.encrypt_with_ad(b"", encode_message(msg))
+        self._out.append(len(frame).to_bytes(2, "big") + frame)
+        self._sent_since_rekey += 1
+        self.frames_out += 1
+        self.last_sent = now
+
+    def send_app(self, kind: str, body: bytes, now: float) -> None:
+        """Queue an ``app`` message; raises LocalProtocolError (not_open, too_large)."""
+        if self.state is not State.OPEN:
+            raise LocalProtocolError("link is not open", code="no_link")
+        msg = App(kind=kind, body=body)
+        try:
+            App.from_dict(msg.to_dict())
+        except RemoteProtocolError as e:
+            raise LocalProtocolError(e.message, code="too_large") from None
+        self._write(msg, now)
+
+    def close(self, reason: str, detail: str, now: float) -> LinkClosed:
+        """Close from our side, telling the peer why when we can."""
+        if self.state is State.CLOSED:
+            return LinkClosed(reason=self.close_reason or reason, detail=detail, by_peer=False)
+        if self._send is not None:
+            self._write(Close(reason=reason[:48], message=detail[:200]), now)
+        self.state = State.CLOSED
+        self.close_reason = reason
+        return LinkClosed(reason=reason, detail=detail, by_peer=False)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        if self.state is State.CLOSED:
+            return None
+        limits = self.limits
+        deadlines = []
+        if self.state is not State.OPEN:
+            deadlines.append(self.started + limits.handshake_timeout)
+        else:
+            deadlines.append(self.last_received + limits.dead_after)
+            deadlines.append(self.last_sent + limits.keepalive)
+        if self._partial_since is not None:
+            deadlines.append(self._partial_since + limits.frame_timeout)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> list[Event]:
+        if self.state is State.CLOSED:
+            return []
+        limits = self.limits
+        if self.state is not State.OPEN and now >= self.started + limits.handshake_timeout:
+            return [self.close("handshake_timeout",
+                               f"no complete handshake within {limits.handshake_timeout:g}s",
+                               now)]
+        if self._partial_since is not None and now >= self._partial_since + limits.frame_timeout:
+            return [self.close("slow_sender",
+                               f"a frame took over {limits.frame_timeout:g}s to arrive", now)]
+        if self.state is State.OPEN:
+            if now >= self.last_received + limits.dead_after:
+                return [self.close("timeout", f"nothing received for {limits.dead_after:g}s",
+                                   now)]
+            if now >= self.last_sent + limits.keepalive:
+                self._ping_n += 1
+                self._write(Ping(n=self._ping_n), now)
+        return []
+
+    # -- input --------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        if self.state is State.CLOSED or not data:
+            return []
+        events: list[Event] = []
+        try:
+            frames = self._decoder.feed(data)
+            for frame in frames:
+                self._frame(frame, now, events)
+                if self.state is State.CLOSED:
+                    break
+        except RemoteProtocolError as e:
+            events.append(self.close(e.code, e.message, now))
+            return events
+        self._partial_since = (now if self._partial_since is None else self._partial_since) \
+            if self._decoder.partial else None
+        return events
+
+    def _spend_token(self, now: float) -> None:
+        limits = self.limits
+        self._tokens = min(limits.frame_burst,
+                           self._tokens + (now - self._tokens_at) * limits.frames_per_second)
+        self._tokens_at = now
+        if self._tokens < 1:
+            raise RemoteProtocolError(
+                f"over {limits.frames_per_second:g} frames/s", code="rate_limited")
+        self._tokens -= 1
+
+    def _frame(self, frame: bytes, now: float, events: list[Event]) -> None:
+        self.frames_in += 1
+        self.last_received = now
+        state = self.state
+        if state is State.OPEN or state is State.EXPECT_HELLO:
+            self._spend_token(now)
+            assert self._recv is not None
+            plaintext = self._recv.decrypt_with_ad(b"", frame)
+            try:
+                msg = decode_message(plaintext)
+            except RemoteProtocolError as e:
+                if state is State.OPEN and e.code in ("unknown_type", "bad_version"):
+                    events.append(MessageDropped(reason=e.code, detail=e.message))
+                    return
+                raise
+            self._message(msg, now, events)
+        elif state is State.RESPONDER_EXPECT_MSG1:
+            if len(frame) != MSG1_LEN:
+                raise RemoteProtocolError(f"message 1 must be {MSG1_LEN} bytes",
+                                          code="bad_handshake")
+            self._hs.read_message(frame)
+            self._out.append(encode_frame(self._hs.write_message(self._proof)))
+            self.state = State.RESPONDER_EXPECT_MSG3
+        elif state is State.INITIATOR_EXPECT_MSG2:
+            payload = self._hs.read_message(frame)
+            self._check_proof(payload)
+            self._out.append(encode_frame(self._hs.write_message(self._proof)))
+            self._open_transport(now)
+        elif state is State.RESPONDER_EXPECT_MSG3:
+            payload = self._hs.read_message(frame)
+            self._check_proof(payload)
+            self._open_transport(now)
+        else:  # pragma: no cover - CLOSED never reaches here
+            raise RemoteProtocolError(f"unexpected frame in {state.value}", code="bad_state")
+
+    def _check_proof(self, payload: bytes) -> None:
+        proof = decode_proof(payload)
+        remote_static = self._hs.remote_static
+        assert remote_static is not None
+        try:
+            nacl.signing.VerifyKey(proof.key).verify(DOMAIN_NOISE_STATIC + remote_static,
+                                                     proof.sig)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
+                nacl.exceptions.TypeError):
+            raise RemoteProtocolError("identity signature over the Noise static key is invalid",
+                                      code="bad_signature") from None
+        if proof.key == self.identity_key:
+            raise RemoteProtocolError("the peer claims our own key", code="own_key")
+        if self.expected_key is not None and proof.key != self.expected_key:
+            raise RemoteProtocolError("the peer proved a different key than announced",
+                                      code="wrong_key")
+        self.peer_key = proof.key
+
+    def _open_transport(self, now: float) -> None:
+        self._send, self._recv = self._hs.split()
+        self._decoder.max_frame = noise.MAX_MESSAGE
+        self.state = State.EXPECT_HELLO
+        self._rekeyed_at = now
+        self._write(Hello(versions=self.versions, nickname=self.nickname, caps=self.caps), now)
+
+    def _message(self, msg: Message, now: float, events: list[Event]) -> None:
+        if isinstance(msg, App):
+            if self.state is not State.OPEN:
+                raise RemoteProtocolError("app message before hello", code="bad_state")
+            events.append(MessageReceived(kind=msg.kind, body=msg.body))
+        elif isinstance(msg, Ping):
+            self._write(Pong(n=msg.n), now)
+        elif isinstance(msg, Pong):
+            pass
+        elif isinstance(msg, Rekey):
+            assert self._recv is not None
+            self._recv.rekey()
+        elif isinstance(msg, Close):
+            self.state = State.CLOSED
+            self.close_reason = msg.reason
+            events.append(LinkClosed(reason=msg.reason, detail=msg.message, by_peer=True))
+        elif isinstance(msg, Hello):
+            if self.state is not State.EXPECT_HELLO:
+                raise RemoteProtocolError("a second hello", code="bad_state")
+            lo, hi = max(self.versions[0], msg.versions[0]), min(self.versions[1],
+                                                                 msg.versions[1])
+            if lo > hi or msg.versions[0] > msg.versions[1]:
+                raise RemoteProtocolError(
+                    f"unsupported version: we speak {self.versions[0]}..{self.versions[1]}, "
+                    f"the peer {msg.versions[0]}..{msg.versions[1]}",
+                    code="unsupported_version")
+            self.version = hi
+            self.peer_nickname = msg.nickname
+            self.state = State.OPEN
+            assert self.peer_key is not None
+            events.append(LinkVerified(key=self.peer_key, nickname=msg.nickname, version=hi,
+                                       caps=msg.caps, handshake_hash=self._hs.handshake_hash))
+        else:  # pragma: no cover - every Message subclass is handled above
+            raise RemoteProtocolError(f"unexpected {msg.TYPE}", code="bad_state")
+

@@ -1,0 +1,340 @@
+"""The link state machine: two Links wired back to back in memory, and every way it fails."""
+
+from __future__ import annotations
+
+import random
+
+import nacl.signing
+import pytest
+
+from tazcom.common import codec, noise
+from tazcom.common.keys import DOMAIN_NOISE_STATIC
+from tazcom.common.link import (
+    Link,
+    LinkClosed,
+    LinkLimits,
+    LinkVerified,
+    MessageDropped,
+    MessageReceived,
+    State,
+)
+from tazcom.common.messages import MESSAGES, Hello, decode_message, encode_message
+from tazcom.common.wire import FrameDecoder, encode_frame
+
+from .examples import build
+
+
+class Node:
+    def __init__(self, seed: int, nickname: str) -> None:
+        self.sk = nacl.signing.SigningKey(bytes([seed]) * 32)
+        self.key = bytes(self.sk.verify_key)
+        self.static, static_pub = noise.x25519_keypair()
+        self.static_pub = static_pub
+        self.sig = self.sk.sign(DOMAIN_NOISE_STATIC + static_pub).signature
+        self.nickname = nickname
+
+    def link(self, initiator: bool, now: float = 0.0, **kw: object) -> Link:
+        return Link(initiator=initiator, identity_key=self.key, static_private=self.static,
+                    static_sig=self.sig, nickname=self.nickname, now=now, **kw)  # type: ignore
+
+
+A, B, C = Node(1, "alice"), Node(2, "bob"), Node(3, "carol")
+
+
+def pump(a: Link, b: Link, now: float = 1.0, chunk: int | None = None) -> tuple[list, list]:
+    """Exchange bytes until both are quiet; ``chunk`` splits every write (1 = byte by byte)."""
+    ev_a: list = []
+    ev_b: list = []
+    for _ in range(20):
+        da, db = a.data_to_send(), b.data_to_send()
+        if not da and not db:
+            break
+        for data, dst, evs in ((da, b, ev_b), (db, a, ev_a)):
+            step = chunk or max(1, len(data))
+            for i in range(0, len(data), step):
+                evs += dst.receive_data(data[i : i + step], now)
+    return ev_a, ev_b
+
+
+def connected(**kw: object) -> tuple[Link, Link]:
+    a = A.link(True, expected_key=B.key, **kw)
+    b = B.link(False, **kw)
+    ev_a, ev_b = pump(a, b)
+    assert [type(e) for e in ev_a] == [LinkVerified]
+    assert [type(e) for e in ev_b] == [LinkVerified]
+    return a, b
+
+
+def test_handshake_proves_both_keys_and_exchanges_hello() -> None:
+    a = A.link(True, expected_key=B.key)
+    b = B.link(False)
+    ev_a, ev_b = pump(a, b)
+    [va], [vb] = ev_a, ev_b
+    assert (va.key, va.nickname, va.version) == (B.key, "bob", 1)
+    assert (vb.key, vb.nickname) == (A.key, "alice")
+    assert va.handshake_hash == vb.handshake_hash
+    assert a.is_open and b.is_open
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_any_tcp_split_works(chunk: int) -> None:
+    a, b = A.link(True), B.link(False)
+    ev_a, ev_b = pump(a, b, chunk=chunk)
+    assert a.is_open and b.is_open
+    a.send_app("chat", b"x" * 5000, 2)
+    data = a.data_to_send()
+    got = []
+    for i in range(0, len(data), chunk):
+        got += b.receive_data(data[i : i + chunk], 2)
+    assert got == [MessageReceived(kind="chat", body=b"x" * 5000)]
+
+
+def test_app_messages_both_ways_and_payloads_are_encrypted() -> None:
+    a, b = connected()
+    secret = b"meet me at the north gate at nine"
+    a.send_app("chat", secret, 2)
+    wire = a.data_to_send()
+    assert secret not in wire
+    assert b.receive_data(wire, 2) == [MessageReceived(kind="chat", body=secret)]
+    b.send_app("chat", b"ok", 2)
+    assert a.receive_data(b.data_to_send(), 2) == [MessageReceived(kind="chat", body=b"ok")]
+
+
+def test_dialler_rejects_a_different_key_than_expected() -> None:
+    a = A.link(True, expected_key=C.key)  # we dialled carol, bob answers
+    b = B.link(False)
+    ev_a, _ = pump(a, b)
+    assert [(type(e), e.reason) for e in ev_a] == [(LinkClosed, "wrong_key")]
+    assert a.closed
+
+
+def test_impostor_replaying_a_proof_cannot_complete() -> None:
+    # Mallory knows bob's key and one of bob's signed static keys, but not that static's
+    # secret: she presents bob's proof with her own Noise static key.
+    mallory = Node(9, "bob")
+    mallory.key, mallory.sig = B.key, B.sig
+    a = A.link(True, expected_key=B.key)
+    m = mallory.link(False)
+    ev_a, _ = pump(a, m)
+    assert [(type(e), e.reason) for e in ev_a] == [(LinkClosed, "bad_signature")]
+    # and the same when mallory dials alice claiming to be bob
+    m2 = mallory.link(True)
+    a2 = A.link(False)
+    _, ev_a2 = pump(m2, a2)
+    assert [(type(e), e.reason) for e in ev_a2] == [(LinkClosed, "bad_signature")]
+
+
+def test_own_key_rejected() -> None:
+    a1, a2 = A.link(True), A.link(False)
+    ev1, ev2 = pump(a1, a2)
+    assert any(isinstance(e, LinkClosed) and e.reason == "own_key" for e in ev1 + ev2)
+
+
+def test_signature_from_another_identity_rejected() -> None:
+    forger = Node(5, "forger")
+    forger.sig = C.sk.sign(DOMAIN_NOISE_STATIC + forger.static_pub).signature  # carol's sig
+    a, f = A.link(True), forger.link(False)
+    ev_a, _ = pump(a, f)
+    assert [e.reason for e in ev_a] == ["bad_signature"]
+
+
+def test_replayed_handshake_message_is_rejected() -> None:
+    a, b = A.link(True), B.link(False)
+    msg1 = a.data_to_send()
+    b.receive_data(msg1, 1)
+    msg2 = b.data_to_send()
+    a.receive_data(msg2, 1)
+    msg3_and_hello = a.data_to_send()
+    # a second responder fed the same message 1, then message 3 meant for b
+    b2 = B.link(False)
+    b2.receive_data(msg1, 1)
+    b2.data_to_send()
+    events = b2.receive_data(msg3_and_hello, 1)
+    assert [type(e) for e in events] == [LinkClosed]
+    assert events[0].reason in ("decrypt_failed", "bad_handshake")
+    # replaying message 2 to the initiator after it completed is also refused
+    events = a.receive_data(msg2, 1)
+    assert [type(e) for e in events] == [LinkClosed]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_handshake_messages_never_verify(stage: int, damage: str) -> None:
+    a, b = A.link(True), B.link(False)
+    events: list = []
+    for step in range(6):
+        src, dst = (a, b) if step % 2 == 0 else (b, a)
+        data = src.data_to_send()
+        if step == stage and data:
+            n = int.from_bytes(data[:2], "big")
+            frame = bytearray(data[: 2 + n])
+            if damage == "flip":
+                frame[2 + n // 2] ^= 1
+            else:
+                frame = frame[: 2 + n - 5]
+                frame[:2] = (n - 5).to_bytes(2, "big")
+            data = bytes(frame) + data[2 + n :]
+        events += dst.receive_data(data, 1)
+    assert not any(isinstance(e, LinkVerified) for e in events)
+    assert any(isinstance(e, LinkClosed) for e in events) or not (a.is_open or b.is_open)
+
+
+def test_truncated_frame_times_out_as_slow_sender() -> None:
+    b = B.link(False, now=0)
+    a = A.link(True, now=0)
+    msg1 = a.data_to_send()
+    assert b.receive_data(msg1[:10], 0.5) == []
+    assert b.next_deadline() == pytest.approx(5.5)
+    assert b.handle_timer(5.6)[0].reason == "slow_sender"
+
+
+def test_garbage_and_huge_length_prefixes_close_cleanly() -> None:
+    rng = random.Random(5)
+    for _ in range(500):
+        b = B.link(False)
+        events = b.receive_data(rng.randbytes(rng.randint(1, 200)), 1)
+        assert all(isinstance(e, LinkClosed) for e in events)
+    b = B.link(False)
+    events = b.receive_data(b"\xff\xff" + b"A" * 100, 1)
+    assert [e.reason for e in events] == ["bad_frame"]
+    b = B.link(False)
+    assert [e.reason for e in b.receive_data(b"\x00\x00", 1)] == ["bad_frame"]
+
+
+def test_fuzzed_transport_frames_only_close() -> None:
+    rng = random.Random(11)
+    for _ in range(200):
+        a, b = connected()
+        a.send_app("chat", b"hello", 2)
+        data = bytearray(a.data_to_send())
+        data[rng.randrange(2, len(data))] ^= 1 << rng.randrange(8)
+        events = b.receive_data(bytes(data), 2)
+        assert [type(e) for e in events] == [LinkClosed]
+        assert events[0].reason == "decrypt_failed"
+        # we told the peer why
+        closing = a.receive_data(b.data_to_send(), 2)
+        assert [e.reason for e in closing] == ["decrypt_failed"] and closing[0].by_peer
+
+
+def test_handshake_timeout() -> None:
+    a = A.link(True, now=100.0)
+    assert a.next_deadline() == pytest.approx(110.0)
+    assert a.handle_timer(105) == []
+    [closed] = a.handle_timer(110.0)
+    assert closed.reason == "handshake_timeout"
+    assert a.next_deadline() is None
+
+
+def test_keepalive_and_dead_peer() -> None:
+    a, b = connected()
+    assert a.next_deadline() == pytest.approx(1.0 + 3.0)
+    assert a.handle_timer(4.0) == []
+    ping = a.data_to_send()
+    assert ping
+    b.receive_data(ping, 4.0)
+    a.receive_data(b.data_to_send(), 4.1)  # pong
+    assert a.last_received == 4.1
+    [dead] = a.handle_timer(4.1 + 9.0)
+    assert dead.reason == "timeout"
+
+
+def test_rate_limit_closes_the_link() -> None:
+    limits = LinkLimits(frames_per_second=10, frame_burst=20)
+    a, b = connected(limits=limits)
+    for _ in range(30):
+        a.send_app("chat", b"x", 2.0)
+    events = b.receive_data(a.data_to_send(), 2.0)
+    assert [type(e) for e in events][-1] is LinkClosed
+    assert events[-1].reason == "rate_limited"
+    assert sum(isinstance(e, MessageReceived) for e in events) <= 21
+
+
+def test_rekey_by_frame_count_and_by_time() -> None:
+    limits = LinkLimits(rekey_frames=5, rekey_interval=100.0)
+    a, b = connected(limits=limits)
+    before = None
+    for i in range(20):
+        a.send_app("chat", b"same", 2.0 + i)
+        wire = a.data_to_send()
+        got = b.receive_data(wire, 2.0 + i)
+        assert got == [MessageReceived(kind="chat", body=b"same")]
+        before = before or wire
+    a2, b2 = connected(limits=LinkLimits(rekey_interval=60.0))
+    a2.send_app("chat", b"x", 61.5)  # an hour has passed (60 s here): rekey first
+    assert b2.receive_data(a2.data_to_send(), 61.5) == [MessageReceived(kind="chat",
+                                                                          body=b"x")]
+    b2.send_app("chat", b"y", 61.6)
+    assert a2.receive_data(b2.data_to_send(), 61.6) == [MessageReceived(kind="chat",
+                                                                          body=b"y")]
+
+
+def test_unsupported_version_closes_on_both_sides() -> None:
+    a = A.link(True, versions=(2, 3))
+    b = B.link(False, versions=(1, 1))
+    ev_a, ev_b = pump(a, b)
+    reasons = [e.reason for e in ev_a + ev_b if isinstance(e, LinkClosed)]
+    assert "unsupported_version" in reasons
+    assert a.closed and b.closed
+
+
+def test_version_negotiation_picks_highest_common() -> None:
+    a = A.link(True, versions=(1, 3))
+    b = B.link(False, versions=(2, 5))
+    ev_a, ev_b = pump(a, b)
+    assert ev_a[0].version == ev_b[0].version == 3
+
+
+def test_unknown_message_type_is_dropped_not_fatal() -> None:
+    a, b = connected()
+    a._write(Hello(versions=(1, 1), nickname="x"), 2)  # a second hello: protocol violation
+    events = b.receive_data(a.data_to_send(), 2)
+    assert [e.reason for e in events] == ["bad_state"]
+    a, b = connected()
+    assert a._send is not None
+    frame = a._send.encrypt_with_ad(b"", codec.pack({"t": "from_the_future", "v": 1}))
+    events = b.receive_data(encode_frame(frame), 2)
+    assert [type(e) for e in events] == [MessageDropped]
+    assert b.is_open
+
+
+def test_send_before_open_and_too_large() -> None:
+    a = A.link(True)
+    with pytest.raises(Exception) as info:
+        a.send_app("chat", b"x", 0)
+    assert getattr(info.value, "code", "") == "no_link"
+    a, _ = connected()
+    with pytest.raises(Exception) as info:
+        a.send_app("chat", b"x" * 70000, 2)
+    assert getattr(info.value, "code", "") == "too_large"
+
+
+def test_close_tells_the_peer() -> None:
+    a, b = connected()
+    closed = a.close("shutdown", "bye", 2)
+    assert closed.reason == "shutdown" and not closed.by_peer
+    [ev] = b.receive_data(a.data_to_send(), 2)
+    assert (ev.reason, ev.detail, ev.by_peer) == ("shutdown", "bye", True)
+
+
+def test_frame_decoder() -> None:
+    dec = FrameDecoder()
+    frames = [b"a", b"bb" * 100, b"c" * 65535]
+    wire = b"".join(encode_frame(f) for f in frames)
+    out = []
+    for i in range(0, len(wire), 777):
+        out += dec.feed(wire[i : i + 777])
+    assert out == frames and not dec.partial
+    with pytest.raises(ValueError):
+        encode_frame(b"")
+    with pytest.raises(ValueError):
+        encode_frame(b"x" * 65536)
+
+
+@pytest.mark.parametrize("type_", sorted(MESSAGES))
+def test_every_wire_message_round_trips(type_: str) -> None:
+    msg = build(MESSAGES[type_])
+    assert decode_message(encode_message(msg)) == msg
+
+
+def test_state_names() -> None:
+    assert {s.name for s in State} >= {"OPEN", "CLOSED", "EXPECT_HELLO"}
