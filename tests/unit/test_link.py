@@ -6,7 +6,6 @@ import random
 
 import nacl.signing
 import pytest
-
 from tazcom.common import codec, noise
 from tazcom.common.keys import DOMAIN_NOISE_STATIC
 from tazcom.common.link import (
@@ -79,7 +78,7 @@ def test_handshake_proves_both_keys_and_exchanges_hello() -> None:
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
 def test_any_tcp_split_works(chunk: int) -> None:
     a, b = A.link(True), B.link(False)
-    ev_a, ev_b = pump(a, b, chunk=chunk)
+    _ev_a, _ev_b = pump(a, b, chunk=chunk)
     assert a.is_open and b.is_open
     a.send_app("chat", b"x" * 5000, 2)
     data = a.data_to_send()
