@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import zmq
-from tazcom.common.events import PeerUpdated, decode_event, encode_event
-from tazcom.common.keys import fingerprint
 
 from bench.report import Figure, print_report
+from tazcom.common.events import PeerUpdated, decode_event, encode_event
+from tazcom.common.keys import fingerprint
 
 
 def sample_frames() -> list[bytes]:

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import zmq
-from tazcom.common.events import PeerDiscovered, decode_event
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
 from bench.report import Figure, print_report
+from tazcom.common.events import PeerDiscovered, decode_event
 from tests.harness import Node, short_tmp
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import nacl.signing
 import zmq
-from tazcom.common import codec, rpc
-from tazcom.common.keys import DOMAIN_BENCH
 
 from bench.report import Figure, print_report
+from tazcom.common import codec, rpc
+from tazcom.common.keys import DOMAIN_BENCH
 
 PAYLOAD = bytes(range(200))
 WINDOW = 64

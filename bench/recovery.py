@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import zmq
-from tazcom.common import codec, rpc
 
 from bench.report import Figure, print_report
+from tazcom.common import codec, rpc
 from tests.harness import SERVICES, Node, short_tmp
 
 

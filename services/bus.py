@@ -18,6 +18,7 @@ import threading
 import time
 
 import zmq
+
 from tazcom.common import rpc
 from tazcom.common.events import (
     WELCOME_TOPIC,

@@ -26,14 +26,14 @@ from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
+
+from tazcom import __version__
 from tazcom.common import codec, rpc
 from tazcom.common.config import Config
 from tazcom.common.errors import RemoteProtocolError, ServiceUnavailable, TazcomError
 from tazcom.common.events import WELCOME_TOPIC, BusPing, Event, decode_event, encode_event
 from tazcom.common.rejects import RejectLog
 from tazcom.common.schema import Record
-
-from tazcom import __version__
 
 log = logging.getLogger("tazcom.bus")
 R = TypeVar("R", bound=Record)

@@ -23,6 +23,9 @@ import os
 import socket
 import time
 
+from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
 from tazcom.common import announce, rpc
 from tazcom.common.errors import RemoteProtocolError, TazcomError
 from tazcom.common.events import (
@@ -42,8 +45,6 @@ from tazcom.common.events import (
 from tazcom.common.keys import DOMAIN_MDNS_TXT, fingerprint
 from tazcom.common.peers import Change, PeerTable, TableFull
 from tazcom.common.rejects import RejectLog
-from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .netif import resolve_interfaces
 from .runtime import Runtime, run

@@ -20,6 +20,7 @@ from pathlib import Path
 import nacl.bindings
 import nacl.public
 import nacl.signing
+
 from tazcom.common import rpc
 from tazcom.common.errors import KeyFileError, RemoteProtocolError
 from tazcom.common.keyfile import Secrets, format_keyfile, parse_keyfile

@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 import ifaddr
+
 from tazcom.common.errors import ConfigError
 
 IFF_UP = 0x1

@@ -25,12 +25,12 @@ from typing import Any, NoReturn
 
 import zmq
 import zmq.asyncio
+
+from tazcom import __version__
 from tazcom.common import rpc
 from tazcom.common.config import Config, load_config
 from tazcom.common.errors import ConfigError, KeyFileError, TazcomError
 from tazcom.common.events import ServiceHeartbeat, ServiceStarted, ServiceStopping
-
-from tazcom import __version__
 
 from .busclient import BusClient, Handler, RpcClient, RpcServer
 

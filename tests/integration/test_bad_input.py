@@ -12,11 +12,11 @@ import time
 
 import nacl.signing
 import zmq
-from tazcom.common import announce, codec
-from tazcom.common.events import BusPing, ServiceHeartbeat, encode_event
 from zeroconf import IPVersion, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
+from tazcom.common import announce, codec
+from tazcom.common.events import BusPing, ServiceHeartbeat, encode_event
 from tests.harness import SERVICES, Node, wait_for
 
 TYPE = "_tazcom._tcp.local."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nacl.signing
 import pytest
+
 from tazcom.common import announce
 from tazcom.common.errors import RemoteProtocolError
 

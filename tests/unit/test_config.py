@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tazcom.common.config import MAX_UNIX_PATH, Paths, load_config
 from tazcom.common.errors import ConfigError
 from tazcom.services.runtime import load_defaults_text

@@ -7,6 +7,7 @@ import dataclasses
 import typing
 
 import pytest
+
 from tazcom.common import codec
 from tazcom.common.errors import RemoteProtocolError
 from tazcom.common.events import EVENTS, PeerDiscovered, decode_event, encode_event, event_as_json

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 import tazcom.common
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(tazcom.common.__path__))

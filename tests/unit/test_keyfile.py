@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tazcom.common.errors import KeyFileError
 from tazcom.common.keyfile import Secrets, format_keyfile, parse_keyfile
 from tazcom.common.keys import NodeKey, fingerprint, safety_number

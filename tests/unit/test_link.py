@@ -6,6 +6,7 @@ import random
 
 import nacl.signing
 import pytest
+
 from tazcom.common import codec, noise
 from tazcom.common.keys import DOMAIN_NOISE_STATIC
 from tazcom.common.link import (

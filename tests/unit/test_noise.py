@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nacl.bindings
 import pytest
+
 from tazcom.common.errors import LocalProtocolError, RemoteProtocolError
 from tazcom.common.noise import (
     DH_LEN,

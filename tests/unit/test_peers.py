@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tazcom.common.announce import Announcement, instance_label
 from tazcom.common.keys import NodeKey
 from tazcom.common.peers import PeerTable, TableFull

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tazcom.common.events import PeerInfo
 from tazcom.common.keys import fingerprint
 from tazcom.common.peers import PeerAmbiguous, PeerNotFound, match_peer

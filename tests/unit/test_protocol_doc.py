@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from tazcom.common import events, rpc
 from tazcom.common.version import PROTOCOL_VERSION
 

@@ -6,6 +6,7 @@ import dataclasses
 import typing
 
 import pytest
+
 from tazcom.common import codec, rpc
 from tazcom.common.errors import RemoteProtocolError, RequestFailed
 
