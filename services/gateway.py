@@ -72,7 +72,10 @@ DIAL_TIMEOUT = 3.0
 #: The higher key of a pair waits this long before dialling, so simultaneous
 #: dials (and the duplicate that one of them must then close) are rare.
 DIAL_DEFER = 1.0
+BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
+#: A link verified this long ago counts as having worked: redial at once if it drops.
+STABLE_LINK = 10.0
 CAPS = ("app/1",)
 #: Closes that are not the peer's fault, so no wire.rejected.
 ORDINARY_CLOSES = frozenset({"duplicate", "shutdown", "timeout", "connection_lost"})
@@ -138,7 +141,7 @@ class PeerDial:
     addresses: tuple[str, ...] = ()
     nickname: str = ""
     next_attempt: float = 0.0
-    backoff: float = 0.5
+    backoff: float = BACKOFF_MIN
     dialling: bool = False
     blocked: bool = False  # key-change alert: never dial until trusted
 
@@ -155,6 +158,7 @@ class Conn:
     since: float = field(default_factory=time.time)
     timer: asyncio.TimerHandle | None = None
     key: bytes | None = None  # proven key once verified
+    verified_at: float | None = None
     reported_down: bool = False
 
 
@@ -349,8 +353,7 @@ class Gateway:
         self.verified[ev.key] = conn
         if drop is not None:  # after the new link is in place, so the peer never looks unlinked
             self.handle(drop, [drop.link.close("duplicate", "already linked to this peer", now)])
-        dial = self.peers.setdefault(ev.key, PeerDial())
-        dial.backoff = 0.5
+        conn.verified_at = now
         self.rt.log.info("link %d %s %s verified: %s (%s), version %d", conn.id,
                          "to" if conn.direction == "out" else "from", conn.address,
                          ev.nickname, fingerprint(ev.key), ev.version)
@@ -401,8 +404,15 @@ class Gateway:
                          peer_state=self.peer_state(key))
         if key is not None and key in self.peers and not self.peers[key].blocked:
             dial = self.peers[key]
-            if conn.key is not None:  # a verified link ended: come back quickly
-                dial.next_attempt = self.loop.time() + self.defer(key) + random.uniform(0, 0.2)
+            now = self.loop.time()
+            if conn.key is not None and conn.verified_at is not None \
+                    and now - conn.verified_at >= STABLE_LINK:
+                # a link that had worked for a while ended: come back quickly
+                dial.backoff = BACKOFF_MIN
+                dial.next_attempt = now + self.defer(key) + random.uniform(0, 0.2)
+            else:  # refused or short-lived: back off, so a broken pair cannot storm
+                dial.next_attempt = max(dial.next_attempt, now + dial.backoff)
+                dial.backoff = min(BACKOFF_MAX, dial.backoff * 2)
             self._wake.set()
 
     # -- dialling -----------------------------------------------------------------------------
@@ -470,8 +480,6 @@ class Gateway:
                     await asyncio.wait_for(self.loop.create_connection(
                         lambda a=address: _Protocol(self, "out", key, a), host, port,
                         local_addr=(self.local_ip_for(host), 0)), DIAL_TIMEOUT)
-                    dial.next_attempt = self.loop.time() + dial.backoff
-                    dial.backoff = min(BACKOFF_MAX, dial.backoff * 2)
                     return
                 except (OSError, TimeoutError) as e:
                     self.rt.log.debug("dial %s at %s failed: %s", fingerprint(key), address, e)

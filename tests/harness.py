@@ -196,3 +196,78 @@ def nodes_cleanup() -> Iterator[list[Node]]:
     finally:
         for node in started:
             node.stop()
+
+
+class BusTap:
+    """Collect a node's bus events in a background thread (an in-process SUB socket)."""
+
+    def __init__(self, node: Node, *prefixes: str) -> None:
+        import threading
+
+        import zmq
+
+        from tazcom.common.events import decode_event
+
+        self._decode = decode_event
+        self.events: list[Any] = []
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        for p in prefixes or ("",):
+            self._sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"bus.welcome")
+        self._sock.connect(f"ipc://{node.home}/run/bus-out.sock")
+        self._welcomed = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._welcomed.wait(10)
+
+    def _run(self) -> None:
+        from tazcom.common.errors import RemoteProtocolError
+
+        while not self._stop.is_set():
+            if not self._sock.poll(100):
+                continue
+            frames = self._sock.recv_multipart()
+            if frames == [b"bus.welcome"]:
+                self._welcomed.set()
+                continue
+            try:
+                ev = self._decode(frames)
+            except RemoteProtocolError:
+                continue
+            with self._lock:
+                self.events.append(ev)
+
+    def of(self, topic: str) -> list[Any]:
+        with self._lock:
+            return [e for e in self.events if topic == e.TOPIC]
+
+    def wait(self, topic: str, pred: Callable[[Any], bool] = lambda e: True,
+             timeout: float = 10) -> Any:
+        return wait_for(lambda: next((e for e in self.of(topic) if pred(e)), None), timeout,
+                        f"a {topic} event")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._ctx.destroy(linger=0)
+
+
+def request(node: Node, service: str, req: Any, timeout: float = 5.0) -> Any:
+    """One request to a node's service (sync, in-process); raises RequestFailed on error."""
+    import zmq
+
+    from tazcom.common import codec, rpc
+
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(f"ipc://{node.home}/run/{service}.sock")
+        sock.send(rpc.encode_request(req, 1))
+        if not sock.poll(int(timeout * 1000)):
+            raise Timeout(f"{service} did not answer {req.OP}")
+        return rpc.parse_reply(codec.unpack(sock.recv(), 1 << 24), req.REPLY)
+    finally:
+        ctx.destroy(linger=0)
