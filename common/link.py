@@ -35,10 +35,11 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
-from . import noise
+from . import codec, noise
 from .errors import LocalProtocolError, RemoteProtocolError
 from .keys import DOMAIN_NOISE_STATIC
 from .messages import (
+    MAX_PLAINTEXT,
     App,
     Close,
     Hello,
@@ -47,8 +48,10 @@ from .messages import (
     Ping,
     Pong,
     Rekey,
-    decode_message,
+    app_fields,
+    decode_message_obj,
     decode_proof,
+    encode_app,
     encode_message,
     encode_proof,
 )
@@ -184,30 +187,33 @@ class Link:
         return self.state is State.CLOSED
 
     def _write(self, msg: Message, now: float) -> None:
-        assert self._send is not None
-        limits = self.limits
-        if (self._sent_since_rekey >= limits.rekey_frames
-                or now - self._rekeyed_at >= limits.rekey_interval) and not isinstance(msg, Rekey):
-            self._write(Rekey(), now)
-            self._send.rekey()
-            self._sent_since_rekey = 0
+        self._write_plain(encode_message(msg), now)
+
+    def _write_plain(self, plaintext: bytes, now: float) -> None:
+        send = self._send
+        assert send is not None
+        if self._sent_since_rekey >= self.limits.rekey_frames \
+                or now - self._rekeyed_at >= self.limits.rekey_interval:
+            self._sent_since_rekey = 0  # first, so the rekey message itself does not recurse
             self._rekeyed_at = now
-        frame = self._send.encrypt_with_ad(b"", encode_message(msg))
+            self._write(Rekey(), now)
+            send.rekey()
+            self._sent_since_rekey = 0
+        frame = send.encrypt_with_ad(b"", plaintext)
         self._out.append(len(frame).to_bytes(2, "big") + frame)
         self._sent_since_rekey += 1
         self.frames_out += 1
         self.last_sent = now
 
     def send_app(self, kind: str, body: bytes, now: float) -> None:
-        """Queue an ``app`` message; raises LocalProtocolError (not_open, too_large)."""
+        """Queue an ``app`` message; raises LocalProtocolError (no_link, too_large)."""
         if self.state is not State.OPEN:
             raise LocalProtocolError("link is not open", code="no_link")
-        msg = App(kind=kind, body=body)
         try:
-            App.from_dict(msg.to_dict())
-        except RemoteProtocolError as e:
-            raise LocalProtocolError(e.message, code="too_large") from None
-        self._write(msg, now)
+            plaintext = encode_app(kind, body)
+        except ValueError as e:
+            raise LocalProtocolError(str(e), code="too_large") from None
+        self._write_plain(plaintext, now)
 
     def close(self, reason: str, detail: str, now: float) -> LinkClosed:
         """Close from our side, telling the peer why when we can."""
@@ -263,10 +269,17 @@ class Link:
         events: list[Event] = []
         try:
             frames = self._decoder.feed(data)
-            for frame in frames:
-                self._frame(frame, now, events)
-                if self.state is State.CLOSED:
-                    break
+            if frames and self.state is State.OPEN:
+                self._open_frames(frames, now, events)
+            else:
+                for i, frame in enumerate(frames):
+                    self._frame(frame, now, events)
+                    if self.state is State.CLOSED:
+                        break
+                    if self.state is State.OPEN:  # the rest of this read: the fast path
+                        if i + 1 < len(frames):
+                            self._open_frames(frames[i + 1 :], now, events)
+                        break
         except RemoteProtocolError as e:
             events.append(self.close(e.code, e.message, now))
             return events
@@ -274,26 +287,61 @@ class Link:
             if self._decoder.partial else None
         return events
 
-    def _spend_token(self, now: float) -> None:
+    def _open_frames(self, frames: list[bytes], now: float, events: list[Event]) -> None:
+        """Frames of an open link; ``app`` messages take a short path (the hot loop)."""
+        n = len(frames)
+        self.frames_in += n
+        self.last_received = now
+        allowed = self._take_tokens(n, now)
+        decrypt = self._recv.decrypt_with_ad  # type: ignore[union-attr]
+        unpack = codec.unpack
+        append = events.append
+        for i, frame in enumerate(frames):
+            if i == allowed:
+                raise RemoteProtocolError(
+                    f"over {self.limits.frames_per_second:g} frames/s", code="rate_limited")
+            obj = unpack(decrypt(b"", frame), MAX_PLAINTEXT)
+            app = app_fields(obj)
+            if app is not None:
+                append(MessageReceived(kind=app[0], body=app[1]))
+                continue
+            try:
+                msg = decode_message_obj(obj)
+            except RemoteProtocolError as e:
+                if e.code in ("unknown_type", "bad_version"):
+                    append(MessageDropped(reason=e.code, detail=e.message))
+                    continue
+                raise
+            self._message(msg, now, events)
+            if self.state is State.CLOSED:
+                return
+
+    def _take_tokens(self, n: int, now: float) -> int:
+        """Spend up to ``n`` tokens of the receive bucket; returns how many were available."""
         limits = self.limits
-        self._tokens = min(limits.frame_burst,
-                           self._tokens + (now - self._tokens_at) * limits.frames_per_second)
-        self._tokens_at = now
-        if self._tokens < 1:
-            raise RemoteProtocolError(
-                f"over {limits.frames_per_second:g} frames/s", code="rate_limited")
-        self._tokens -= 1
+        elapsed = max(0.0, now - self._tokens_at)  # a clock step back refills nothing
+        tokens = min(limits.frame_burst, self._tokens + elapsed * limits.frames_per_second)
+        self._tokens_at = max(now, self._tokens_at)
+        allowed = min(n, int(tokens))
+        self._tokens = tokens - allowed
+        return allowed
 
     def _frame(self, frame: bytes, now: float, events: list[Event]) -> None:
         self.frames_in += 1
         self.last_received = now
         state = self.state
         if state is State.OPEN or state is State.EXPECT_HELLO:
-            self._spend_token(now)
+            if not self._take_tokens(1, now):
+                raise RemoteProtocolError(
+                    f"over {self.limits.frames_per_second:g} frames/s", code="rate_limited")
             assert self._recv is not None
-            plaintext = self._recv.decrypt_with_ad(b"", frame)
+            obj = codec.unpack(self._recv.decrypt_with_ad(b"", frame), MAX_PLAINTEXT)
+            app = app_fields(obj)
+            if app is not None and state is State.OPEN:  # the hot path: one app message
+                events.append(MessageReceived(kind=app[0], body=app[1]))
+                return
             try:
-                msg = decode_message(plaintext)
+                msg = decode_message_obj(obj)
             except RemoteProtocolError as e:
                 if state is State.OPEN and e.code in ("unknown_type", "bad_version"):
                     events.append(MessageDropped(reason=e.code, detail=e.message))

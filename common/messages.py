@@ -103,7 +103,7 @@ class App(Message):
     """A payload for a service of the peer (e.g. the router), opaque to the gateway."""
 
     kind: Kind
-    body: Annotated[bytes, Len(0, MAX_PLAINTEXT - 64)]
+    body: Annotated[bytes, Len(0, MAX_PLAINTEXT - 64)]  # = APP_MAX_BODY
 
 
 def encode_message(msg: Message) -> bytes:
@@ -115,7 +115,41 @@ def encode_message(msg: Message) -> bytes:
 
 def decode_message(data: bytes) -> Message:
     """Parse one decrypted transport payload; raises SchemaError/RemoteProtocolError."""
-    obj = codec.unpack(data, MAX_PLAINTEXT)
+    return decode_message_obj(codec.unpack(data, MAX_PLAINTEXT))
+
+
+APP_MAX_BODY = MAX_PLAINTEXT - 64
+
+
+def encode_app(kind: str, body: bytes) -> bytes:
+    """``encode_message(App(kind=kind, body=body))`` without building the record (hot path).
+
+    Raises ValueError when ``App`` would reject the fields.
+    """
+    if type(kind) is not str or not 1 <= len(kind) <= MAX_KIND or type(body) is not bytes \
+            or len(body) > APP_MAX_BODY:
+        raise ValueError("app kind must be 1..32 characters and body at most "
+                         f"{APP_MAX_BODY} bytes")
+    return codec.pack({"kind": kind, "body": body, "t": "app", "v": 1})
+
+
+def app_fields(obj: Any) -> tuple[str, bytes] | None:
+    """(kind, body) when ``obj`` is a valid ``app`` message map, else None (hot path).
+
+    Accepts exactly what ``App.from_dict`` accepts (tests/unit/test_link.py checks).
+    """
+    if type(obj) is dict and obj.get("t") == "app":
+        kind = obj.get("kind")
+        body = obj.get("body")
+        v = obj.get("v")
+        if (type(v) is int and v == 1 and type(kind) is str and 1 <= len(kind) <= MAX_KIND
+                and type(body) is bytes and len(body) <= APP_MAX_BODY):
+            return kind, body
+    return None
+
+
+def decode_message_obj(obj: Any) -> Message:
+    """Validate an unpacked transport payload against its one definition."""
     if not isinstance(obj, dict):
         raise SchemaError("a link message is a map", code="bad_message")
     cls = MESSAGES.get(obj.get("t"))  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -59,15 +60,51 @@ KEY_LEN = 32
 
 _MAX_NONCE = 2**64 - 1
 _NONCE_PREFIX = bytes(4)
+_nonce = struct.Struct("<4xQ").pack  # 4 zero bytes || n, 64-bit little-endian (12.3)
 _ZEROS32 = bytes(32)
 _REKEY_NONCE = _NONCE_PREFIX + _MAX_NONCE.to_bytes(8, "little")
-# Any scalar does for the low-order probe: X25519 clamps it to a multiple of
-# the cofactor, so the product is zero exactly when the point has small order.
-_PROBE_SCALAR = bytes(range(1, 33))
+# Encodings of the X25519 points of order 1, 2, 4 and 8 (u = 0, 1, the two order-8
+# points, p - 1, p, p + 1), compared with bit 255 cleared since X25519 ignores it
+# (libsodium's list). Refusing them on sight costs a set lookup; any other
+# encoding of a small-order point still ends in an all-zero DH (checked in _dh).
+_LOW_ORDER = frozenset({
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    (2**255 - 20).to_bytes(32, "little"),
+    (2**255 - 19).to_bytes(32, "little"),
+    (2**255 - 18).to_bytes(32, "little"),
+})
 
 # Bound once at import: transport frames go through these on every call.
-_aead_encrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
-_aead_decrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt
+try:
+    # PyNaCl's own cffi binding of libsodium. Its Python wrappers in nacl.bindings
+    # validate every argument and format error texts on every call, which costs
+    # more than the cipher itself on a 200-byte frame; our arguments are checked
+    # once, here, so we call libsodium directly (bench/link_throughput.py).
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+
+    _c_encrypt = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
+    _c_decrypt = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
+    _NULL = _ffi.NULL
+
+    def _aead_encrypt(plaintext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes:
+        out = _ffi.new("unsigned char[]", len(plaintext) + TAG_LEN)
+        _c_encrypt(out, _NULL, plaintext, len(plaintext), ad, len(ad), _NULL, nonce, key)
+        return _ffi.buffer(out)[:]
+
+    def _aead_decrypt(ciphertext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes:
+        out = _ffi.new("unsigned char[]", max(1, len(ciphertext) - TAG_LEN))
+        if _c_decrypt(out, _NULL, _NULL, ciphertext, len(ciphertext), ad, len(ad), nonce,
+                      key) != 0:
+            raise nacl.exceptions.CryptoError("decryption failed")
+        return _ffi.buffer(out, len(ciphertext) - TAG_LEN)[:]
+
+except ImportError:  # pragma: no cover - a PyNaCl without its cffi module
+    _aead_encrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
+    _aead_decrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt
 _scalarmult = nacl.bindings.crypto_scalarmult
 _scalarmult_base = nacl.bindings.crypto_scalarmult_base
 
@@ -119,7 +156,8 @@ def _dh(private: bytes, public: bytes) -> bytes:
 
 
 def _check_public(public: bytes) -> None:
-    _dh(_PROBE_SCALAR, public)
+    if public[:31] + bytes((public[31] & 0x7F,)) in _LOW_ORDER:
+        raise NoiseError("low-order X25519 public key", code="bad_handshake")
 
 
 class CipherState:
@@ -159,7 +197,7 @@ class CipherState:
             raise NoiseError("nonce space exhausted; rehandshake", code="nonce_exhausted")
         if type(ad) is not bytes:
             ad = bytes(ad)
-        ciphertext = _aead_encrypt(plaintext, ad, _NONCE_PREFIX + n.to_bytes(8, "little"), k)
+        ciphertext = _aead_encrypt(plaintext, ad, _nonce(n), k)
         self.n = n + 1
         return ciphertext
 
@@ -179,7 +217,7 @@ class CipherState:
         if type(ad) is not bytes:
             ad = bytes(ad)
         try:
-            plaintext = _aead_decrypt(ciphertext, ad, _NONCE_PREFIX + n.to_bytes(8, "little"), k)
+            plaintext = _aead_decrypt(ciphertext, ad, _nonce(n), k)
         except (nacl.exceptions.CryptoError, ValueError):
             raise NoiseError("authentication failed", code="decrypt_failed") from None
         self.n = n + 1

@@ -39,20 +39,26 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Complete frames in ``data`` (plus what was buffered); the rest is kept."""
-        buf = self._buf
-        buf += data
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the common case: parse the read itself, no copy into a buffer
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
+        max_frame = self.max_frame
         while end - pos >= HEADER:
             n = (buf[pos] << 8) | buf[pos + 1]
-            if n == 0 or n > self.max_frame:
+            if n == 0 or n > max_frame:
                 raise RemoteProtocolError(
-                    f"frame length {n} outside 1..{self.max_frame}", code="bad_frame")
+                    f"frame length {n} outside 1..{max_frame}", code="bad_frame")
             if end - pos - HEADER < n:
                 break
             frames.append(bytes(buf[pos + HEADER : pos + HEADER + n]))
             pos += HEADER + n
-        if pos:
-            del buf[:pos]
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf += buf[pos:]
         return frames

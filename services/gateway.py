@@ -243,8 +243,9 @@ class Gateway:
         return None
 
     def reject(self, address: str, reason: str, detail: str, key: bytes | None = None) -> None:
-        who = f"peer {address}" + (f" ({fingerprint(key)})" if key else "")
-        if self.rejects.reject(who, reason, detail):
+        # One line per (host, reason): a flood of connections from one host is one offender.
+        who = f"peer {address.rpartition(':')[0]}" + (f" ({fingerprint(key)})" if key else "")
+        if self.rejects.reject(who, reason, f"{detail} [{address}]"):
             self.rt.bus.emit(WireRejected, address=address[:64], reason=reason[:48],
                              detail=detail[:200], key=key.hex() if key else None)
 

@@ -51,7 +51,7 @@ def test_three_hosts_see_each_other_and_a_departure(
     delays = {}
     for host, node in nodes.items():
         for other, peer in node.peers().items():
-            first = peer["since"] if peer["state"] == "discovered" else None
+            first = peer["since"] if peer["state"] in ("discovered", "verified") else None
             if first is not None:
                 # from the launch of whichever of the two started last
                 both = max(launched[host], launched[other.removeprefix("node-")])
@@ -59,6 +59,11 @@ def test_three_hosts_see_each_other_and_a_departure(
     print("discovery delays", {k: round(v, 2) for k, v in delays.items()})
     late = {k: round(v, 2) for k, v in delays.items() if v > DISCOVERY_LIMIT}
     assert not late, f"seen later than {DISCOVERY_LIMIT}s after launch: {late} (all: {delays})"
+
+    for host, node in nodes.items():  # and their gateways linked up, each pair once
+        for other in nodes:
+            if other != host:
+                node.wait_peer(f"node-{other}", ("verified",), timeout=10)
 
     nodes["c"].stop()
     stopped = time.monotonic()

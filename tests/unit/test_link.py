@@ -338,3 +338,27 @@ def test_every_wire_message_round_trips(type_: str) -> None:
 
 def test_state_names() -> None:
     assert {s.name for s in State} >= {"OPEN", "CLOSED", "EXPECT_HELLO"}
+
+
+def test_app_fast_path_accepts_exactly_what_the_schema_accepts() -> None:
+    from tazcom.common.errors import SchemaError
+    from tazcom.common.messages import App, app_fields, decode_message_obj, encode_app
+
+    rng = random.Random(2)
+    values = [None, True, 0, 1, 2, -1, 1.0, "", "k", "k" * 32, "k" * 33, b"", b"b",
+              b"x" * 65455, b"x" * 65456, [], {}]
+    for _ in range(3000):
+        obj = {"t": rng.choice(["app", "hello", 7]), "v": rng.choice([1, 1, 2, True, "1"]),
+               "kind": rng.choice(values), "body": rng.choice(values)}
+        for key in ("kind", "body", "v"):
+            if rng.random() < 0.1:
+                del obj[key]
+        fast = app_fields(obj)
+        try:
+            msg = decode_message_obj(obj)
+            slow = (msg.kind, msg.body) if isinstance(msg, App) else None
+        except SchemaError:
+            slow = None
+        assert fast == slow, obj
+        if fast is not None:
+            assert codec.unpack(encode_app(*fast), 1 << 17) == {**obj, "v": 1}
