@@ -57,8 +57,8 @@ def test_key_change_is_refused_until_trusted(make_node) -> None:
     b.stop()
     a.wait_peer("bob", ("offline",), timeout=15)
     # same nickname, new key: a new node home
-    impostor = make_node("bob2", env={"TAZCOM_NICK": "bob"}).start().wait_up()
     tap = BusTap(a, "peer.key_changed", "wire.rejected")
+    impostor = make_node("bob2", env={"TAZCOM_NICK": "bob"}).start().wait_up()
     try:
         changed = tap.wait("peer.key_changed", timeout=15)
         assert changed.key == impostor.key and changed.nickname == "bob"

@@ -51,7 +51,7 @@ def test_stopped_node_turns_offline_and_stays_listed(make_node) -> None:
     a = make_node("carol").start()
     d = make_node("dave").start()
     a.wait_up()
-    a.wait_peer("dave", ("discovered",), timeout=10)
+    a.wait_peer("dave", ("discovered", "connected", "verified"), timeout=10)
     d.stop()
     stopped = time.monotonic()
     gone = a.wait_peer("dave", ("offline",), timeout=10)
