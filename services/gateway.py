@@ -396,6 +396,10 @@ class Gateway:
             del self.verified[conn.key]
         if not by_peer and reason not in ORDINARY_CLOSES:
             self.reject(conn.address, reason, detail, conn.link.peer_key)
+        elif by_peer and reason not in ORDINARY_CLOSES:
+            # the peer refused us (e.g. unsupported_version, key_changed): say so, once
+            self.rejects.reject(f"peer {conn.address.rpartition(':')[0]}",
+                                f"refused_by_peer:{reason}", f"{detail} [{conn.address}]")
         if conn.key is not None:
             self.rt.log.info("link %d %s closed: %s%s", conn.id, conn.address, reason,
                              " (by the peer)" if by_peer else "")
