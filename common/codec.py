@@ -14,8 +14,6 @@ import msgpack
 
 from .errors import RemoteProtocolError
 
-MAX_CONTAINER_ITEMS = 4096
-
 
 def pack(obj: Any) -> bytes:
     """Pack ``obj`` (maps with str keys, lists, bytes, str, numbers, bool, None)."""
@@ -32,7 +30,9 @@ def unpack(data: bytes, max_size: int) -> Any:
         raise RemoteProtocolError(
             f"{len(data)} bytes is over the {max_size}-byte limit", code="too_large"
         )
-    items = min(MAX_CONTAINER_ITEMS, max_size)
+    # msgpack preallocates a container of the announced size; every item takes at
+    # least one byte, so no honest container announces more items than there are bytes.
+    items = len(data)
     try:
         return msgpack.unpackb(
             data,

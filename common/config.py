@@ -72,6 +72,11 @@ class Paths:
         return self.home / "pins.json"
 
     @property
+    def store_file(self) -> Path:
+        """The message store (SQLite); only the store service opens it."""
+        return self.home / "store.sqlite"
+
+    @property
     def announce_file(self) -> Path:
         return self.home / "announce.json"
 

@@ -271,6 +271,60 @@ class LinkMessage(Event):
     body: Annotated[bytes, Len(0, 65536)]
 
 
+# --- chat (router, store) --------------------------------------------------------------
+
+MessageIdHex = Annotated[str, Match(r"[0-9a-f]{32}")]
+StatusName = Literal["queued", "sent", "relayed", "delivered", "failed"]
+
+
+@event("chat.message")
+class ChatMessage(Event):
+    """A message entered this node's history: received, or posted here."""
+
+    id: MessageIdHex
+    kind: Literal["room", "dm"]
+    origin: HexKey
+    #: The recipient for a DM; None for the room.
+    to: OptKey = None
+    #: When it was written (origin's clock), unix milliseconds.
+    sent: Annotated[int, Range(0, 2**53)]
+    text: Annotated[str, Len(0, 4096)]
+    own: bool = False
+    hops: Annotated[int, Range(0, 16)] = 0
+    status: Literal["", "queued", "sent", "relayed", "delivered", "failed"] = ""
+
+
+@event("chat.status")
+class ChatStatus(Event):
+    """The delivery status of one of our own messages moved forward."""
+
+    id: MessageIdHex
+    status: StatusName
+    reason: Annotated[str, Len(0, 200)] = ""
+    to: OptKey = None
+
+
+@event("mesh.peer")
+class MeshPeer(Event):
+    """A node known through the mesh (its signed profile), with its distance in hops."""
+
+    key: HexKey
+    nickname: Nickname
+    #: Links between us and it; None when its profile expired (no longer reachable).
+    hops: Annotated[int, Range(1, 17)] | None
+    enc_key: Annotated[str, HEX32]
+
+
+@event("router.dropped")
+class RouterDropped(Event):
+    """Envelopes refused by the router (logged once per source and reason; this counts)."""
+
+    source: Annotated[str, Len(0, 80)]
+    reason: Annotated[str, Len(1, 48)]
+    detail: Annotated[str, Len(0, 200)] = ""
+    count: Annotated[int, Range(1, 2**31)] = 1
+
+
 # --- codec ---------------------------------------------------------------------------
 
 

@@ -66,6 +66,15 @@ class IdentityInfo(Record):
     key: HexKey
     fingerprint: Fingerprint
     nickname: Nickname
+    #: X25519 public key that DMs to this node are sealed to.
+    enc_key: HexKey | None = None
+
+
+@record
+class Opened(Record):
+    """One plaintext per box, in order; None where the box did not open."""
+
+    items: Annotated[tuple[Annotated[bytes, Len(0, 8192)] | None, ...], Len(0, 256)]
 
 
 @record
@@ -116,6 +125,157 @@ class StatusReport(Record):
     services: Annotated[tuple[ServiceHealth, ...], Len(0, 64)]
 
 
+# --- store records ----------------------------------------------------------------------
+
+Id16 = Annotated[bytes, Len(16, 16)]
+Key32 = Annotated[bytes, Len(32, 32)]
+Millis = Annotated[int, Range(0, 2**53)]
+KindNum = Annotated[int, Range(1, 4)]
+MessageStatus = Literal["", "queued", "sent", "relayed", "delivered", "failed"]
+
+
+@record
+class StoredMessage(Record):
+    """One envelope as the store keeps it (docs/protocol.md, "store.put")."""
+
+    id: Id16
+    kind: KindNum
+    origin: Key32
+    seq: Annotated[int, Range(0, 2**63 - 1)]
+    ts: Millis
+    to: Key32 | None = None
+    signed: Annotated[bytes, Len(1, 8192)]
+    sig: Annotated[bytes, Len(64, 64)]
+    hops: Annotated[int, Range(0, 16)] = 0
+    #: The conversation it belongs to: the other party's key for DMs we sent or
+    #: received; None for the room and for messages we only relay.
+    conv: Key32 | None = None
+    #: Plain text, only for room messages and DMs we sent or received.
+    text: Annotated[str, Len(0, 4096)] | None = None
+    status: MessageStatus = ""
+    reason: Annotated[str, Len(0, 200)] = ""
+    own: bool = False
+    #: Kept for store-and-forward (and offered in catch-up) until released.
+    held: bool = False
+    #: The client's idempotency key for messages we originate.
+    client_id: Annotated[bytes, Len(8, 32)] | None = None
+
+
+@record
+class PutOutcome(Record):
+    id: Id16
+    new: bool
+
+
+@record
+class PutResult(Record):
+    results: Annotated[tuple[PutOutcome, ...], Len(0, 512)]
+
+
+@record
+class StatusUpdate(Record):
+    id: Id16
+    status: MessageStatus
+    reason: Annotated[str, Len(0, 200)] = ""
+
+
+@record
+class WireEnvelope(Record):
+    id: Id16
+    signed: Annotated[bytes, Len(1, 8192)]
+    sig: Annotated[bytes, Len(64, 64)]
+    hops: Annotated[int, Range(0, 16)]
+
+
+@record
+class Envelopes(Record):
+    items: Annotated[tuple[WireEnvelope, ...], Len(0, 4096)]
+
+
+@record
+class HistoryEntry(Record):
+    id: Id16
+    kind: KindNum
+    origin: Key32
+    to: Key32 | None
+    ts: Millis
+    text: str | None
+    status: MessageStatus
+    reason: Annotated[str, Len(0, 200)] = ""
+    own: bool = False
+
+
+@record
+class History(Record):
+    messages: Annotated[tuple[HistoryEntry, ...], Len(0, 10000)]
+
+
+@record
+class SyncItem(Record):
+    id: Id16
+    ts: Millis
+    kind: KindNum
+    to: Key32 | None = None
+    held: bool = False
+
+
+@record
+class SyncSet(Record):
+    items: Annotated[tuple[SyncItem, ...], Len(0, 100_000)]
+
+
+@record
+class OwnMessage(Record):
+    """One of our own messages that is not yet delivered (for retries after a restart)."""
+
+    id: Id16
+    kind: KindNum
+    to: Key32 | None
+    ts: Millis
+    status: MessageStatus
+    text: str | None = None
+    signed: Annotated[bytes, Len(0, 8192)] = b""
+    sig: Annotated[bytes, Len(0, 64)] = b""
+
+
+@record
+class Outbox(Record):
+    items: Annotated[tuple[OwnMessage, ...], Len(0, 100_000)]
+
+
+@record
+class ProfileInfo(Record):
+    key: Key32
+    nickname: Annotated[str, Len(1, 32)]
+    enc_key: Key32
+    ts: Millis
+    hops: Annotated[int, Range(0, 16)]
+
+
+@record
+class Profiles(Record):
+    items: Annotated[tuple[ProfileInfo, ...], Len(0, 100_000)]
+
+
+@record
+class PostResult(Record):
+    message_id: Id16
+    status: MessageStatus
+    reason: Annotated[str, Len(0, 200)] = ""
+    #: False when this client_id was posted before (this is the original message).
+    new: bool = True
+
+
+@record
+class SeqBlock(Record):
+    first: Annotated[int, Range(0, 2**63 - 1)]
+
+
+@record
+class IdList(Record):
+    ids: Annotated[tuple[Id16, ...], Len(0, 100_000)]
+
+
 # --- requests ------------------------------------------------------------------------
 
 Domain = Annotated[bytes, Len(1, 32)]
@@ -146,6 +306,13 @@ class SignMany(Request):
 
     domain: Domain
     items: Annotated[tuple[SignData, ...], Len(1, 1024)]
+
+
+@request("identity.open", Opened)
+class OpenSealed(Request):
+    """Open sealed boxes (DMs) addressed to this node's encryption key."""
+
+    boxes: Annotated[tuple[Annotated[bytes, Len(48, 8192)], ...], Len(1, 256)]
 
 
 @request("discovery.snapshot", PeerSnapshot)
@@ -185,6 +352,94 @@ class Untrust(Request):
     """Remove every pin of ``key``. Errors: not_pinned."""
 
     key: HexKey
+
+
+@request("router.post", PostResult)
+class Post(Request):
+    """Post a message: to the room (``to`` None) or a DM to ``to``. Answered once the
+    message is committed to the store (accepted). ``client_id`` makes a retry safe: the
+    same client_id always names the same message. Errors: no_key (we have no encryption
+    key for ``to`` yet), bad_recipient, too_large."""
+
+    client_id: Annotated[bytes, Len(8, 32)]
+    to: Key32 | None = None
+    text: Annotated[str, Len(1, 4096)]
+
+
+@request("store.put", PutResult)
+class StorePut(Request):
+    """Insert messages, idempotent on ``id`` (and on ``client_id`` for our own); one
+    transaction, committed before the reply. ``new`` is False for a message already held
+    (then ``id`` is the stored one: for a repeated ``client_id``, the original's id)."""
+
+    items: Annotated[tuple[StoredMessage, ...], Len(1, 512)]
+
+
+@request("store.set_status", Empty)
+class StoreSetStatus(Request):
+    """Move our own messages forward: queued < sent < relayed < delivered; failed is final.
+    A status never goes back."""
+
+    updates: Annotated[tuple[StatusUpdate, ...], Len(1, 1024)]
+
+
+@request("store.release", Empty)
+class StoreRelease(Request):
+    """Stop holding these messages for store-and-forward (delivered, or expired)."""
+
+    ids: Annotated[tuple[Id16, ...], Len(1, 4096)]
+
+
+@request("store.get", Envelopes)
+class StoreGet(Request):
+    """The envelopes with these ids that the store has (to send them to a peer)."""
+
+    ids: Annotated[tuple[Id16, ...], Len(1, 4096)]
+
+
+@request("store.history", History)
+class StoreHistory(Request):
+    """A conversation, oldest first: the room (``conv`` None) or the DMs with ``conv``."""
+
+    conv: Key32 | None = None
+    limit: Annotated[int, Range(1, 10000)] = 100
+    #: Only messages older than this (ms), to page backwards.
+    before: Millis | None = None
+
+
+@request("store.sync_set", SyncSet)
+class StoreSyncSet(Request):
+    """What catch-up offers: room messages and latest profiles since ``since``, and every
+    held DM and receipt."""
+
+    since: Millis
+
+
+@request("store.outbox", Outbox)
+class StoreOutbox(Request):
+    """Our own messages not yet delivered (status queued, sent or relayed)."""
+
+
+@request("store.profiles", Profiles)
+class StoreProfiles(Request):
+    """The newest profile of every origin."""
+
+
+@request("store.reserve_seq", SeqBlock)
+class StoreReserveSeq(Request):
+    """Reserve ``count`` sequence numbers for our own envelopes; never hands one out twice,
+    across restarts."""
+
+    count: Annotated[int, Range(1, 1_000_000)]
+
+
+@request("store.recent_ids", IdList)
+class StoreRecentIds(Request):
+    """Ids of messages received since ``since`` (unix seconds), newest first, at most
+    ``limit``: the router's seen-set after a restart."""
+
+    since: Annotated[float, Range(0, 2**40)]
+    limit: Annotated[int, Range(1, 100_000)] = 100_000
 
 
 @request("bus.status", StatusReport)

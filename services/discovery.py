@@ -34,6 +34,7 @@ from tazcom.common.events import (
     GatewayListening,
     LinkDown,
     LinkUp,
+    MeshPeer,
     PeerDiscovered,
     PeerKeyChanged,
     PeerLost,
@@ -210,6 +211,10 @@ class Discovery:
             if self.table.get(key) is None:
                 self.publish(self.table.link_changed(key, "none", now, nickname=ev.nickname))
             self.publish(self.table.set_alert(key, ev.alert, now))
+        elif isinstance(ev, MeshPeer):
+            key = bytes.fromhex(ev.key)
+            if key != self.own_key:
+                self.publish(self.table.mesh_changed(key, ev.hops, now, nickname=ev.nickname))
         elif isinstance(ev, PeerTrusted) and ev.trusted:
             self.publish(self.table.set_alert(bytes.fromhex(ev.key), None, now))
         elif isinstance(ev, ServiceStarted) and ev.service == "gateway":
@@ -314,7 +319,7 @@ async def main(rt: Runtime) -> None:
     rt.serve({rpc.GetPeers: disco.snapshot})
     rt.bus.subscribe("gateway.listening", disco.on_gateway)
     for prefix in ("link.up", "link.down", "peer.verified", "peer.key_changed", "peer.trusted",
-                   "service.started"):
+                   "service.started", "mesh.peer"):
         rt.bus.subscribe(prefix, disco.on_link)
     disco.aiozc = AsyncZeroconf(interfaces=ips, ip_version=IPVersion.V4Only)
     browser = AsyncServiceBrowser(disco.aiozc.zeroconf, [rt.config.service_type],

@@ -31,7 +31,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tazcom.common import noise, rpc
+import zmq
+
+from tazcom.common import noise, routing, rpc
 from tazcom.common.config import Config
 from tazcom.common.errors import RequestFailed, TazcomError
 from tazcom.common.events import (
@@ -60,6 +62,7 @@ from tazcom.common.link import (
 from tazcom.common.pins import Pins
 from tazcom.common.rejects import RejectLog
 
+from .busclient import tune
 from .netif import interface_networks, resolve_interfaces
 from .runtime import FatalError, Runtime, run
 
@@ -314,7 +317,11 @@ class Gateway:
         was_open = conn.link.is_open
         for ev in events:
             if isinstance(ev, MessageReceived):
-                if conn.key is not None:
+                if conn.key is None:
+                    continue
+                if ev.kind == routing.KIND:
+                    self.to_router(conn.key, ev.body)
+                else:
                     self.rt.bus.emit(LinkMessage, key=conn.key.hex(), kind=ev.kind,
                                      body=ev.body)
             elif isinstance(ev, LinkVerified):
@@ -505,6 +512,55 @@ class Gateway:
         addr = ipaddress.IPv4Address(host)
         return next((str(n.ip) for n in self.networks if addr in n.network), self.ips[0])
 
+    # -- the router's data path ----------------------------------------------------------------
+
+    def open_router_channel(self) -> None:
+        """PUSH to the router's inbox, PULL from its outbox (docs/protocol.md, "Routing")."""
+        ctx = self.rt.ctx
+        self.router_push = ctx.socket(zmq.PUSH)
+        tune(self.router_push, self.config)
+        self.router_push.setsockopt(zmq.SNDHWM, 100_000)
+        self.router_push.connect(self.config.paths.socket("router-in"))
+        self._router_push = zmq.Socket.shadow(self.router_push.underlying)
+        self.router_pull = ctx.socket(zmq.PULL)
+        tune(self.router_pull, self.config)
+        self.router_pull.setsockopt(zmq.RCVHWM, 100_000)
+        self.router_pull.setsockopt(zmq.MAXMSGSIZE, 70_000)
+        self.router_pull.bind(self.config.paths.socket("gateway-in"))
+        self._router_pull = zmq.Socket.shadow(self.router_pull.underlying)
+
+    def to_router(self, key: bytes, body: bytes) -> None:
+        try:
+            self._router_push.send_multipart([key, body], zmq.NOBLOCK)
+        except zmq.Again:
+            # The router is down and its queue full: catch-up brings these back later.
+            self.rejects.reject("router", "router_busy", "router queue full; dropping")
+
+    async def from_router(self) -> None:
+        while True:
+            await self.router_pull.poll(flags=zmq.POLLIN)
+            touched: dict[int, Conn] = {}
+            now = self.loop.time()
+            for _ in range(4096):
+                try:
+                    key, body = self._router_pull.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ValueError:
+                    continue
+                conn = self.verified.get(key)
+                if conn is None or not conn.link.is_open:
+                    continue  # no link any more: catch-up will offer it again
+                try:
+                    conn.link.send_app(routing.KIND, body, now)
+                except TazcomError as e:
+                    self.rejects.reject("router", e.code, e.message)
+                    continue
+                touched[conn.id] = conn
+            for conn in touched.values():
+                self.flush(conn)
+                self.arm(conn)
+
     # -- requests ------------------------------------------------------------------------------
 
     def send(self, req: rpc.SendToPeer) -> rpc.Empty:
@@ -611,6 +667,8 @@ async def main(rt: Runtime) -> None:
     await gw.prepare_identity()
     await gw.start_serving()
     rt.bus.subscribe("peer.", gw.on_peer)
+    gw.open_router_channel()
+    rt.spawn(gw.from_router(), "from-router")
     rt.ready("listening on " + ", ".join(gw.addresses))
     try:
         await gw.load_peers()
@@ -619,6 +677,9 @@ async def main(rt: Runtime) -> None:
         gw.close_all()
         for server in gw.servers:
             server.close()
+        for sock in (getattr(gw, "router_push", None), getattr(gw, "router_pull", None)):
+            if sock is not None:
+                sock.close(linger=0)
 
 
 if __name__ == "__main__":

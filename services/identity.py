@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 
 import nacl.bindings
+import nacl.exceptions
 import nacl.public
 import nacl.signing
 
@@ -88,12 +89,23 @@ class Identity:
         self._sk = bytes(signing) + bytes(signing.verify_key)  # libsodium's 64-byte form
         self.public = bytes(signing.verify_key)
         self.box_secret = nacl.public.PrivateKey(secrets.x25519_secret)
+        self._unseal = nacl.public.SealedBox(self.box_secret)
         self.nickname = nickname
         self.signed = 0
 
     def info(self, _req: rpc.GetIdentity) -> rpc.IdentityInfo:
         return rpc.IdentityInfo(key=self.public.hex(), fingerprint=fingerprint(self.public),
-                                nickname=self.nickname)
+                                nickname=self.nickname,
+                                enc_key=bytes(self.box_secret.public_key).hex())
+
+    def open(self, req: rpc.OpenSealed) -> rpc.Opened:
+        out: list[bytes | None] = []
+        for box in req.boxes:
+            try:
+                out.append(self._unseal.decrypt(box))
+            except nacl.exceptions.CryptoError:
+                out.append(None)
+        return rpc.Opened(items=tuple(out))
 
     def _sign(self, domain: bytes, data: bytes) -> bytes:
         if domain not in SIGNING_DOMAINS:
@@ -129,6 +141,7 @@ async def main(rt: Runtime) -> None:
         rpc.GetIdentity: ident.info,
         rpc.Sign: ident.sign,
         rpc.SignMany: ident.sign_many,
+        rpc.OpenSealed: ident.open,
     })
     rt.ready(f"key {fingerprint(ident.public)} ({ident.nickname})")
     await asyncio.Event().wait()

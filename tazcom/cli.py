@@ -176,6 +176,56 @@ class Cli:
             print(f"{verb} {peer.nickname} ({peer.fingerprint})")
         return 0
 
+    # -- chat -------------------------------------------------------------------------------
+
+    async def post(self, to: PeerInfo | None, text: str) -> int:
+        client_id = os.urandom(16)
+        req = rpc.Post(client_id=client_id, to=bytes.fromhex(to.key) if to else None, text=text)
+        # The same client_id on every attempt: a retry can never post the message twice.
+        reply = await self.call("router", req, timeout=5.0)
+        target = f"{to.nickname} ({to.fingerprint})" if to else "the room"
+        if self.json:
+            self.out({"id": reply.message_id.hex(), "to": to.key if to else "*", "status": reply.status,
+                      "text": text})
+        else:
+            print(f"to {target}: {reply.status} (message {reply.message_id.hex()[:12]})")
+        return 0
+
+    async def cmd_say(self) -> int:
+        return await self.post(None, self.args.text)
+
+    async def cmd_send(self) -> int:
+        peer = await self.find_peer(self.args.peer)
+        return await self.post(peer, self.args.text)
+
+    async def cmd_history(self) -> int:
+        peer = await self.find_peer(self.args.peer) if self.args.peer else None
+        conv = bytes.fromhex(peer.key) if peer else None
+        reply = await self.call("store", rpc.StoreHistory(conv=conv, limit=self.args.limit))
+        names: dict[str, str] = {}
+        with contextlib.suppress(TazcomError):
+            snap = await self.call("discovery", rpc.GetPeers(), timeout=1.0)
+            names = {p.key: p.nickname for p in snap.peers}
+        with contextlib.suppress(TazcomError):
+            me = await self.call("identity", rpc.GetIdentity(), timeout=1.0)
+            names[me.key] = f"{me.nickname} (me)"
+        for m in reply.messages:
+            origin = m.origin.hex()
+            status = m.status or "received"
+            if self.json:
+                self.out({"id": m.id.hex(), "from": origin,
+                          "to": m.to.hex() if m.to else "*", "text": m.text,
+                          "ts": m.ts / 1000, "status": status, "reason": m.reason,
+                          "kind": "room" if m.to is None else "dm"})
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.ts / 1000))
+            who = names.get(origin, origin[:8])
+            mark = f"  [{status}{': ' + m.reason if m.reason else ''}]" if m.own else ""
+            print(f"{when}  {who}: {m.text}{mark}")
+        if not reply.messages and not self.json:
+            print("no messages yet")
+        return 0
+
     # -- status ---------------------------------------------------------------------------
 
     async def cmd_status(self) -> int:
@@ -301,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("peer", help="key, fingerprint (prefix) or nickname")
     tp.add_argument("--remove", action="store_true", help="remove the peer's pins instead")
     sub.add_parser("status", parents=[common], help="each service's health, as seen on the bus")
+    sp = sub.add_parser("say", parents=[common], help="post to the public room")
+    sp.add_argument("text")
+    dp = sub.add_parser("send", parents=[common], help="send a direct message")
+    dp.add_argument("peer", help="key, fingerprint (prefix) or nickname")
+    dp.add_argument("text")
+    hp = sub.add_parser("history", parents=[common], help="the room, or the DMs with PEER")
+    hp.add_argument("peer", nargs="?", help="key, fingerprint (prefix) or nickname")
+    hp.add_argument("--limit", type=int, default=100, help="newest N messages (default 100)")
     ev = sub.add_parser("events", parents=[common], help="tail the node's event bus")
     ev.add_argument("--topic", default="", help="only topics starting with this prefix")
     ev.add_argument("--count", type=int, default=None, help="stop after N events")
@@ -315,6 +373,9 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
     "status": Cli.cmd_status,
     "events": Cli.cmd_events,
     "trust": Cli.cmd_trust,
+    "say": Cli.cmd_say,
+    "send": Cli.cmd_send,
+    "history": Cli.cmd_history,
 }
 
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "supervisord.conf"
 BIN = Path(sys.executable).parent
-SERVICES = ("bus", "identity", "gateway", "discovery")
+SERVICES = ("bus", "identity", "gateway", "discovery", "store", "router")
 T = TypeVar("T")
 
 

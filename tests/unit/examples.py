@@ -21,6 +21,7 @@ SAMPLES_BY_PATTERN = {
     r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}": "10.0.0.1:4242",
     r"[0-9a-f]{4}(-[0-9a-f]{4}){3}": "0123-4567-89ab-cdef",
     r"[a-z][a-z0-9_]{0,47}": "no_link",
+    r"[0-9a-f]{32}": "cd" * 16,
 }
 
 
@@ -89,7 +90,9 @@ def invalid_values(tp: Any) -> list[Any]:
     elif origin in (tuple, list):
         out += ["a string", 7]
         if length and length.hi < 100000:
-            out.append([example(get_args(base)[0])] * (length.hi + 1))
+            from tazcom.common.schema import _plain
+
+            out.append([_plain(example(get_args(base)[0]))] * (length.hi + 1))
         item_bad = invalid_values(get_args(base)[0])
         if item_bad:
             out.append([item_bad[0]])

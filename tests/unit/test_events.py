@@ -10,7 +10,7 @@ import pytest
 
 from tazcom.common import codec
 from tazcom.common.errors import RemoteProtocolError
-from tazcom.common.events import EVENTS, PeerDiscovered, decode_event, encode_event, event_as_json
+from tazcom.common.events import EVENTS, Event, PeerDiscovered, decode_event, encode_event, event_as_json
 
 from .examples import build, invalid_values
 
@@ -104,3 +104,10 @@ def test_fuzzed_bodies_only_raise_protocol_errors() -> None:
         cut = rng.randint(0, len(data))
         with contextlib.suppress(RemoteProtocolError):
             decode_event([b"peer.discovered", bytes(data[:cut])])
+
+
+@pytest.mark.parametrize(("topic", "cls"), ALL, ids=[t for t, _ in ALL])
+def test_no_event_redefines_the_envelope_fields(topic: str, cls: type) -> None:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    base = typing.get_type_hints(Event, include_extras=True)
+    assert hints["ts"] == base["ts"] and hints["src"] == base["src"]

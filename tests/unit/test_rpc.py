@@ -73,3 +73,11 @@ def test_bad_reply_envelope() -> None:
         rpc.parse_reply({"v": 3, "id": 1, "ok": True}, rpc.Empty)
     with pytest.raises(RemoteProtocolError):
         rpc.parse_reply("nope", rpc.Empty)
+
+
+@pytest.mark.parametrize(("op", "cls"), ALL, ids=[o for o, _ in ALL])
+def test_no_field_collides_with_the_envelope(op: str, cls: type) -> None:
+    reserved = {"v", "id", "op", "ok", "error", "message"}
+    for record in (cls, cls.REPLY):
+        clash = reserved & {f.name for f in dataclasses.fields(record)}
+        assert not clash, f"{record.__name__} uses envelope names {clash}"

@@ -1,0 +1,163 @@
+"""Relay decisions of the router, as plain functions and small state objects.
+
+Theory of operation (docs/protocol.md, "Routing"):
+
+* An envelope is accepted once: ``SeenSet`` remembers accepted ids (bounded
+  by count and age) and is only told about an id after its signature checked,
+  so a forged copy cannot poison the real message.
+* ``window()`` refuses envelopes stamped far in the past or future.
+* ``relay_targets()``: room messages and profiles flood to every verified
+  neighbour but the one they came from and their origin; a DM or receipt goes
+  straight to its recipient when it is a neighbour, else floods the same way.
+* ``RelayQueue``: with two or more targets a relay waits a random delay
+  first; a copy heard meanwhile from a target cancels sending to it, so dense
+  meshes do not echo every message over every link. With one target there is
+  nobody to hear from, so it goes at once.
+* ``TokenBucket``/``Buckets``: rate limits per link and per origin.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .envelope import KIND_DM, KIND_RECEIPT
+
+DAY_MS = 86_400_000
+#: Catch-up offers 7 days of history; a little slack for clocks.
+MAX_AGE_MS = 7 * DAY_MS + 3_600_000
+#: Clocks on a LAN disagree; more than this in the future is refused.
+MAX_FUTURE_MS = 10 * 60_000
+
+
+def window(ts_ms: int, now: float) -> str | None:
+    """Reject code for an envelope timestamp outside the window, or None."""
+    now_ms = int(now * 1000)
+    if ts_ms < now_ms - MAX_AGE_MS:
+        return "too_old"
+    if ts_ms > now_ms + MAX_FUTURE_MS:
+        return "too_new"
+    return None
+
+
+class SeenSet:
+    """Accepted message ids, newest last; bounded by ``capacity`` and ``horizon`` seconds."""
+
+    def __init__(self, capacity: int = 100_000, horizon: float = 86_400.0) -> None:
+        self.capacity = capacity
+        self.horizon = horizon
+        self._ids: OrderedDict[bytes, float] = OrderedDict()
+
+    def __contains__(self, msg_id: bytes) -> bool:
+        return msg_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, msg_id: bytes, now: float) -> bool:
+        """Remember ``msg_id``; False if it was already there."""
+        if msg_id in self._ids:
+            return False
+        self._ids[msg_id] = now
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
+
+    def expire(self, now: float) -> int:
+        """Forget ids older than the horizon (but keep at least... nothing); returns how many."""
+        cutoff = now - self.horizon
+        dropped = 0
+        while self._ids:
+            first_id, at = next(iter(self._ids.items()))
+            if at >= cutoff:
+                break
+            del self._ids[first_id]
+            dropped += 1
+        return dropped
+
+
+def relay_targets(*, kind: int, to: bytes | None, origin: bytes, came_from: bytes | None,
+                  links: Iterable[bytes]) -> list[bytes]:
+    """Which neighbours get a copy of an accepted envelope."""
+    links = list(links)
+    if kind in (KIND_DM, KIND_RECEIPT) and to is not None and to in links:
+        return [] if to == came_from else [to]
+    return [k for k in links if k != came_from and k != origin]
+
+
+@dataclass
+class _Pending:
+    targets: set[bytes]
+    due: float
+    payload: object = None
+
+
+@dataclass
+class RelayQueue:
+    """Relays waiting for their delay; hearing a copy from a target cancels that target."""
+
+    max_delay: float = 0.002
+    rng: random.Random = field(default_factory=random.Random)
+    _pending: dict[bytes, _Pending] = field(default_factory=dict)
+
+    def schedule(self, msg_id: bytes, targets: list[bytes], now: float,
+                 payload: object = None) -> float | None:
+        """Queue a relay; returns its due time, or None to send now (one target or none)."""
+        if len(targets) <= 1 or self.max_delay <= 0:
+            return None
+        due = now + self.rng.uniform(0, self.max_delay)
+        self._pending[msg_id] = _Pending(targets=set(targets), due=due, payload=payload)
+        return due
+
+    def heard_from(self, msg_id: bytes, link: bytes) -> None:
+        pending = self._pending.get(msg_id)
+        if pending is not None:
+            pending.targets.discard(link)
+            if not pending.targets:
+                del self._pending[msg_id]
+
+    def due(self, now: float) -> list[tuple[bytes, list[bytes], object]]:
+        ready = [(k, p) for k, p in self._pending.items() if p.due <= now]
+        for k, _ in ready:
+            del self._pending[k]
+        return [(k, sorted(p.targets), p.payload) for k, p in ready]
+
+    def next_deadline(self) -> float | None:
+        return min((p.due for p in self._pending.values()), default=None)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, now
+
+    def take(self, now: float, n: int = 1) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = max(self.at, now)
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
+
+
+class Buckets:
+    """One token bucket per key (a link, an origin), bounded in number."""
+
+    def __init__(self, rate: float, burst: float, capacity: int = 4096) -> None:
+        self.rate, self.burst, self.capacity = rate, burst, capacity
+        self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+
+    def take(self, key: bytes, now: float, n: int = 1) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+            if len(self._buckets) > self.capacity:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now, n)

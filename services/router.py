@@ -1,0 +1,662 @@
+"""The router: room messages, direct messages and profiles across the mesh.
+
+Data paths (docs/protocol.md, "Routing"):
+
+* from the gateway: ``run/router-in.sock`` (PULL) receives ``[peer key, body]``
+  for every ``app`` message of kind ``router`` on a verified link;
+* to the gateway: a PUSH to ``run/gateway-in.sock`` sends ``[peer key, body]``.
+
+Both are PUSH/PULL, not the bus: envelopes must not be dropped at a
+subscriber's high-water mark, and a restarted peer process is reconnected
+with what was queued for it.
+
+Every envelope is parsed, checked against the hop limit and the time window,
+deduplicated, rate-limited per link and per origin, and its signature
+verified, in that order (cheap checks first). Accepted envelopes are written
+to the store in one batch and only once the store has committed them are they
+shown, relayed, acknowledged (custody) or answered (receipts): a message
+counts as accepted when its row is committed. Anything lost between two
+processes is found again by catch-up (``common.catchup``), which runs when a
+link comes up, when the router starts, and every minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from tazcom.common import catchup, envelope, gossip, routing, rpc
+from tazcom.common.envelope import (
+    KIND_DM,
+    KIND_PROFILE,
+    KIND_RECEIPT,
+    KIND_ROOM,
+    Envelope,
+    EnvelopeError,
+)
+from tazcom.common.errors import RemoteProtocolError, RequestFailed, TazcomError
+from tazcom.common.events import (
+    ChatMessage,
+    ChatStatus,
+    Event,
+    LinkDown,
+    MeshPeer,
+    PeerVerified,
+    RouterDropped,
+    ServiceStarted,
+)
+from tazcom.common.keys import DOMAIN_ENVELOPE, fingerprint
+from tazcom.common.rejects import RejectLog
+
+from .busclient import tune
+from .runtime import Runtime, run
+
+STATUS_ORDER = {"": 0, "queued": 1, "sent": 2, "relayed": 3, "delivered": 4, "failed": 5}
+MAX_BATCH = 1024
+FRAME_BUDGET = 60_000
+ANTI_ENTROPY = 60.0
+PROFILE_EVERY = 600.0
+PROFILE_EXPIRES = 1600.0
+SEQ_BLOCK = 1000
+
+
+@dataclass
+class Accepted:
+    env: Envelope
+    hops: int  # links travelled to reach us
+    came_from: bytes | None
+    text: str | None = None
+
+
+@dataclass
+class Directory:
+    nickname: str
+    enc_key: bytes
+    ts: int
+    hops: int
+    seen_at: float
+
+
+@dataclass
+class PendingPost:
+    req: rpc.Post
+    fut: asyncio.Future
+
+
+class Router:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.config = rt.config
+        raw = rt.config.raw.get("router", {})
+        self.hop_limit = min(int(raw.get("hop_limit", envelope.DEFAULT_HOP_LIMIT)),
+                             envelope.MAX_HOPS_LIMIT)
+        self.relay = gossip.RelayQueue(max_delay=float(raw.get("relay_delay_ms", 2)) / 1000)
+        self.link_rate = gossip.Buckets(float(raw.get("link_rate", 5000)),
+                                        float(raw.get("link_burst", 20000)))
+        self.origin_rate = gossip.Buckets(float(raw.get("origin_rate", 5000)),
+                                          float(raw.get("origin_burst", 20000)))
+        self.seen = gossip.SeenSet(int(raw.get("seen_capacity", 100_000)),
+                                   float(raw.get("seen_horizon", 86_400)))
+        self.index = catchup.SyncIndex()
+        self.links: set[bytes] = set()
+        self.directory: dict[bytes, Directory] = {}
+        self.own_status: dict[bytes, tuple[str, bytes | None]] = {}  # id -> (status, to)
+        self.rejects = RejectLog(rt.log)
+        self.dropped: dict[tuple[str, str], int] = defaultdict(int)
+        self.own_key = b""
+        self.enc_key = b""
+        self.nickname = rt.config.nickname
+        self.seq_next = 0
+        self.seq_end = 0
+        self._posts: list[PendingPost] = []
+        self._receipts_again: defaultdict[bytes, set[bytes]] = defaultdict(set)
+        self._post_wake = asyncio.Event()
+        self._relay_wake = asyncio.Event()
+        self.store = rt.client("store")
+        self.identity = rt.client("identity")
+        self.inbox = rt.ctx.socket(zmq.PULL)
+        tune(self.inbox, rt.config)
+        self.inbox.setsockopt(zmq.RCVHWM, 100_000)
+        self.inbox.setsockopt(zmq.MAXMSGSIZE, 70_000)
+        self.inbox.bind(rt.config.paths.socket("router-in"))
+        self.out = rt.ctx.socket(zmq.PUSH)
+        tune(self.out, rt.config)
+        self.out.setsockopt(zmq.SNDHWM, 100_000)
+        self.out.connect(rt.config.paths.socket("gateway-in"))
+        self._out_sync = zmq.Socket.shadow(self.out.underlying)
+        self._in_sync = zmq.Socket.shadow(self.inbox.underlying)
+
+    # -- start -------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        ident = await self.rt.call_until_ready("identity", rpc.GetIdentity())
+        self.own_key = bytes.fromhex(ident.key)
+        self.enc_key = bytes.fromhex(ident.enc_key or "")
+        self.nickname = ident.nickname
+        now = time.time()
+        recent = await self.rt.call_until_ready(
+            "store", rpc.StoreRecentIds(since=now - self.seen.horizon,
+                                        limit=self.seen.capacity))
+        for msg_id in reversed(recent.ids):
+            self.seen.add(msg_id, now)
+        sync = await self.store.call(rpc.StoreSyncSet(since=int((now * 1000)
+                                                                - gossip.MAX_AGE_MS)))
+        for item in sync.items:
+            self.index.add(item.id, item.ts, item.to)
+        profiles = await self.store.call(rpc.StoreProfiles())
+        for p in profiles.items:
+            if p.key != self.own_key:
+                self.directory[p.key] = Directory(p.nickname, p.enc_key, p.ts, p.hops, 0.0)
+        outbox = await self.store.call(rpc.StoreOutbox())
+        for m in outbox.items:
+            self.own_status[m.id] = (m.status, m.to)
+        self.rt.log.info("loaded %d seen ids, %d catch-up items, %d profiles, %d pending own "
+                         "messages", len(self.seen), len(self.index), len(self.directory),
+                         len(self.own_status))
+
+    async def sync_links(self) -> None:
+        try:
+            reply = await self.rt.client("gateway").call(rpc.GetLinks(), timeout=1.0)
+        except TazcomError as e:
+            self.rt.log.info("cannot read the gateway's links yet: %s", e.message)
+            return
+        self.links = {bytes.fromhex(lk.key) for lk in reply.links
+                      if lk.state == "open" and lk.key}
+        for key in self.links:
+            self.send_summary(key)
+
+    # -- bus ------------------------------------------------------------------------------
+
+    def on_event(self, ev: Event) -> None:
+        if isinstance(ev, PeerVerified):
+            key = bytes.fromhex(ev.key)
+            self.links.add(key)
+            self.send_summary(key)
+        elif isinstance(ev, LinkDown) and ev.key and ev.peer_state != "verified":
+            self.links.discard(bytes.fromhex(ev.key))
+        elif isinstance(ev, ServiceStarted) and ev.service == "gateway":
+            self.rt.spawn(self.sync_links(), "sync-links")
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, key: bytes, body: bytes) -> None:
+        try:
+            self._out_sync.send_multipart([key, body], zmq.NOBLOCK)
+        except zmq.Again:
+            self.drop("gateway", "gateway_busy", "the gateway's queue is full")
+
+    def send_entries(self, key: bytes, entries: list[tuple[int, bytes, bytes]]) -> None:
+        """Envelopes to one neighbour, packed into as few frames as fit."""
+        batch: list[tuple[int, bytes, bytes]] = []
+        size = 0
+        for entry in entries:
+            n = len(entry[1]) + 80
+            if batch and (size + n > FRAME_BUDGET or len(batch) >= routing.MAX_ENVS):
+                self.send(key, routing.encode_envs(batch))
+                batch, size = [], 0
+            batch.append(entry)
+            size += n
+        if batch:
+            self.send(key, routing.encode_envs(batch))
+
+    def send_summary(self, key: bytes) -> None:
+        self.send(key, routing.encode_summary(self.index.summary()[-routing.MAX_BUCKETS:]))
+
+    def forward(self, items: list[tuple[Envelope, int, bytes | None]], now: float) -> set[bytes]:
+        """Relay accepted envelopes (``hops`` = links travelled so far); returns ids sent now."""
+        per_target: dict[bytes, list[tuple[int, bytes, bytes]]] = defaultdict(list)
+        sent_ids: set[bytes] = set()
+        for env, hops, came_from in items:
+            if hops >= self.hop_limit:
+                continue
+            targets = gossip.relay_targets(kind=env.kind, to=env.to, origin=env.origin,
+                                           came_from=came_from, links=self.links)
+            if not targets:
+                continue
+            entry = (hops, env.signed, env.sig)
+            if self.relay.schedule(env.id, targets, now, entry) is None:
+                for t in targets:
+                    per_target[t].append(entry)
+                sent_ids.add(env.id)
+        for target, entries in per_target.items():
+            self.send_entries(target, entries)
+        if len(self.relay):
+            self._relay_wake.set()
+        return sent_ids
+
+    async def relay_loop(self) -> None:
+        while True:
+            deadline = self.relay.next_deadline()
+            self._relay_wake.clear()
+            if deadline is None:
+                await self._relay_wake.wait()
+                continue
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._relay_wake.wait(), delay)
+                continue
+            per_target: dict[bytes, list[tuple[int, bytes, bytes]]] = defaultdict(list)
+            for _msg_id, targets, entry in self.relay.due(time.monotonic()):
+                for t in targets:
+                    if t in self.links:
+                        per_target[t].append(entry)  # type: ignore[arg-type]
+            for target, entries in per_target.items():
+                self.send_entries(target, entries)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def drop(self, source: str, reason: str, detail: str = "") -> None:
+        if self.rejects.reject(source, reason, detail):
+            self.rt.bus.emit(RouterDropped, source=source[:80], reason=reason[:48],
+                             detail=detail[:200])
+
+    async def inbox_loop(self) -> None:
+        while True:
+            await self.inbox.poll(flags=zmq.POLLIN)
+            frames: list[list[bytes]] = []
+            while len(frames) < MAX_BATCH:
+                try:
+                    frames.append(self._in_sync.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            try:
+                await self.process(frames)
+            except TazcomError as e:
+                # The store or identity did not answer: nothing of this batch was
+                # committed, so nothing was relayed or acknowledged; catch-up brings it back.
+                self.rt.log.warning("dropped a batch of %d frames: %s", len(frames), e.message)
+
+    async def process(self, frames: list[list[bytes]]) -> None:
+        now = time.time()
+        mono = time.monotonic()
+        accepted: list[Accepted] = []
+        for frame in frames:
+            if len(frame) != 2 or len(frame[0]) != 32:
+                self.drop("gateway", "bad_frames")
+                continue
+            key, body = frame
+            source = f"peer {fingerprint(key)}"
+            if not self.link_rate.take(key, mono):
+                self.drop(source, "rate_limited", "too many router messages from this link")
+                continue
+            self.links.add(key)
+            try:
+                msg = routing.decode(body)
+            except RemoteProtocolError as e:
+                self.drop(source, e.code, e.message)
+                continue
+            if isinstance(msg, routing.Envs):
+                for hops, signed, sig in msg.entries:
+                    acc = self.check(hops, signed, sig, key, now, mono)
+                    if acc is not None:
+                        accepted.append(acc)
+            elif isinstance(msg, routing.Custody):
+                self.on_custody(key, msg.ids)
+            elif isinstance(msg, routing.SummaryMsg):
+                self.on_summary(key, msg.buckets)
+            elif isinstance(msg, routing.IdsMsg):
+                await self.on_ids(key, msg.bucket, msg.ids)
+        if accepted:
+            await self.accept(accepted, now)
+        if self._receipts_again:
+            again, self._receipts_again = self._receipts_again, defaultdict(set)
+            for origin, ids in again.items():
+                self.rt.spawn(self.send_receipt(origin, sorted(ids)), "receipt-again")
+
+    def check(self, hops: int, signed: bytes, sig: bytes, link: bytes, now: float,
+              mono: float) -> Accepted | None:
+        source = f"peer {fingerprint(link)}"
+        if hops >= self.hop_limit:
+            self.drop(source, "hop_limit", f"{hops} hops, limit {self.hop_limit}")
+            return None
+        try:
+            env = envelope.parse(signed, sig)
+        except EnvelopeError as e:
+            self.drop(source, e.code, e.message)
+            return None
+        if env.id in self.seen:
+            self.relay.heard_from(env.id, link)
+            if env.kind == KIND_DM and env.to == self.own_key:
+                # The sender offers it again, so our receipt never reached it: resend.
+                self._receipts_again[env.origin].add(env.id)
+            return None
+        why = gossip.window(env.ts, now)
+        if why is not None:
+            self.drop(source, why, f"timestamp {env.ts} outside the window")
+            return None
+        if not self.origin_rate.take(env.origin, mono):
+            self.drop(f"origin {fingerprint(env.origin)}", "rate_limited",
+                      "too many messages from this origin")
+            return None
+        try:
+            envelope.verify(env)
+        except EnvelopeError as e:
+            self.drop(f"{source} (origin {fingerprint(env.origin)})", e.code, e.message)
+            return None
+        if env.to is not None and env.to == env.origin:
+            self.drop(source, "bad_recipient", "a message to its own origin")
+            return None
+        self.seen.add(env.id, now)  # only now: a forged copy never marks the real id seen
+        return Accepted(env=env, hops=hops + 1, came_from=link)
+
+    async def accept(self, accepted: list[Accepted], now: float) -> None:
+        to_me = [a for a in accepted if a.env.kind == KIND_DM and a.env.to == self.own_key]
+        if to_me:
+            opened = await self.identity.call(rpc.OpenSealed(boxes=tuple(a.env.body
+                                                                         for a in to_me)))
+            for a, plain in zip(to_me, opened.items, strict=True):
+                try:
+                    if plain is None:
+                        raise EnvelopeError("the sealed box does not open", code="cannot_open")
+                    a.text = envelope.dm_inner(plain, a.env.origin)
+                except EnvelopeError as e:
+                    self.drop(f"origin {fingerprint(a.env.origin)}", e.code, e.message)
+            accepted = [a for a in accepted if not (a in to_me and a.text is None)]
+        items = [self.stored(a) for a in accepted]
+        results = await self.put(items)
+        fresh = [a for a, new in zip(accepted, results, strict=True) if new]
+        self.after_accept(fresh, now)
+
+    def stored(self, a: Accepted) -> rpc.StoredMessage:
+        env = a.env
+        mine = env.to == self.own_key
+        text = a.text
+        conv = env.origin if env.kind == KIND_DM and mine else None
+        if env.kind == KIND_ROOM:
+            text = envelope.room_text(env.body)
+        held = env.kind in (KIND_DM, KIND_RECEIPT) and not mine
+        return rpc.StoredMessage(id=env.id, kind=env.kind, origin=env.origin, seq=env.seq,
+                                 ts=env.ts, to=env.to, signed=env.signed, sig=env.sig,
+                                 hops=min(a.hops, 16), conv=conv, text=text, held=held)
+
+    async def put(self, items: list[rpc.StoredMessage]) -> list[bool]:
+        out: list[bool] = []
+        for i in range(0, len(items), 512):
+            reply = await self.store.call(rpc.StorePut(items=tuple(items[i : i + 512])),
+                                          retries=20)
+            out += [r.new for r in reply.results]
+        return out
+
+    def after_accept(self, fresh: list[Accepted], now: float) -> None:
+        custody: dict[bytes, list[bytes]] = defaultdict(list)
+        receipts: dict[bytes, list[bytes]] = defaultdict(list)
+        status: list[tuple[bytes, str]] = []
+        relay: list[tuple[Envelope, int, bytes | None]] = []
+        for a in fresh:
+            env = a.env
+            mine = env.to == self.own_key
+            if env.kind == KIND_ROOM:
+                self.index.add(env.id, env.ts)
+                self.emit_message(env, envelope.room_text(env.body), a.hops)
+            elif env.kind == KIND_PROFILE:
+                self.index.add(env.id, env.ts)
+                self.on_profile(env, a.hops, now)
+            elif env.kind == KIND_DM and mine:
+                self.emit_message(env, a.text or "", a.hops)
+                receipts[env.origin].append(env.id)
+            elif env.kind == KIND_RECEIPT and mine:
+                for msg_id in envelope.receipt_ids(env.body):
+                    if self.index.recipient(msg_id) == env.origin:
+                        status.append((msg_id, "delivered"))
+            else:  # a DM or receipt for someone else: hold it, relay it, take custody
+                self.index.add(env.id, env.ts, env.to)
+                if a.came_from is not None:
+                    custody[a.came_from].append(env.id)
+                if env.kind == KIND_RECEIPT:
+                    self.release_delivered(env)
+            if not mine:
+                relay.append((env, a.hops, a.came_from))
+        self.forward(relay, time.monotonic())
+        for link, ids in custody.items():
+            for chunk in catchup.chunks(ids, routing.MAX_CUSTODY):
+                self.send(link, routing.encode_custody(chunk))
+        if status:
+            self.rt.spawn(self.set_status(status), "status")
+        for origin, ids in receipts.items():
+            self.rt.spawn(self.send_receipt(origin, ids), "receipt")
+
+    def release_delivered(self, receipt: Envelope) -> None:
+        """A relay drops the DMs a receipt acknowledges, if the receipt is their recipient's."""
+        done = [i for i in envelope.receipt_ids(receipt.body)
+                if self.index.recipient(i) == receipt.origin]
+        for msg_id in done:
+            self.index.remove(msg_id)
+        if done:
+            self.rt.spawn(self.store.call(rpc.StoreRelease(ids=tuple(done))), "release")
+
+    def emit_message(self, env: Envelope, text: str, hops: int, status: str = "") -> None:
+        self.rt.bus.emit(ChatMessage, id=env.id.hex(), kind=env.kind_name,
+                         origin=env.origin.hex(), to=env.to.hex() if env.to else None,
+                         sent=env.ts, text=text, own=env.origin == self.own_key,
+                         hops=min(hops, 16), status=status)  # type: ignore[arg-type]
+
+    def on_profile(self, env: Envelope, hops: int, now: float) -> None:
+        if env.origin == self.own_key:
+            return
+        prof = envelope.profile_fields(env.body)
+        known = self.directory.get(env.origin)
+        if known is not None and (known.ts > env.ts or (known.ts == env.ts
+                                                         and known.hops <= hops)):
+            known.seen_at = now
+            return
+        self.directory[env.origin] = Directory(prof.nickname, prof.enc_key, env.ts, hops, now)
+        self.rt.bus.emit(MeshPeer, key=env.origin.hex(), nickname=prof.nickname, hops=hops,
+                         enc_key=prof.enc_key.hex())
+
+    def on_custody(self, link: bytes, ids: list[bytes]) -> None:
+        updates = [(i, "relayed") for i in ids
+                   if i in self.own_status and self.own_status[i][1] != link]
+        if updates:
+            self.rt.spawn(self.set_status(updates), "status")
+
+    def on_summary(self, link: bytes, theirs: list[tuple[int, int, bytes]]) -> None:
+        for bucket in catchup.differing(self.index.summary(), theirs)[-routing.MAX_BUCKETS:]:
+            for chunk in catchup.chunks(self.index.ids_in(bucket), routing.MAX_IDS):
+                self.send(link, routing.encode_ids(bucket, chunk))
+
+    async def on_ids(self, link: bytes, bucket: int, their_ids: list[bytes]) -> None:
+        missing = catchup.lacking(self.index, bucket, their_ids)
+        if not missing:
+            return
+        for chunk in catchup.chunks(missing, 512):
+            found = await self.store.call(rpc.StoreGet(ids=tuple(chunk)))
+            entries = [(min(e.hops, self.hop_limit - 1), e.signed, e.sig) for e in found.items]
+            if entries:
+                self.send_entries(link, entries)
+                queued = [(e.id, "sent") for e in found.items
+                          if self.own_status.get(e.id, ("", None))[0] == "queued"]
+                if queued:
+                    await self.set_status(queued)
+
+    # -- status of our own messages --------------------------------------------------------
+
+    async def set_status(self, updates: list[tuple[bytes, str]], reason: str = "") -> None:
+        changed = []
+        for msg_id, status in updates:
+            current, to = self.own_status.get(msg_id, ("", None))
+            if msg_id not in self.own_status or STATUS_ORDER[status] <= STATUS_ORDER[current]:
+                continue
+            self.own_status[msg_id] = (status, to)
+            changed.append((msg_id, status, to))
+        if not changed:
+            return
+        await self.store.call(rpc.StoreSetStatus(updates=tuple(
+            rpc.StatusUpdate(id=i, status=s, reason=reason) for i, s, _ in changed)),  # type: ignore[arg-type]
+            retries=20)
+        delivered = [i for i, s, _ in changed if s == "delivered"]
+        for msg_id in delivered:
+            self.index.remove(msg_id)
+            self.own_status.pop(msg_id, None)
+        if delivered:
+            await self.store.call(rpc.StoreRelease(ids=tuple(delivered)), retries=20)
+        for msg_id, status, to in changed:
+            self.rt.bus.emit(ChatStatus, id=msg_id.hex(), status=status, reason=reason,
+                             to=to.hex() if to else None)  # type: ignore[arg-type]
+
+    # -- posting -------------------------------------------------------------------------------
+
+    async def post(self, req: rpc.Post) -> rpc.PostResult:
+        if req.to is not None:
+            if req.to == self.own_key:
+                raise RequestFailed("that is this node's own key", code="bad_recipient")
+            if req.to not in self.directory:
+                raise RequestFailed(
+                    f"no encryption key for {fingerprint(req.to)} yet: its profile has not "
+                    "reached us (it appears once the peer is linked or known via the mesh)",
+                    code="no_key")
+        if len(req.text.encode()) > envelope.MAX_TEXT_BYTES:
+            raise RequestFailed(f"text over {envelope.MAX_TEXT_BYTES} bytes", code="too_large")
+        fut = asyncio.get_running_loop().create_future()
+        self._posts.append(PendingPost(req, fut))
+        self._post_wake.set()
+        return await fut
+
+    async def reserve(self, n: int) -> list[int]:
+        if self.seq_end - self.seq_next < n:
+            block = max(SEQ_BLOCK, n)
+            reply = await self.store.call(rpc.StoreReserveSeq(count=block), retries=20)
+            self.seq_next, self.seq_end = reply.first, reply.first + block
+        first = self.seq_next
+        self.seq_next += n
+        return list(range(first, first + n))
+
+    async def originate(self, specs: list[tuple[int, bytes | None, bytes]]) -> list[Envelope]:
+        """Build and sign our own envelopes: (kind, to, body) each."""
+        seqs = await self.reserve(len(specs))
+        ts = int(time.time() * 1000)
+        signed = [envelope.signed_bytes(kind=k, origin=self.own_key, seq=s, ts=ts, to=to,
+                                        body=body)
+                  for (k, to, body), s in zip(specs, seqs, strict=True)]
+        sigs = await self.identity.call(rpc.SignMany(domain=DOMAIN_ENVELOPE,
+                                                     items=tuple(signed)), retries=20)
+        return [envelope.parse(sb, sig) for sb, sig in zip(signed, sigs.sigs, strict=True)]
+
+    async def post_loop(self) -> None:
+        while True:
+            await self._post_wake.wait()
+            self._post_wake.clear()
+            posts, self._posts = self._posts[:256], self._posts[256:]
+            if self._posts:
+                self._post_wake.set()
+            try:
+                await self.post_batch(posts)
+            except TazcomError as e:
+                for p in posts:
+                    if not p.fut.done():
+                        p.fut.set_exception(RequestFailed(e.message, code=e.code))
+
+    async def post_batch(self, posts: list[PendingPost]) -> None:
+        specs = []
+        ready: list[PendingPost] = []
+        for p in posts:
+            req = p.req
+            if req.to is None:
+                specs.append((KIND_ROOM, None, req.text.encode()))
+            elif req.to in self.directory:
+                body = envelope.seal_dm(origin=self.own_key, text=req.text,
+                                        recipient_enc_key=self.directory[req.to].enc_key)
+                specs.append((KIND_DM, req.to, body))
+            else:
+                p.fut.set_exception(RequestFailed("no encryption key for the recipient",
+                                                  code="no_key"))
+                continue
+            ready.append(p)
+        posts = ready
+        if not posts:
+            return
+        envs = await self.originate(specs)
+        items = [rpc.StoredMessage(
+            id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=env.to,
+            signed=env.signed, sig=env.sig, hops=0, conv=env.to, text=p.req.text,
+            status="queued", own=True, held=env.kind == KIND_DM, client_id=p.req.client_id)
+            for env, p in zip(envs, posts, strict=True)]
+        reply = await self.store.call(rpc.StorePut(items=tuple(items)), retries=20)
+        now = time.time()
+        fresh: list[Envelope] = []
+        for env, p, outcome in zip(envs, posts, reply.results, strict=True):
+            if outcome.new:
+                self.seen.add(env.id, now)
+                self.index.add(env.id, env.ts, env.to)
+                self.own_status[env.id] = ("queued", env.to)
+                fresh.append(env)
+                self.emit_message(env, p.req.text, 0, "queued")
+        sent = self.forward([(env, 0, None) for env in fresh], time.monotonic())
+        if sent:
+            await self.set_status([(i, "sent") for i in sent])
+        for p, outcome in zip(posts, reply.results, strict=True):
+            status = self.own_status.get(outcome.id, ("delivered", None))[0]
+            p.fut.set_result(rpc.PostResult(message_id=outcome.id, status=status,
+                                             new=outcome.new))
+
+    async def publish_profile(self) -> None:
+        while True:
+            [env] = await self.originate([(KIND_PROFILE, None,
+                                           envelope.profile_body(self.nickname, self.enc_key))])
+            await self.store.call(rpc.StorePut(items=(rpc.StoredMessage(
+                id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=None,
+                signed=env.signed, sig=env.sig, hops=0, own=True),)), retries=20)
+            self.seen.add(env.id, time.time())
+            self.index.add(env.id, env.ts)
+            self.forward([(env, 0, None)], time.monotonic())
+            await asyncio.sleep(PROFILE_EVERY)
+
+    async def send_receipt(self, origin: bytes, ids: list[bytes]) -> None:
+        for chunk in catchup.chunks(ids, envelope.MAX_RECEIPT_IDS):
+            [env] = await self.originate([(KIND_RECEIPT, origin, envelope.receipt_body(chunk))])
+            await self.store.call(rpc.StorePut(items=(rpc.StoredMessage(
+                id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=origin,
+                signed=env.signed, sig=env.sig, hops=0, own=True, held=True),)), retries=20)
+            self.seen.add(env.id, time.time())
+            self.index.add(env.id, env.ts, origin)
+            self.forward([(env, 0, None)], time.monotonic())
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(ANTI_ENTROPY)
+            now = time.time()
+            self.seen.expire(now)
+            self.index.expire(int(now * 1000) - gossip.MAX_AGE_MS,
+                              keep=[i for i, (_, to) in self.own_status.items() if to])
+            for key in list(self.links):
+                self.send_summary(key)
+            for key, entry in list(self.directory.items()):
+                if entry.seen_at and now - entry.seen_at > PROFILE_EXPIRES and entry.hops:
+                    entry.hops = 0
+                    self.rt.bus.emit(MeshPeer, key=key.hex(), nickname=entry.nickname,
+                                     hops=None, enc_key=entry.enc_key.hex())
+
+    def close(self) -> None:
+        self.inbox.close(linger=0)
+        self.out.close(linger=500)
+
+
+async def main(rt: Runtime) -> None:
+    router = Router(rt)
+    try:
+        await router.load()
+        rt.serve({rpc.Post: router.post})
+        for prefix in ("peer.verified", "link.down", "service.started"):
+            rt.bus.subscribe(prefix, router.on_event)
+        rt.spawn(router.inbox_loop(), "inbox")
+        rt.spawn(router.relay_loop(), "relay")
+        rt.spawn(router.post_loop(), "post")
+        rt.spawn(router.housekeeping(), "housekeeping")
+        await router.sync_links()
+        rt.ready(f"{len(router.links)} links, hop limit {router.hop_limit}")
+        await router.publish_profile()
+    finally:
+        router.close()
+
+
+if __name__ == "__main__":
+    run("router", main)
+
