@@ -115,7 +115,6 @@ class Router:
         self.seq_next = 0
         self.seq_end = 0
         self._posts: list[PendingPost] = []
-        self._receipts_again: defaultdict[bytes, set[bytes]] = defaultdict(set)
         self._post_wake = asyncio.Event()
         self._relay_wake = asyncio.Event()
         self.store = rt.client("store")
@@ -305,10 +304,6 @@ class Router:
                 await self.on_ids(key, msg.bucket, msg.ids)
         if accepted:
             await self.accept(accepted, now)
-        if self._receipts_again:
-            again, self._receipts_again = self._receipts_again, defaultdict(set)
-            for origin, ids in again.items():
-                self.rt.spawn(self.send_receipt(origin, sorted(ids)), "receipt-again")
 
     def check(self, hops: int, signed: bytes, sig: bytes, link: bytes, now: float,
               mono: float) -> Accepted | None:
@@ -323,9 +318,6 @@ class Router:
             return None
         if env.id in self.seen:
             self.relay.heard_from(env.id, link)
-            if env.kind == KIND_DM and env.to == self.own_key:
-                # The sender offers it again, so our receipt never reached it: resend.
-                self._receipts_again[env.origin].add(env.id)
             return None
         why = gossip.window(env.ts, now)
         if why is not None:
@@ -359,10 +351,28 @@ class Router:
                 except EnvelopeError as e:
                     self.drop(f"origin {fingerprint(a.env.origin)}", e.code, e.message)
             accepted = [a for a in accepted if not (a in to_me and a.text is None)]
-        items = [self.stored(a) for a in accepted]
+        # Receipts for the DMs to us are committed in the same transaction as the DMs, so
+        # a crash cannot leave a DM received but never acknowledged; catch-up carries them
+        # like any held envelope until they reach the sender.
+        by_origin: dict[bytes, list[bytes]] = defaultdict(list)
+        for a in accepted:
+            if a.env.kind == KIND_DM and a.env.to == self.own_key:
+                by_origin[a.env.origin].append(a.env.id)
+        specs = [(KIND_RECEIPT, origin, envelope.receipt_body(chunk))
+                 for origin, ids in by_origin.items()
+                 for chunk in catchup.chunks(ids, envelope.MAX_RECEIPT_IDS)]
+        receipts = await self.originate(specs) if specs else []
+        items = [self.stored(a) for a in accepted] + [
+            rpc.StoredMessage(id=r.id, kind=r.kind, origin=r.origin, seq=r.seq, ts=r.ts,
+                              to=r.to, signed=r.signed, sig=r.sig, hops=0, own=True, held=True)
+            for r in receipts]
         results = await self.put(items)
-        fresh = [a for a, new in zip(accepted, results, strict=True) if new]
+        fresh = [a for a, new in zip(accepted, results[: len(accepted)], strict=True) if new]
         self.after_accept(fresh, now)
+        for r in receipts:
+            self.seen.add(r.id, now)
+            self.index.add(r.id, r.ts, r.to)
+        self.forward([(r, 0, None) for r in receipts], time.monotonic())
 
     def stored(self, a: Accepted) -> rpc.StoredMessage:
         env = a.env
@@ -386,7 +396,6 @@ class Router:
 
     def after_accept(self, fresh: list[Accepted], now: float) -> None:
         custody: dict[bytes, list[bytes]] = defaultdict(list)
-        receipts: dict[bytes, list[bytes]] = defaultdict(list)
         status: list[tuple[bytes, str]] = []
         relay: list[tuple[Envelope, int, bytes | None]] = []
         for a in fresh:
@@ -400,7 +409,6 @@ class Router:
                 self.on_profile(env, a.hops, now)
             elif env.kind == KIND_DM and mine:
                 self.emit_message(env, a.text or "", a.hops)
-                receipts[env.origin].append(env.id)
             elif env.kind == KIND_RECEIPT and mine:
                 for msg_id in envelope.receipt_ids(env.body):
                     if self.index.recipient(msg_id) == env.origin:
@@ -419,8 +427,6 @@ class Router:
                 self.send(link, routing.encode_custody(chunk))
         if status:
             self.rt.spawn(self.set_status(status), "status")
-        for origin, ids in receipts.items():
-            self.rt.spawn(self.send_receipt(origin, ids), "receipt")
 
     def release_delivered(self, receipt: Envelope) -> None:
         """A relay drops the DMs a receipt acknowledges, if the receipt is their recipient's."""
@@ -606,16 +612,6 @@ class Router:
             self.index.add(env.id, env.ts)
             self.forward([(env, 0, None)], time.monotonic())
             await asyncio.sleep(PROFILE_EVERY)
-
-    async def send_receipt(self, origin: bytes, ids: list[bytes]) -> None:
-        for chunk in catchup.chunks(ids, envelope.MAX_RECEIPT_IDS):
-            [env] = await self.originate([(KIND_RECEIPT, origin, envelope.receipt_body(chunk))])
-            await self.store.call(rpc.StorePut(items=(rpc.StoredMessage(
-                id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=origin,
-                signed=env.signed, sig=env.sig, hops=0, own=True, held=True),)), retries=20)
-            self.seen.add(env.id, time.time())
-            self.index.add(env.id, env.ts, origin)
-            self.forward([(env, 0, None)], time.monotonic())
 
     # -- housekeeping ----------------------------------------------------------------------------
 
