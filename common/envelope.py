@@ -19,9 +19,12 @@ Kinds and their bodies:
   origin, so nobody can re-sign someone else's ciphertext as their own.
 * ``receipt`` (3): a msgpack array of the ids of DMs the recipient ``to``'s
   messages that ``origin`` has received.
-* ``profile`` (4): ``{"nick": str, "enc": 32 bytes}``: who ``origin`` is and the
-  X25519 key that DMs to it are sealed to; flooded so nodes beyond one hop
-  know each other.
+* ``profile`` (4): ``{"nick": str, "enc": 32 bytes, "links": [32-byte keys]}``:
+  who ``origin`` is, the X25519 key that DMs to it are sealed to, and the
+  neighbours it has verified links with. Flooded at start, whenever its links
+  change and every two minutes, so every node knows the mesh's shape: a node
+  is reachable when a path of links both ends confirm leads to it
+  (``common.gossip.distances``).
 """
 
 from __future__ import annotations
@@ -172,15 +175,19 @@ def receipt_body(ids: list[bytes]) -> bytes:
     return codec.pack(list(ids))
 
 
+MAX_PROFILE_LINKS = 256
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     nickname: str
     enc_key: bytes
+    links: frozenset[bytes] = frozenset()
 
 
 def profile_fields(body: bytes) -> Profile:
     try:
-        obj = codec.unpack(body, 1024)
+        obj = codec.unpack(body, MAX_BODY)
     except RemoteProtocolError:
         raise _fail("bad_envelope", "profile body is not msgpack") from None
     if type(obj) is not dict:
@@ -193,8 +200,8 @@ def profile_fields(body: bytes) -> Profile:
     return Profile(nickname=nick, enc_key=enc)
 
 
-def profile_body(nickname: str, enc_key: bytes) -> bytes:
-    return codec.pack({"nick": nickname, "enc": enc_key})
+def profile_body(nickname: str, enc_key: bytes, links: list[bytes] | None = None) -> bytes:
+    return codec.pack({"nick": nickname, "enc": enc_key, "links": sorted(links or [])})
 
 
 def seal_dm(*, origin: bytes, text: str, recipient_enc_key: bytes) -> bytes:

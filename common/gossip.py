@@ -161,3 +161,30 @@ class Buckets:
         else:
             self._buckets.move_to_end(key)
         return bucket.take(now, n)
+
+
+def distances(own: bytes, own_links: set[bytes],
+              links_of: dict[bytes, frozenset[bytes]]) -> dict[bytes, int]:
+    """Hops from ``own`` to every node reachable over links both ends confirm.
+
+    ``own_links`` are our verified links; ``links_of`` maps each other node to the
+    links its newest profile lists. An edge X-Y counts when X lists Y and Y lists
+    X, so a node that vanished without a word is unreachable as soon as its
+    neighbours' new profiles stop listing it.
+    """
+    dist = {own: 0}
+    frontier = [k for k in own_links if k != own]
+    for k in frontier:
+        dist[k] = 1
+    while frontier:
+        nxt = []
+        for node in frontier:
+            for peer in links_of.get(node, ()):
+                if peer in dist:
+                    continue
+                if node in links_of.get(peer, ()):
+                    dist[peer] = dist[node] + 1
+                    nxt.append(peer)
+        frontier = nxt
+    del dist[own]
+    return dist

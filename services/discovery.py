@@ -175,7 +175,11 @@ class Discovery:
                 await self.aiozc.async_unregister_service(self.info)  # our key changed
                 self.info = None
             if self.info is None:
-                pending = await self.aiozc.async_register_service(info)
+                # No probing (RFC 6762 8.1): our instance name is derived from our key, so
+                # no one can hold it legitimately and renaming would not help; skipping the
+                # probe saves a second at every start (docs/protocol.md, "mDNS record").
+                pending = await self.aiozc.async_register_service(
+                    info, cooperating_responders=True)
                 self.rt.log.info("announcing %s on %s port %d", info.name,
                                  ",".join(self.ips), info.port)
             else:

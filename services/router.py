@@ -61,8 +61,10 @@ STATUS_ORDER = {"": 0, "queued": 1, "sent": 2, "relayed": 3, "delivered": 4, "fa
 MAX_BATCH = 1024
 FRAME_BUDGET = 60_000
 ANTI_ENTROPY = 60.0
-PROFILE_EVERY = 600.0
-PROFILE_EXPIRES = 1600.0
+PROFILE_EVERY = 120.0
+#: A node whose profile has not been refreshed for this long is taken as gone.
+PROFILE_EXPIRES = 330.0
+PROFILE_DEBOUNCE = 0.2
 SEQ_BLOCK = 1000
 
 
@@ -76,11 +78,16 @@ class Accepted:
 
 @dataclass
 class Directory:
+    """A node as its newest signed profile describes it."""
+
     nickname: str
     enc_key: bytes
-    ts: int
-    hops: int
-    seen_at: float
+    version: tuple[int, int]  # (ts, seq): newer profiles win
+    links: frozenset[bytes]
+    profile_id: bytes
+    received_at: float
+    #: The distance last published in mesh.peer (None: unreachable).
+    published: int | None = None
 
 
 @dataclass
@@ -117,6 +124,8 @@ class Router:
         self._posts: list[PendingPost] = []
         self._post_wake = asyncio.Event()
         self._relay_wake = asyncio.Event()
+        self._profile_wake = asyncio.Event()
+        self._profile_wake.set()  # the first one goes out at start
         self.store = rt.client("store")
         self.identity = rt.client("identity")
         self.inbox = rt.ctx.socket(zmq.PULL)
@@ -148,10 +157,14 @@ class Router:
                                                                 - gossip.MAX_AGE_MS)))
         for item in sync.items:
             self.index.add(item.id, item.ts, item.to)
-        profiles = await self.store.call(rpc.StoreProfiles())
-        for p in profiles.items:
-            if p.key != self.own_key:
-                self.directory[p.key] = Directory(p.nickname, p.enc_key, p.ts, p.hops, 0.0)
+        profile_ids = [i.id for i in sync.items if i.kind == KIND_PROFILE]
+        for chunk in catchup.chunks(profile_ids, 512):
+            if not chunk:
+                continue
+            found = await self.store.call(rpc.StoreGet(ids=tuple(chunk)))
+            for e in found.items:
+                with contextlib.suppress(EnvelopeError):
+                    self.on_profile(envelope.parse(e.signed, e.sig), now, recompute=False)
         outbox = await self.store.call(rpc.StoreOutbox())
         for m in outbox.items:
             self.own_status[m.id] = (m.status, m.to)
@@ -169,6 +182,7 @@ class Router:
                       if lk.state == "open" and lk.key}
         for key in self.links:
             self.send_summary(key)
+        self.links_changed()
 
     # -- bus ------------------------------------------------------------------------------
 
@@ -177,8 +191,10 @@ class Router:
             key = bytes.fromhex(ev.key)
             self.links.add(key)
             self.send_summary(key)
+            self.links_changed()
         elif isinstance(ev, LinkDown) and ev.key and ev.peer_state != "verified":
             self.links.discard(bytes.fromhex(ev.key))
+            self.links_changed()
         elif isinstance(ev, ServiceStarted) and ev.service == "gateway":
             self.rt.spawn(self.sync_links(), "sync-links")
 
@@ -406,7 +422,7 @@ class Router:
                 self.emit_message(env, envelope.room_text(env.body), a.hops)
             elif env.kind == KIND_PROFILE:
                 self.index.add(env.id, env.ts)
-                self.on_profile(env, a.hops, now)
+                self.on_profile(env, now)
             elif env.kind == KIND_DM and mine:
                 self.emit_message(env, a.text or "", a.hops)
             elif env.kind == KIND_RECEIPT and mine:
@@ -443,18 +459,39 @@ class Router:
                          sent=env.ts, text=text, own=env.origin == self.own_key,
                          hops=min(hops, 16), status=status)  # type: ignore[arg-type]
 
-    def on_profile(self, env: Envelope, hops: int, now: float) -> None:
+    def on_profile(self, env: Envelope, now: float, *, recompute: bool = True) -> None:
+        """A new, accepted profile: it replaces an older one of the same node."""
         if env.origin == self.own_key:
             return
-        prof = envelope.profile_fields(env.body)
         known = self.directory.get(env.origin)
-        if known is not None and (known.ts > env.ts or (known.ts == env.ts
-                                                         and known.hops <= hops)):
-            known.seen_at = now
+        if known is not None and (env.ts, env.seq) <= known.version:
+            self.index.remove(env.id)  # an old profile: nothing to offer in catch-up
             return
-        self.directory[env.origin] = Directory(prof.nickname, prof.enc_key, env.ts, hops, now)
-        self.rt.bus.emit(MeshPeer, key=env.origin.hex(), nickname=prof.nickname, hops=hops,
-                         enc_key=prof.enc_key.hex())
+        prof = envelope.profile_fields(env.body)
+        if known is not None:
+            self.index.remove(known.profile_id)
+        self.directory[env.origin] = Directory(
+            nickname=prof.nickname, enc_key=prof.enc_key, version=(env.ts, env.seq),
+            links=prof.links, profile_id=env.id, received_at=now,
+            published=known.published if known else None)
+        if recompute:
+            self.recompute(now)
+
+    def recompute(self, now: float) -> None:
+        """Distances over the links both ends confirm; publish the ones that changed."""
+        links_of = {k: d.links for k, d in self.directory.items()
+                    if now - d.received_at <= PROFILE_EXPIRES}
+        dist = gossip.distances(self.own_key, self.links, links_of)
+        for key, entry in self.directory.items():
+            hops = dist.get(key)
+            if hops != entry.published:
+                entry.published = hops
+                self.rt.bus.emit(MeshPeer, key=key.hex(), nickname=entry.nickname, hops=hops,
+                                 enc_key=entry.enc_key.hex())
+
+    def links_changed(self) -> None:
+        self.recompute(time.time())
+        self._profile_wake.set()  # tell the mesh about our links
 
     def on_custody(self, link: bytes, ids: list[bytes]) -> None:
         updates = [(i, "relayed") for i in ids
@@ -602,16 +639,24 @@ class Router:
                                              new=outcome.new))
 
     async def publish_profile(self) -> None:
+        """Flood our profile: at start, when our links change (debounced), every 2 minutes."""
+        last: Envelope | None = None
         while True:
-            [env] = await self.originate([(KIND_PROFILE, None,
-                                           envelope.profile_body(self.nickname, self.enc_key))])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._profile_wake.wait(), PROFILE_EVERY)
+            await asyncio.sleep(PROFILE_DEBOUNCE)  # let a burst of link changes settle
+            self._profile_wake.clear()
+            body = envelope.profile_body(self.nickname, self.enc_key, sorted(self.links))
+            [env] = await self.originate([(KIND_PROFILE, None, body)])
             await self.store.call(rpc.StorePut(items=(rpc.StoredMessage(
                 id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=None,
                 signed=env.signed, sig=env.sig, hops=0, own=True),)), retries=20)
             self.seen.add(env.id, time.time())
+            if last is not None:
+                self.index.remove(last.id)
             self.index.add(env.id, env.ts)
+            last = env
             self.forward([(env, 0, None)], time.monotonic())
-            await asyncio.sleep(PROFILE_EVERY)
 
     # -- housekeeping ----------------------------------------------------------------------------
 
@@ -624,11 +669,7 @@ class Router:
                               keep=[i for i, (_, to) in self.own_status.items() if to])
             for key in list(self.links):
                 self.send_summary(key)
-            for key, entry in list(self.directory.items()):
-                if entry.seen_at and now - entry.seen_at > PROFILE_EXPIRES and entry.hops:
-                    entry.hops = 0
-                    self.rt.bus.emit(MeshPeer, key=key.hex(), nickname=entry.nickname,
-                                     hops=None, enc_key=entry.enc_key.hex())
+            self.recompute(now)  # profiles not refreshed in time make their node unreachable
 
     def close(self) -> None:
         self.inbox.close(linger=0)
