@@ -185,8 +185,8 @@ class Cli:
         reply = await self.call("router", req, timeout=5.0)
         target = f"{to.nickname} ({to.fingerprint})" if to else "the room"
         if self.json:
-            self.out({"id": reply.message_id.hex(), "to": to.key if to else "*", "status": reply.status,
-                      "text": text})
+            self.out({"id": reply.message_id.hex(), "to": to.key if to else "*",
+                      "status": reply.status, "text": text})
         else:
             print(f"to {target}: {reply.status} (message {reply.message_id.hex()[:12]})")
         return 0

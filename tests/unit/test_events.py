@@ -10,7 +10,14 @@ import pytest
 
 from tazcom.common import codec
 from tazcom.common.errors import RemoteProtocolError
-from tazcom.common.events import EVENTS, Event, PeerDiscovered, decode_event, encode_event, event_as_json
+from tazcom.common.events import (
+    EVENTS,
+    Event,
+    PeerDiscovered,
+    decode_event,
+    encode_event,
+    event_as_json,
+)
 
 from .examples import build, invalid_values
 
