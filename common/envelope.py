@@ -197,7 +197,11 @@ def profile_fields(body: bytes) -> Profile:
         raise _fail("bad_envelope", "profile nickname must be 1..32 printable bytes")
     if type(enc) is not bytes or len(enc) != KEY_BYTES:
         raise _fail("bad_envelope", "profile encryption key must be 32 bytes")
-    return Profile(nickname=nick, enc_key=enc)
+    links = obj.get("links", [])
+    if type(links) is not list or len(links) > MAX_PROFILE_LINKS or any(
+            type(k) is not bytes or len(k) != KEY_BYTES for k in links):
+        raise _fail("bad_envelope", "profile links must be a list of 32-byte keys")
+    return Profile(nickname=nick, enc_key=enc, links=frozenset(links))
 
 
 def profile_body(nickname: str, enc_key: bytes, links: list[bytes] | None = None) -> bytes:
