@@ -86,7 +86,8 @@ class Lan:
                 address = f"10.213.{b}.{index}"
                 _ip("addr", "add", f"{address}/24", "dev", inner, ns=ns)
                 _ip("link", "set", inner, "up", ns=ns)
-                _ip("route", "add", "224.0.0.0/4", "dev", inner, ns=ns)
+                # one multicast route per interface (zeroconf picks the interface itself)
+                _ip("route", "add", "224.0.0.0/4", "dev", inner, "metric", str(b), ns=ns)
                 self.addresses[host].append(address)
                 self.interfaces[host].append(inner)
             subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
