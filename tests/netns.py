@@ -53,8 +53,11 @@ def remove_stale() -> None:
 class Lan:
     """Hosts on bridges. ``links`` maps host name to the bridges it is plugged into."""
 
+    _count = 0
+
     def __init__(self, links: dict[str, list[int]]) -> None:
-        self.tag = f"tz{os.getpid()}"
+        Lan._count += 1  # several LANs may exist at once in one test process
+        self.tag = f"tz{os.getpid()}-{Lan._count}"
         self.links = links
         self.switch = f"{self.tag}-sw"
         self.created: list[str] = []
