@@ -267,6 +267,19 @@ class PostResult(Record):
 
 
 @record
+class RouterStats(Record):
+    """Counters since the router started."""
+
+    accepted: Annotated[int, Range(0, 2**63 - 1)]
+    duplicates: Annotated[int, Range(0, 2**63 - 1)]
+    dropped: Annotated[int, Range(0, 2**63 - 1)]
+    relayed: Annotated[int, Range(0, 2**63 - 1)]
+    posted: Annotated[int, Range(0, 2**63 - 1)]
+    links: Annotated[int, Range(0, 65535)]
+    pending_relays: Annotated[int, Range(0, 2**31)]
+
+
+@record
 class SeqBlock(Record):
     first: Annotated[int, Range(0, 2**63 - 1)]
 
@@ -364,6 +377,11 @@ class Post(Request):
     client_id: Annotated[bytes, Len(8, 32)]
     to: Key32 | None = None
     text: Annotated[str, Len(1, 4096)]
+
+
+@request("router.stats", RouterStats)
+class GetRouterStats(Request):
+    """The router's counters: envelopes accepted, duplicates heard, dropped, relayed."""
 
 
 @request("store.put", PutResult)

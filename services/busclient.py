@@ -182,6 +182,7 @@ class RpcServer:
         self.sock.setsockopt(zmq.MAXMSGSIZE, self.max_request + 1024)
         self.sock.bind(config.paths.socket(service))
         self._sync = zmq.Socket.shadow(self.sock.underlying)
+        self._kick = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
 
@@ -190,17 +191,31 @@ class RpcServer:
 
     async def serve_forever(self) -> None:
         while True:
-            await self.sock.poll(flags=zmq.POLLIN)
             while True:
                 try:
                     frames = self._sync.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 self._handle(frames)
+            if self._sync.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                continue
+            # ZMQ_FD is edge-triggered and any send on this socket may consume the edge
+            # that announces new requests; so a reply sent while we wait also wakes us
+            # (_reply), and we look again (without this, uvloop stalls under load).
+            self._kick.clear()
+            poll = asyncio.ensure_future(self.sock.poll(flags=zmq.POLLIN))
+            kick = asyncio.ensure_future(self._kick.wait())
+            try:
+                await asyncio.wait({poll, kick}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                poll.cancel()
+                kick.cancel()
 
     def _reply(self, ident: bytes, body: bytes) -> None:
         with contextlib.suppress(zmq.Again, zmq.ZMQError):
             self._sync.send_multipart([ident, body], zmq.NOBLOCK)
+        if self._sync.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._kick.set()
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) != 2:

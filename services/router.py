@@ -122,6 +122,7 @@ class Router:
         self.seq_next = 0
         self.seq_end = 0
         self._posts: list[PendingPost] = []
+        self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0}
         self._post_wake = asyncio.Event()
         self._relay_wake = asyncio.Event()
         self._profile_wake = asyncio.Event()
@@ -235,6 +236,7 @@ class Router:
             if not targets:
                 continue
             entry = (hops, env.signed, env.sig)
+            self.counts["relayed"] += 1
             if self.relay.schedule(env.id, targets, now, entry) is None:
                 for t in targets:
                     per_target[t].append(entry)
@@ -268,6 +270,7 @@ class Router:
     # -- receiving ----------------------------------------------------------------------------
 
     def drop(self, source: str, reason: str, detail: str = "") -> None:
+        self.counts["dropped"] += 1
         if self.rejects.reject(source, reason, detail):
             self.rt.bus.emit(RouterDropped, source=source[:80], reason=reason[:48],
                              detail=detail[:200])
@@ -333,6 +336,7 @@ class Router:
             self.drop(source, e.code, e.message)
             return None
         if env.id in self.seen:
+            self.counts["duplicates"] += 1
             self.relay.heard_from(env.id, link)
             return None
         why = gossip.window(env.ts, now)
@@ -352,6 +356,7 @@ class Router:
             self.drop(source, "bad_recipient", "a message to its own origin")
             return None
         self.seen.add(env.id, now)  # only now: a forged copy never marks the real id seen
+        self.counts["accepted"] += 1
         return Accepted(env=env, hops=hops + 1, came_from=link)
 
     async def accept(self, accepted: list[Accepted], now: float) -> None:
@@ -557,6 +562,7 @@ class Router:
         if len(req.text.encode()) > envelope.MAX_TEXT_BYTES:
             raise RequestFailed(f"text over {envelope.MAX_TEXT_BYTES} bytes", code="too_large")
         fut = asyncio.get_running_loop().create_future()
+        self.counts["posted"] += 1
         self._posts.append(PendingPost(req, fut))
         self._post_wake.set()
         return await fut
@@ -671,6 +677,10 @@ class Router:
                 self.send_summary(key)
             self.recompute(now)  # profiles not refreshed in time make their node unreachable
 
+    def stats(self, _req: rpc.GetRouterStats) -> rpc.RouterStats:
+        return rpc.RouterStats(links=len(self.links), pending_relays=len(self.relay),
+                               **self.counts)
+
     def close(self) -> None:
         self.inbox.close(linger=0)
         self.out.close(linger=500)
@@ -680,7 +690,7 @@ async def main(rt: Runtime) -> None:
     router = Router(rt)
     try:
         await router.load()
-        rt.serve({rpc.Post: router.post})
+        rt.serve({rpc.Post: router.post, rpc.GetRouterStats: router.stats})
         for prefix in ("peer.verified", "link.down", "service.started"):
             rt.bus.subscribe(prefix, router.on_event)
         rt.spawn(router.inbox_loop(), "inbox")

@@ -210,6 +210,8 @@ class BusTap:
 
         self._decode = decode_event
         self.events: list[Any] = []
+        #: (arrival time, event) for every event, arrival by this process's clock
+        self.arrivals: list[tuple[float, Any]] = []
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         for p in prefixes or ("",):
@@ -239,6 +241,7 @@ class BusTap:
                 continue
             with self._lock:
                 self.events.append(ev)
+                self.arrivals.append((time.time(), ev))
 
     def of(self, topic: str) -> list[Any]:
         with self._lock:
