@@ -19,6 +19,7 @@ def test_pipelined_async_handlers_never_stall() -> None:
     # leaving requests unread until a client timed out.
     home = short_tmp()
     config = load_from_env({**os.environ, "TAZCOM_HOME": str(home)})
+    config.paths.run.mkdir(mode=0o700)
 
     async def main() -> int:
         ctx = zmq.asyncio.Context()
