@@ -100,7 +100,7 @@ def latency(n: int) -> list[Figure]:
                 times = {}
                 for h in hosts:
                     tap = taps[h]
-                    wait_for(lambda t=tap: any(e.id == key for _, e in t.arrivals), 10,
+                    wait_for(lambda t=tap, k=key: any(e.id == k for _, e in t.arrivals), 10,
                              f"message at {h}", interval=0.001)
                     times[h] = next(t for t, e in tap.arrivals if e.id == key)
                 per_hop += [times[hosts[j + 1]] - times[hosts[j]] for j in range(5)]

@@ -85,6 +85,10 @@ class Paths:
         return self.home / "gateway.port"
 
     @property
+    def nickname_file(self) -> Path:
+        return self.home / "nickname"
+
+    @property
     def node_config(self) -> Path:
         return self.home / NODE_CONFIG_FILE
 
@@ -155,13 +159,16 @@ def validate_nickname(nick: str) -> str:
 
 def load_config(
     *, defaults_text: str, env: Mapping[str, str], node_text: str | None = None,
-    login: str = "tazcom",
+    login: str = "tazcom", nickname: str | None = None,
 ) -> Config:
-    """Merge defaults, the node's ``tazcom.toml`` text and environment overrides."""
+    """Merge defaults, the node's ``tazcom.toml`` text, the nickname set at run time and
+    environment overrides, in that order."""
     tree = _parse_toml(defaults_text, "defaults")
     if node_text is not None:
         tree = _merge(tree, _parse_toml(node_text, NODE_CONFIG_FILE))
     node = dict(tree.get("node", {}))
+    if nickname:  # set at run time (identity.set_nickname), stored in the node home
+        node["nickname"] = nickname
     if "TAZCOM_NICK" in env:
         node["nickname"] = env["TAZCOM_NICK"]
     if "TAZCOM_INTERFACES" in env:

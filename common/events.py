@@ -271,6 +271,14 @@ class LinkMessage(Event):
     body: Annotated[bytes, Len(0, 65536)]
 
 
+@event("identity.changed")
+class IdentityChanged(Event):
+    """This node's nickname changed (``identity.set_nickname``)."""
+
+    key: HexKey
+    nickname: Nickname
+
+
 # --- chat (router, store) --------------------------------------------------------------
 
 MessageIdHex = Annotated[str, Match(r"[0-9a-f]{32}")]

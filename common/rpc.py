@@ -321,6 +321,14 @@ class SignMany(Request):
     items: Annotated[tuple[SignData, ...], Len(1, 1024)]
 
 
+@request("identity.set_nickname", IdentityInfo)
+class SetNickname(Request):
+    """Change this node's nickname (kept in ``$TAZCOM_HOME/nickname``; TAZCOM_NICK, when
+    set, still wins at the next start). Announced with ``identity.changed``."""
+
+    nickname: Nickname
+
+
 @request("identity.open", Opened)
 class OpenSealed(Request):
     """Open sealed boxes (DMs) addressed to this node's encryption key."""

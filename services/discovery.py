@@ -32,6 +32,7 @@ from tazcom.common.events import (
     DiscoveryRejected,
     Event,
     GatewayListening,
+    IdentityChanged,
     LinkDown,
     LinkUp,
     MeshPeer,
@@ -250,6 +251,12 @@ class Discovery:
             self.publish(self.table.link_changed(key, state, now,  # type: ignore[arg-type]
                                                  address=addresses.get(key)))
 
+    def on_identity(self, ev: Event) -> None:
+        if isinstance(ev, IdentityChanged) and ev.nickname != self.nickname:
+            self.nickname = ev.nickname
+            if self.identity_known.is_set():
+                self.rt.spawn(self.announce(), "re-announce")
+
     def on_gateway(self, ev: Event) -> None:
         if not isinstance(ev, GatewayListening) or ev.port == self.port:
             return
@@ -322,6 +329,7 @@ async def main(rt: Runtime) -> None:
     disco.load()
     rt.serve({rpc.GetPeers: disco.snapshot})
     rt.bus.subscribe("gateway.listening", disco.on_gateway)
+    rt.bus.subscribe("identity.changed", disco.on_identity)
     for prefix in ("link.up", "link.down", "peer.verified", "peer.key_changed", "peer.trusted",
                    "service.started", "mesh.peer"):
         rt.bus.subscribe(prefix, disco.on_link)

@@ -39,6 +39,7 @@ from tazcom.common.errors import RequestFailed, TazcomError
 from tazcom.common.events import (
     Event,
     GatewayListening,
+    IdentityChanged,
     LinkDown,
     LinkMessage,
     LinkUp,
@@ -432,6 +433,10 @@ class Gateway:
     def defer(self, key: bytes) -> float:
         return 0.0 if self.identity_key < key else DIAL_DEFER
 
+    def on_identity(self, ev: Event) -> None:
+        if isinstance(ev, IdentityChanged):
+            self.nickname = ev.nickname  # said in the HELLO of every new link
+
     def on_peer(self, ev: Event) -> None:
         if not isinstance(ev, PeerDiscovered | PeerUpdated | PeerLost):
             return
@@ -667,6 +672,7 @@ async def main(rt: Runtime) -> None:
     await gw.prepare_identity()
     await gw.start_serving()
     rt.bus.subscribe("peer.", gw.on_peer)
+    rt.bus.subscribe("identity.changed", gw.on_identity)
     gw.open_router_channel()
     rt.spawn(gw.from_router(), "from-router")
     rt.ready("listening on " + ", ".join(gw.addresses))

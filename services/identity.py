@@ -24,6 +24,7 @@ import nacl.signing
 
 from tazcom.common import rpc
 from tazcom.common.errors import KeyFileError, RemoteProtocolError
+from tazcom.common.events import IdentityChanged
 from tazcom.common.keyfile import Secrets, format_keyfile, parse_keyfile
 from tazcom.common.keys import SIGNING_DOMAINS, fingerprint
 
@@ -98,6 +99,16 @@ class Identity:
                                 nickname=self.nickname,
                                 enc_key=bytes(self.box_secret.public_key).hex())
 
+    def set_nickname(self, req: rpc.SetNickname) -> rpc.IdentityInfo:
+        from tazcom.common.config import validate_nickname
+        from tazcom.common.errors import ConfigError
+
+        try:
+            self.nickname = validate_nickname(req.nickname)
+        except ConfigError as e:
+            raise RemoteProtocolError(e.message, code="bad_nickname") from None
+        return self.info(rpc.GetIdentity())
+
     def open(self, req: rpc.OpenSealed) -> rpc.Opened:
         out: list[bytes | None] = []
         for box in req.boxes:
@@ -142,7 +153,18 @@ async def main(rt: Runtime) -> None:
         rpc.Sign: ident.sign,
         rpc.SignMany: ident.sign_many,
         rpc.OpenSealed: ident.open,
+        rpc.SetNickname: lambda req: changed(ident.set_nickname(req)),
     })
+
+    def changed(info: rpc.IdentityInfo) -> rpc.IdentityInfo:
+        tmp = paths.nickname_file.with_name("nickname.tmp")
+        tmp.write_text(info.nickname + "\n")
+        os.replace(tmp, paths.nickname_file)
+        write_public(paths.public_file, ident.public, ident.nickname)
+        rt.bus.emit(IdentityChanged, key=info.key, nickname=info.nickname)
+        rt.log.info("nickname is now %s", info.nickname)
+        return info
+
     rt.ready(f"key {fingerprint(ident.public)} ({ident.nickname})")
     await asyncio.Event().wait()
 

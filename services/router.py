@@ -45,6 +45,7 @@ from tazcom.common.events import (
     ChatMessage,
     ChatStatus,
     Event,
+    IdentityChanged,
     LinkDown,
     MeshPeer,
     PeerVerified,
@@ -198,6 +199,9 @@ class Router:
             self.links_changed()
         elif isinstance(ev, ServiceStarted) and ev.service == "gateway":
             self.rt.spawn(self.sync_links(), "sync-links")
+        elif isinstance(ev, IdentityChanged) and ev.nickname != self.nickname:
+            self.nickname = ev.nickname
+            self._profile_wake.set()
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -691,7 +695,7 @@ async def main(rt: Runtime) -> None:
     try:
         await router.load()
         rt.serve({rpc.Post: router.post, rpc.GetRouterStats: router.stats})
-        for prefix in ("peer.verified", "link.down", "service.started"):
+        for prefix in ("peer.verified", "link.down", "service.started", "identity.changed"):
             rt.bus.subscribe(prefix, router.on_event)
         rt.spawn(router.inbox_loop(), "inbox")
         rt.spawn(router.relay_loop(), "relay")

@@ -61,8 +61,13 @@ def load_from_env(env: dict[str, str] | None = None) -> Config:
     except OSError as e:
         raise ConfigError(f"{node_file}: {e.strerror}") from None
     login = env.get("USER") or env.get("LOGNAME") or "tazcom"
+    nick_file = home_from_env(env) / "nickname"
+    try:
+        nickname = nick_file.read_text().strip() if nick_file.exists() else None
+    except OSError:
+        nickname = None
     return load_config(defaults_text=load_defaults_text(), env=env, node_text=node_text,
-                       login=login)
+                       login=login, nickname=nickname or None)
 
 
 def setup_logging(service: str, level: int = logging.INFO) -> None:

@@ -359,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp = sub.add_parser("history", parents=[common], help="the room, or the DMs with PEER")
     hp.add_argument("peer", nargs="?", help="key, fingerprint (prefix) or nickname")
     hp.add_argument("--limit", type=int, default=100, help="newest N messages (default 100)")
+    sub.add_parser("chat", parents=[common], help="the terminal chat app")
     ev = sub.add_parser("events", parents=[common], help="tail the node's event bus")
     ev.add_argument("--topic", default="", help="only topics starting with this prefix")
     ev.add_argument("--count", type=int, default=None, help="stop after N events")
@@ -389,6 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tazcom: configuration error: {e.message}", file=sys.stderr)
         return EXIT_ERROR
+    if args.command == "chat":
+        from tazcom.chat import run_chat
+
+        return run_chat(config)
     cli = Cli(args, config)
 
     async def run() -> int:

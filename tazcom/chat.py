@@ -1,0 +1,630 @@
+"""``tazcom chat``: the terminal chat app, a client of the local node.
+
+The app owns no state: it reads the node's services over their request
+sockets (peers from discovery, history from the store, posts through the
+router) and follows the bus (``chat.*``, ``peer.*``, ``mesh.*``,
+``service.*``) in a worker. Quitting loses nothing, several apps can watch the
+same node, and when the node or one of its services goes away the status bar
+says so and the app catches up by itself when it is back (docs/protocol.md).
+
+Keys: Enter sends to the selected conversation; Ctrl+N / Ctrl+P (or
+Alt+Down / Alt+Up) switch conversations; PageUp / PageDown scroll; Tab
+completes nicknames; Ctrl+T switches light and dark; Ctrl+Q quits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq.asyncio
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual import events, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widgets import Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tazcom.common import rpc
+from tazcom.common.config import Config
+from tazcom.common.errors import TazcomError
+from tazcom.common.events import (
+    ChatMessage,
+    ChatStatus,
+    Event,
+    PeerDiscovered,
+    PeerInfo,
+    PeerKeyChanged,
+    PeerLost,
+    PeerUpdated,
+    ServiceHeartbeat,
+    ServiceStopping,
+)
+from tazcom.common.keys import safety_number
+from tazcom.common.peers import PeerAmbiguous, PeerNotFound, match_peer
+from tazcom.services.busclient import BusClient, RpcClient
+
+ROOM = "*"
+HISTORY_PAGE = 5000
+STATUS_MARKS = {"queued": "queued", "sent": "sent", "relayed": "relayed",
+                "delivered": "delivered", "failed": "FAILED"}
+STATE_MARKS = {"verified": "●", "connected": "◐", "discovered": "◌", "mesh": "◇",
+               "offline": "○"}
+HELP = [
+    "Enter sends to the selected conversation; Ctrl+N/Ctrl+P switch conversations.",
+    "/msg NICK TEXT   direct message (opens the conversation)",
+    "/nick NAME       change your nickname",
+    "/peers           who is around",
+    "/whois NICK      fingerprint, key and safety number",
+    "/trust NICK      accept NICK's (new) key after comparing safety numbers",
+    "/help            this text;  /quit  leave (the node keeps running)",
+    "Tab completes nicknames; PageUp/PageDown scroll; Ctrl+T light/dark theme.",
+]
+
+
+@dataclass
+class Msg:
+    id: str
+    origin: str
+    to: str | None
+    ts: float  # seconds
+    text: str
+    own: bool = False
+    status: str = ""
+    reason: str = ""
+    system: bool = False
+
+    @property
+    def conv(self) -> str:
+        return ROOM if self.to is None else (self.to if self.own else self.origin)
+
+
+def _nick_style(key: str) -> Style:
+    hue = hashlib.blake2b(key.encode(), digest_size=1).digest()[0]
+    palette = ["#e06c75", "#98c379", "#e5c07b", "#61afef", "#c678dd", "#56b6c2", "#d19a66",
+               "#be5046"]
+    return Style(color=palette[hue % len(palette)], bold=True)
+
+
+class MessageView(ScrollView, can_focus=True):
+    """A conversation, rendered line by line (Textual's line API), so thousands of
+    messages scroll without lag and a status can change in place."""
+
+    DEFAULT_CSS = "MessageView { height: 1fr; }"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.messages: list[Msg] = []
+        self.by_id: dict[str, int] = {}
+        self.names: dict[str, str] = {}
+        self.me = ""
+        self._lines: list[Strip] = []
+        self._first_line: list[int] = []  # message index -> its first line
+        self._width = 0
+
+    # -- content -----------------------------------------------------------------------
+
+    def set_messages(self, messages: list[Msg]) -> None:
+        self.messages = list(messages)
+        self.by_id = {m.id: i for i, m in enumerate(self.messages) if m.id}
+        self._rewrap()
+        self.scroll_end(animate=False, immediate=True)
+
+    def prepend(self, older: list[Msg]) -> None:
+        older = [m for m in older if m.id not in self.by_id]
+        if not older:
+            return
+        before = len(self._lines)
+        self.set_messages(older + self.messages)
+        self.scroll_to(y=len(self._lines) - before, animate=False, immediate=True)
+
+    def add(self, msg: Msg) -> None:
+        if msg.id and msg.id in self.by_id:
+            self.update(msg.id, msg.status, msg.reason)
+            return
+        at_end = self.scroll_y >= self.max_scroll_y - 1
+        self.messages.append(msg)
+        if msg.id:
+            self.by_id[msg.id] = len(self.messages) - 1
+        self._first_line.append(len(self._lines))
+        self._lines += self._wrap(msg)
+        self._resize()
+        if at_end:
+            self.scroll_end(animate=False, immediate=True)
+
+    def update(self, msg_id: str, status: str, reason: str = "") -> bool:
+        i = self.by_id.get(msg_id)
+        if i is None:
+            return False
+        msg = self.messages[i]
+        if msg.status == status and msg.reason == reason:
+            return True
+        msg.status, msg.reason = status, reason
+        self._rewrap()  # the line count may change; cheap enough for one status
+        return True
+
+    def refresh_names(self) -> None:
+        self._rewrap()
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def _text(self, msg: Msg) -> Text:
+        stamp = time.strftime("%H:%M", time.localtime(msg.ts))
+        if msg.system:
+            return Text.assemble((f"{stamp} ", "dim"), ("* " + msg.text, "italic"))
+        who = "me" if msg.own else self.names.get(msg.origin, msg.origin[:8])
+        text = Text.assemble((f"{stamp} ", "dim"), (who, _nick_style(msg.origin)), ": ",
+                             msg.text)
+        if msg.own and msg.status:
+            mark = STATUS_MARKS.get(msg.status, msg.status)
+            style = "bold red" if msg.status == "failed" else "dim"
+            text.append(f"  [{mark}{': ' + msg.reason if msg.reason else ''}]", style)
+        return text
+
+    def _wrap(self, msg: Msg) -> list[Strip]:
+        width = max(10, self._width or self.size.width or 80)
+        console = self.app.console
+        lines = self._text(msg).wrap(console, width)
+        return [Strip(list(line.render(console))) for line in lines] or [Strip([])]
+
+    def _rewrap(self) -> None:
+        self._width = self.size.width or 80
+        self._lines, self._first_line = [], []
+        for msg in self.messages:
+            self._first_line.append(len(self._lines))
+            self._lines += self._wrap(msg)
+        self._resize()
+
+    def _resize(self) -> None:
+        self.virtual_size = Size(self._width, len(self._lines))
+        self.refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if event.size.width != self._width:
+            self._rewrap()
+
+    def render_line(self, y: int) -> Strip:
+        index = y + self.scroll_offset.y
+        if 0 <= index < len(self._lines):
+            return self._lines[index].crop(0, self.size.width)
+        return Strip([Segment(" " * self.size.width)])
+
+
+class ChatApp(App[None]):
+    """The chat app of one node."""
+
+    CSS_PATH = "chat.tcss"
+    TITLE = "tazcom chat"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit"),
+        Binding("ctrl+n,alt+down", "next_conversation", "Next", show=False),
+        Binding("ctrl+p,alt+up", "prev_conversation", "Previous", show=False),
+        Binding("pageup", "page_up", "Scroll up", show=False),
+        Binding("pagedown", "page_down", "Scroll down", show=False),
+        Binding("ctrl+t", "toggle_dark", "Theme", show=False),
+        Binding("tab", "complete", "Complete", show=False, priority=True),
+    ]
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.ctx = zmq.asyncio.Context()
+        self.clients: dict[str, RpcClient] = {}
+        self.me: rpc.IdentityInfo | None = None
+        self.peers: dict[str, PeerInfo] = {}
+        self.current = ROOM
+        self.conversations: dict[str, list[Msg]] = {ROOM: []}
+        self.loaded: set[str] = set()
+        self.unread: dict[str, int] = {}
+        self.node_state = "connecting"
+        self.services_down: set[str] = set()
+        self.last_heartbeat = 0.0
+        self._complete_state: tuple[str, list[str], int] | None = None
+        self.ready_at: float | None = None
+
+    # -- layout ----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            yield OptionList(id="conversations")
+            with Vertical(id="right"):
+                yield Static("", id="title")
+                yield MessageView(id="messages")
+        yield Static("", id="status")
+        yield Input(placeholder="message, or /help", id="input")
+
+    async def on_mount(self) -> None:
+        self.query_one("#input", Input).focus()
+        self.render_status()
+        self.follow_bus()
+        self.set_interval(1.0, self.watchdog)
+        await self.sync()
+
+    # -- node access ------------------------------------------------------------------------
+
+    def client(self, service: str) -> RpcClient:
+        if service not in self.clients:
+            self.clients[service] = RpcClient(self.ctx, self.config, service)
+        return self.clients[service]
+
+    async def call(self, service: str, req: rpc.Request, timeout: float = 2.0) -> Any:
+        try:
+            return await self.client(service).call(req, timeout=timeout, retries=1)
+        except TazcomError as e:
+            if e.code == "unavailable":
+                self.services_down.add(service)
+                self.render_status()
+            raise
+
+    async def sync(self) -> None:
+        """(Re)load who we are, the peers and the open conversation."""
+        try:
+            self.me = await self.call("identity", rpc.GetIdentity())
+            snap = await self.call("discovery", rpc.GetPeers())
+        except TazcomError:
+            self.node_state = "down"
+            self.render_status()
+            return
+        self.peers = {p.key: p for p in snap.peers}
+        self.services_down.discard("identity")
+        self.services_down.discard("discovery")
+        self.node_state = "up"
+        self.loaded.clear()
+        await self.open_conversation(self.current, force=True)
+        self.render_conversations()
+        self.render_status()
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
+
+    async def load_history(self, conv: str, before: int | None = None) -> list[Msg]:
+        req = rpc.StoreHistory(conv=None if conv == ROOM else bytes.fromhex(conv),
+                               limit=HISTORY_PAGE, before=before)
+        reply = await self.call("store", req, timeout=5.0)
+        return [Msg(id=m.id.hex(), origin=m.origin.hex(), to=m.to.hex() if m.to else None,
+                    ts=m.ts / 1000, text=m.text or "", own=m.own, status=m.status,
+                    reason=m.reason) for m in reply.messages]
+
+    async def open_conversation(self, conv: str, force: bool = False) -> None:
+        self.current = conv
+        self.unread.pop(conv, None)
+        view = self.query_one(MessageView)
+        view.me = self.me.key if self.me else ""
+        view.names = self.names()
+        if force or conv not in self.loaded:
+            try:
+                history = await self.load_history(conv)
+                live = [m for m in self.conversations.get(conv, []) if m.system]
+                self.conversations[conv] = history + live
+                self.loaded.add(conv)
+                self.services_down.discard("store")
+            except TazcomError:
+                self.conversations.setdefault(conv, [])
+        view.set_messages(self.conversations.get(conv, []))
+        self.render_title()
+        self.render_conversations()
+
+    def names(self) -> dict[str, str]:
+        names = {k: p.nickname for k, p in self.peers.items()}
+        if self.me:
+            names[self.me.key] = self.me.nickname
+        return names
+
+    # -- the bus ------------------------------------------------------------------------------
+
+    @work(exclusive=True, group="bus")
+    async def follow_bus(self) -> None:
+        bus = BusClient(self.ctx, self.config, "chat", publish=False)
+        for prefix in ("chat.", "peer.", "mesh.", "service."):
+            bus.subscribe(prefix)
+        try:
+            while True:
+                ev = await bus.recv()
+                if ev is None:  # welcome: (re)connected to the bus, maybe after a restart
+                    self.call_later(self.sync)
+                    continue
+                self.on_bus_event(ev)
+        finally:
+            bus.close()
+
+    def on_bus_event(self, ev: Event) -> None:
+        if isinstance(ev, ServiceHeartbeat):
+            self.last_heartbeat = time.monotonic()
+            changed = ev.service in self.services_down or self.node_state != "up"
+            self.services_down.discard(ev.service)
+            if self.node_state != "up":
+                self.node_state = "up"
+                self.call_later(self.sync)
+            if changed:
+                self.render_status()
+        elif isinstance(ev, ServiceStopping):
+            self.services_down.add(ev.service)
+            self.render_status()
+        elif isinstance(ev, ChatMessage):
+            self.on_chat_message(ev)
+        elif isinstance(ev, ChatStatus):
+            self.on_chat_status(ev)
+        elif isinstance(ev, PeerDiscovered | PeerUpdated | PeerLost):
+            self.on_peer(ev)
+        elif isinstance(ev, PeerKeyChanged):
+            self.system(ROOM, f"KEY CHANGED: {ev.alert}")
+            self.notify(ev.alert, title="key changed", severity="warning", timeout=10)
+
+    def on_chat_message(self, ev: ChatMessage) -> None:
+        msg = Msg(id=ev.id, origin=ev.origin, to=ev.to, ts=ev.sent / 1000, text=ev.text,
+                  own=ev.own, status=ev.status)
+        conv = msg.conv
+        messages = self.conversations.setdefault(conv, [])
+        if any(m.id == msg.id for m in messages[-50:]):
+            return
+        messages.append(msg)
+        if conv == self.current:
+            self.query_one(MessageView).add(msg)
+        elif not msg.own:
+            self.unread[conv] = self.unread.get(conv, 0) + 1
+            self.render_conversations()
+
+    def on_chat_status(self, ev: ChatStatus) -> None:
+        conv = ROOM if ev.to is None else ev.to
+        for msg in reversed(self.conversations.get(conv, [])):
+            if msg.id == ev.id:
+                msg.status, msg.reason = ev.status, ev.reason
+                break
+        if conv == self.current:
+            self.query_one(MessageView).update(ev.id, ev.status, ev.reason)
+
+    def on_peer(self, ev: PeerDiscovered | PeerUpdated | PeerLost) -> None:
+        peer = ev.peer
+        old = self.peers.get(peer.key)
+        self.peers[peer.key] = peer
+        if old is None or (old.state == "offline") != (peer.state == "offline"):
+            verb = "left" if peer.state == "offline" else "joined"
+            self.system(ROOM, f"{peer.nickname} ({peer.fingerprint}) {verb}")
+        elif old.nickname != peer.nickname:
+            self.system(ROOM, f"{old.nickname} is now known as {peer.nickname}")
+        self.query_one(MessageView).names = self.names()
+        self.render_conversations()
+
+    def system(self, conv: str, text: str) -> None:
+        msg = Msg(id="", origin="", to=None, ts=time.time(), text=text, system=True)
+        self.conversations.setdefault(conv, []).append(msg)
+        if conv == self.current:
+            self.query_one(MessageView).add(msg)
+
+    def watchdog(self) -> None:
+        if self.node_state == "up" and time.monotonic() - self.last_heartbeat > 3.5:
+            self.node_state = "down"
+            self.render_status()
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def conversation_keys(self) -> list[str]:
+        order = {"verified": 0, "connected": 1, "discovered": 1, "mesh": 2, "offline": 3}
+        peers = sorted(self.peers.values(), key=lambda p: (order.get(p.state, 4),
+                                                           p.nickname.lower()))
+        return [ROOM] + [p.key for p in peers]
+
+    def render_conversations(self) -> None:
+        options = []
+        for key in self.conversation_keys():
+            unread = self.unread.get(key, 0)
+            badge = f" ({unread})" if unread else ""
+            if key == ROOM:
+                prompt = Text.assemble(("# room", "bold"), (badge, "bold yellow"))
+            else:
+                p = self.peers[key]
+                mark = STATE_MARKS.get(p.state, "?")
+                hops = f" {p.hops}h" if p.state == "mesh" and p.hops else ""
+                alert = " ⚠" if p.alert else ""
+                prompt = Text.assemble(
+                    (f"{mark} ", "green" if p.state == "verified" else "dim"),
+                    (p.nickname[:14], _nick_style(key)), (f" {p.fingerprint[:4]}", "dim"),
+                    (hops, "dim"), (alert, "bold red"), (badge, "bold yellow"))
+            options.append(Option(prompt, id=key))
+        widget = self.query_one("#conversations", OptionList)
+        widget.clear_options()
+        widget.add_options(options)
+        keys = [o.id for o in options]
+        if self.current in keys:
+            widget.highlighted = keys.index(self.current)
+
+    def render_title(self) -> None:
+        if self.current == ROOM:
+            title = "# room: everyone on the mesh"
+        else:
+            p = self.peers.get(self.current)
+            title = (f"{p.nickname}  {p.fingerprint}  {p.state}" if p
+                     else self.current[:16])
+            if p and p.alert:
+                title += "  KEY CHANGED: run /trust after comparing safety numbers"
+        self.query_one("#title", Static).update(title)
+
+    def render_status(self) -> None:
+        who = f"{self.me.nickname} ({self.me.fingerprint})" if self.me else "?"
+        if self.node_state == "up" and not self.services_down:
+            state = "[green]node up[/]"
+        elif self.node_state == "up":
+            state = f"[yellow]restarting: {', '.join(sorted(self.services_down))}[/]"
+        elif self.node_state == "connecting":
+            state = "[yellow]connecting to the node…[/]"
+        else:
+            state = ("[red]node not running or not answering[/] (start it: supervisord -c "
+                     "supervisord.conf); retrying")
+        self.query_one("#status", Static).update(f"{who}  {state}  [dim]/help  Ctrl+Q[/]")
+
+    # -- actions ----------------------------------------------------------------------------------
+
+    async def _switch(self, step: int) -> None:
+        keys = self.conversation_keys()
+        i = keys.index(self.current) if self.current in keys else 0
+        await self.open_conversation(keys[(i + step) % len(keys)])
+
+    async def action_next_conversation(self) -> None:
+        await self._switch(1)
+
+    async def action_prev_conversation(self) -> None:
+        await self._switch(-1)
+
+    def action_page_up(self) -> None:
+        view = self.query_one(MessageView)
+        if view.scroll_y <= 0 and view.messages:
+            self.load_older()
+        view.scroll_page_up()
+
+    def action_page_down(self) -> None:
+        self.query_one(MessageView).scroll_page_down()
+
+    def action_toggle_dark(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+    @work(exclusive=True, group="older")
+    async def load_older(self) -> None:
+        view = self.query_one(MessageView)
+        oldest = min((m.ts for m in view.messages if not m.system), default=None)
+        if oldest is None:
+            return
+        with contextlib.suppress(TazcomError):
+            older = await self.load_history(self.current, before=int(oldest * 1000))
+            if older:
+                self.conversations[self.current] = older + self.conversations[self.current]
+                view.prepend(older)
+
+    def action_complete(self) -> None:
+        box = self.query_one("#input", Input)
+        value, cursor = box.value, box.cursor_position
+        start = value.rfind(" ", 0, cursor) + 1
+        word = value[start:cursor]
+        if self._complete_state and self._complete_state[0] == value:
+            _, matches, i = self._complete_state
+            i = (i + 1) % len(matches)
+            prefix_start = start
+            word_done = matches[i]
+        else:
+            matches = sorted({p.nickname for p in self.peers.values()
+                              if p.nickname.lower().startswith(word.lower())})
+            if not word or not matches:
+                return
+            i = 0
+            prefix_start = start
+            word_done = matches[0]
+        new = value[:prefix_start] + word_done + (" " if start else ": ")
+        if start == 0 and value.startswith("/"):
+            return
+        box.value = new + value[cursor:]
+        box.cursor_position = len(new)
+        self._complete_state = (box.value, matches, i)
+
+    async def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id:
+            await self.open_conversation(event.option.id)
+            self.query_one("#input", Input).focus()
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        event.input.value = ""
+        self._complete_state = None
+        if not text:
+            return
+        if text.startswith("/"):
+            await self.command(text)
+        else:
+            await self.post(None if self.current == ROOM else self.current, text)
+
+    async def post(self, to: str | None, text: str) -> None:
+        req = rpc.Post(client_id=os.urandom(16), to=bytes.fromhex(to) if to else None,
+                       text=text)
+        try:
+            await self.call("router", req, timeout=5.0)
+        except TazcomError as e:
+            self.system(self.current, f"not sent: {e.message}")
+
+    def find(self, query: str) -> PeerInfo | None:
+        try:
+            return match_peer(query, list(self.peers.values()))
+        except PeerNotFound:
+            self.system(self.current, f"no peer matches {query!r}")
+        except PeerAmbiguous as e:
+            names = ", ".join(f"{p.nickname} {p.fingerprint}" for p in e.candidates)
+            self.system(self.current, f"{query!r} is ambiguous: {names}")
+        return None
+
+    async def command(self, line: str) -> None:
+        cmd, _, rest = line.partition(" ")
+        rest = rest.strip()
+        cmd = cmd.lower()
+        if cmd in ("/quit", "/exit"):
+            self.exit()
+        elif cmd == "/help":
+            for h in HELP:
+                self.system(self.current, h)
+        elif cmd == "/msg":
+            nick, _, text = rest.partition(" ")
+            peer = self.find(nick) if nick else None
+            if peer is not None and text.strip():
+                await self.open_conversation(peer.key)
+                await self.post(peer.key, text.strip())
+            elif peer is not None or not nick:
+                self.system(self.current, "usage: /msg NICK TEXT")
+        elif cmd == "/nick":
+            await self.set_nick(rest)
+        elif cmd == "/peers":
+            if not self.peers:
+                self.system(self.current, "no peers seen yet")
+            for p in sorted(self.peers.values(), key=lambda p: p.nickname.lower()):
+                hops = f", {p.hops} hops" if p.state == "mesh" and p.hops else ""
+                self.system(self.current, f"{p.nickname} {p.fingerprint}: {p.state}{hops}"
+                            + (" KEY CHANGED" if p.alert else ""))
+        elif cmd == "/whois":
+            peer = self.find(rest) if rest else None
+            if peer is not None and self.me:
+                number = safety_number(bytes.fromhex(self.me.key), bytes.fromhex(peer.key))
+                for text in (f"{peer.nickname}: {peer.state}, fingerprint {peer.fingerprint}",
+                             f"key {peer.key}", f"safety number {number}",
+                             "compare it aloud; they see the same number for you"):
+                    self.system(self.current, text)
+            elif not rest:
+                self.system(self.current, "usage: /whois NICK")
+        elif cmd == "/trust":
+            peer = self.find(rest) if rest else None
+            if peer is not None:
+                try:
+                    await self.call("gateway", rpc.Trust(key=peer.key, nickname=peer.nickname))
+                    self.system(self.current, f"trusted {peer.nickname} ({peer.fingerprint})")
+                except TazcomError as e:
+                    self.system(self.current, f"could not trust: {e.message}")
+            elif not rest:
+                self.system(self.current, "usage: /trust NICK")
+        else:
+            self.system(self.current, f"unknown command {cmd}; /help lists them")
+
+    async def set_nick(self, name: str) -> None:
+        if not name:
+            self.system(self.current, "usage: /nick NAME")
+            return
+        try:
+            self.me = await self.call("identity", rpc.SetNickname(nickname=name))
+            self.system(self.current, f"you are now {self.me.nickname}")
+            self.render_status()
+        except TazcomError as e:
+            self.system(self.current, f"could not change nickname: {e.message}")
+
+    async def on_unmount(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.ctx.destroy(linger=0)
+
+
+def run_chat(config: Config) -> int:
+    ChatApp(config).run()
+    return 0
+
+
