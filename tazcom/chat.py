@@ -147,8 +147,6 @@ class MessageView(ScrollView, can_focus=True):
         if i is None:
             return False
         msg = self.messages[i]
-        if msg.status == status and msg.reason == reason:
-            return True
         msg.status, msg.reason = status, reason
         self._rewrap()  # the line count may change; cheap enough for one status
         return True
@@ -205,6 +203,7 @@ class ChatApp(App[None]):
 
     CSS_PATH = "chat.tcss"
     TITLE = "tazcom chat"
+    ENABLE_COMMAND_PALETTE = False  # Ctrl+P is "previous conversation" here
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit"),
         Binding("ctrl+n,alt+down", "next_conversation", "Next", show=False),
@@ -375,12 +374,13 @@ class ChatApp(App[None]):
 
     def on_chat_status(self, ev: ChatStatus) -> None:
         conv = ROOM if ev.to is None else ev.to
+        if conv == self.current:  # the view holds the same Msg objects
+            self.query_one(MessageView).update(ev.id, ev.status, ev.reason)
+            return
         for msg in reversed(self.conversations.get(conv, [])):
             if msg.id == ev.id:
                 msg.status, msg.reason = ev.status, ev.reason
                 break
-        if conv == self.current:
-            self.query_one(MessageView).update(ev.id, ev.status, ev.reason)
 
     def on_peer(self, ev: PeerDiscovered | PeerUpdated | PeerLost) -> None:
         peer = ev.peer
