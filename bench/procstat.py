@@ -1,0 +1,64 @@
+"""CPU time and memory of groups of processes, from /proc."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (and their reaped children), seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields after the ")": state is [0]; utime [11], stime [12], cutime [13], cstime [14]
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return total / CLK_TCK
+
+
+def pss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def pids_with_env(needle: str) -> list[int]:
+    """Processes whose environment contains ``needle`` (e.g. ``TAZCOM_HOME=/x/b``)."""
+    want = needle.encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if want in (entry / "environ").read_bytes() + b"\0":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def pids_in_netns(ns: str) -> list[int]:
+    """Processes living in network namespace ``ns`` (as created by ``ip netns add``)."""
+    try:
+        target = os.stat(f"/run/netns/{ns}").st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.stat(entry / "ns" / "net").st_ino == target:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
