@@ -30,7 +30,12 @@ import zmq.asyncio
 from tazcom import __version__
 from tazcom.common import codec, rpc
 from tazcom.common.config import Config
-from tazcom.common.errors import RemoteProtocolError, ServiceUnavailable, TazcomError
+from tazcom.common.errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    ServiceUnavailable,
+    TazcomError,
+)
 from tazcom.common.events import WELCOME_TOPIC, BusPing, Event, decode_event, encode_event
 from tazcom.common.rejects import RejectLog
 from tazcom.common.schema import Record
@@ -322,6 +327,11 @@ class RpcClient:
         retries = self.retries if retries is None else retries
         req_id = next(self._ids)
         body = rpc.encode_request(req, req_id)
+        if len(body) > self.config.rpc_max_request_bytes:
+            # the server's ZMQ_MAXMSGSIZE would drop it and we would wait in vain
+            raise LocalProtocolError(f"{req.OP} of {len(body)} bytes is over the "
+                                     f"{self.config.rpc_max_request_bytes}-byte limit",
+                                     code="too_large")
         loop = asyncio.get_running_loop()
         try:
             for attempt in range(retries + 1):

@@ -67,6 +67,22 @@ PROFILE_EVERY = 120.0
 PROFILE_EXPIRES = 330.0
 PROFILE_DEBOUNCE = 0.2
 SEQ_BLOCK = 1000
+#: Bytes of envelopes per store.put, well under rpc.max_request_bytes (256 KiB).
+PUT_BYTES = 160_000
+
+
+def by_size(items: list, size_of, budget: int = PUT_BYTES, most: int = 256) -> list[list]:
+    """Split ``items`` so that each request stays under the RPC size limit."""
+    chunks: list[list] = [[]]
+    size = 0
+    for item in items:
+        n = size_of(item)
+        if chunks[-1] and (size + n > budget or len(chunks[-1]) >= most):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += n
+    return [c for c in chunks if c]
 
 
 @dataclass
@@ -109,6 +125,7 @@ class Router:
                                         float(raw.get("link_burst", 20000)))
         self.origin_rate = gossip.Buckets(float(raw.get("origin_rate", 5000)),
                                           float(raw.get("origin_burst", 20000)))
+        self.pending: set[bytes] = set()
         self.seen = gossip.SeenSet(int(raw.get("seen_capacity", 100_000)),
                                    float(raw.get("seen_horizon", 86_400)))
         self.index = catchup.SyncIndex()
@@ -326,7 +343,13 @@ class Router:
             elif isinstance(msg, routing.IdsMsg):
                 await self.on_ids(key, msg.bucket, msg.ids)
         if accepted:
-            await self.accept(accepted, now)
+            try:
+                await self.accept(accepted, now)
+                for a in accepted:
+                    self.seen.add(a.env.id, now)
+            finally:
+                for a in accepted:
+                    self.pending.discard(a.env.id)
 
     def check(self, hops: int, signed: bytes, sig: bytes, link: bytes, now: float,
               mono: float) -> Accepted | None:
@@ -339,7 +362,7 @@ class Router:
         except EnvelopeError as e:
             self.drop(source, e.code, e.message)
             return None
-        if env.id in self.seen:
+        if env.id in self.seen or env.id in self.pending:
             self.counts["duplicates"] += 1
             self.relay.heard_from(env.id, link)
             return None
@@ -359,16 +382,21 @@ class Router:
         if env.to is not None and env.to == env.origin:
             self.drop(source, "bad_recipient", "a message to its own origin")
             return None
-        self.seen.add(env.id, now)  # only now: a forged copy never marks the real id seen
+        # Pending until committed, seen after: a forged copy never marks the real id, and a
+        # batch the store did not take can come again (catch-up) instead of looking seen.
+        self.pending.add(env.id)
         self.counts["accepted"] += 1
         return Accepted(env=env, hops=hops + 1, came_from=link)
 
     async def accept(self, accepted: list[Accepted], now: float) -> None:
         to_me = [a for a in accepted if a.env.kind == KIND_DM and a.env.to == self.own_key]
         if to_me:
-            opened = await self.identity.call(rpc.OpenSealed(boxes=tuple(a.env.body
-                                                                         for a in to_me)))
-            for a, plain in zip(to_me, opened.items, strict=True):
+            plains: list[bytes | None] = []
+            for chunk in by_size(to_me, lambda a: len(a.env.body) + 16):
+                opened = await self.identity.call(
+                    rpc.OpenSealed(boxes=tuple(a.env.body for a in chunk)), retries=20)
+                plains += opened.items
+            for a, plain in zip(to_me, plains, strict=True):
                 try:
                     if plain is None:
                         raise EnvelopeError("the sealed box does not open", code="cannot_open")
@@ -392,7 +420,7 @@ class Router:
                               to=r.to, signed=r.signed, sig=r.sig, hops=0, own=True, held=True)
             for r in receipts]
         results = await self.put(items)
-        fresh = [a for a, new in zip(accepted, results[: len(accepted)], strict=True) if new]
+        fresh = [a for a, r in zip(accepted, results[: len(accepted)], strict=True) if r.new]
         self.after_accept(fresh, now)
         for r in receipts:
             self.seen.add(r.id, now)
@@ -411,12 +439,13 @@ class Router:
                                  ts=env.ts, to=env.to, signed=env.signed, sig=env.sig,
                                  hops=min(a.hops, 16), conv=conv, text=text, held=held)
 
-    async def put(self, items: list[rpc.StoredMessage]) -> list[bool]:
-        out: list[bool] = []
-        for i in range(0, len(items), 512):
-            reply = await self.store.call(rpc.StorePut(items=tuple(items[i : i + 512])),
-                                          retries=20)
-            out += [r.new for r in reply.results]
+    async def put(self, items: list[rpc.StoredMessage]) -> list[rpc.PutOutcome]:
+        """Commit ``items``, in requests that stay well under the store's size limit."""
+        out: list[rpc.PutOutcome] = []
+        for chunk in by_size(items, lambda m: len(m.signed) + 4 * len(m.text or "") + 300,
+                             most=512):
+            reply = await self.store.call(rpc.StorePut(items=tuple(chunk)), retries=20)
+            out += reply.results
         return out
 
     def after_accept(self, fresh: list[Accepted], now: float) -> None:
@@ -587,9 +616,12 @@ class Router:
         signed = [envelope.signed_bytes(kind=k, origin=self.own_key, seq=s, ts=ts, to=to,
                                         body=body)
                   for (k, to, body), s in zip(specs, seqs, strict=True)]
-        sigs = await self.identity.call(rpc.SignMany(domain=DOMAIN_ENVELOPE,
-                                                     items=tuple(signed)), retries=20)
-        return [envelope.parse(sb, sig) for sb, sig in zip(signed, sigs.sigs, strict=True)]
+        sigs: list[bytes] = []
+        for chunk in by_size(signed, len):
+            reply = await self.identity.call(rpc.SignMany(domain=DOMAIN_ENVELOPE,
+                                                          items=tuple(chunk)), retries=20)
+            sigs += reply.sigs
+        return [envelope.parse(sb, sig) for sb, sig in zip(signed, sigs, strict=True)]
 
     async def post_loop(self) -> None:
         while True:
@@ -630,10 +662,10 @@ class Router:
             signed=env.signed, sig=env.sig, hops=0, conv=env.to, text=p.req.text,
             status="queued", own=True, held=env.kind == KIND_DM, client_id=p.req.client_id)
             for env, p in zip(envs, posts, strict=True)]
-        reply = await self.store.call(rpc.StorePut(items=tuple(items)), retries=20)
+        results = await self.put(items)
         now = time.time()
         fresh: list[Envelope] = []
-        for env, p, outcome in zip(envs, posts, reply.results, strict=True):
+        for env, p, outcome in zip(envs, posts, results, strict=True):
             if outcome.new:
                 self.seen.add(env.id, now)
                 self.index.add(env.id, env.ts, env.to)
@@ -643,7 +675,7 @@ class Router:
         sent = self.forward([(env, 0, None) for env in fresh], time.monotonic())
         if sent:
             await self.set_status([(i, "sent") for i in sent])
-        for p, outcome in zip(posts, reply.results, strict=True):
+        for p, outcome in zip(posts, results, strict=True):
             status = self.own_status.get(outcome.id, ("delivered", None))[0]
             p.fut.set_result(rpc.PostResult(message_id=outcome.id, status=status,
                                              new=outcome.new))

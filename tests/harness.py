@@ -214,6 +214,7 @@ class BusTap:
         self.arrivals: list[tuple[float, Any]] = []
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, 1_000_000)  # a slow test thread must not lose any
         for p in prefixes or ("",):
             self._sock.setsockopt(zmq.SUBSCRIBE, p.encode())
         self._sock.setsockopt(zmq.SUBSCRIBE, b"bus.welcome")
