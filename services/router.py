@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from tazcom.common.rejects import RejectLog
 
 from .busclient import tune
 from .runtime import Runtime, run
+from .store import Store
 
 STATUS_ORDER = {"": 0, "queued": 1, "sent": 2, "relayed": 3, "delivered": 4, "failed": 5}
 MAX_BATCH = 1024
@@ -145,7 +147,10 @@ class Router:
         self._relay_wake = asyncio.Event()
         self._profile_wake = asyncio.Event()
         self._profile_wake.set()  # the first one goes out at start
-        self.store = rt.client("store")
+        # The router commits envelopes itself, through the store's own code, to the node's
+        # SQLite database (WAL: the store service reads it and runs maintenance meanwhile);
+        # a request to another process per batch cost more than the commit (docs/perf).
+        self.db = Store(rt.config.paths.store_file)
         self.identity = rt.client("identity")
         self.inbox = rt.ctx.socket(zmq.PULL)
         tune(self.inbox, rt.config)
@@ -167,24 +172,22 @@ class Router:
         self.enc_key = bytes.fromhex(ident.enc_key or "")
         self.nickname = ident.nickname
         now = time.time()
-        recent = await self.rt.call_until_ready(
-            "store", rpc.StoreRecentIds(since=now - self.seen.horizon,
-                                        limit=self.seen.capacity))
+        recent = self.db.recent_ids(rpc.StoreRecentIds(since=now - self.seen.horizon,
+                                                       limit=self.seen.capacity))
         for msg_id in reversed(recent.ids):
             self.seen.add(msg_id, now)
-        sync = await self.store.call(rpc.StoreSyncSet(since=int((now * 1000)
-                                                                - gossip.MAX_AGE_MS)))
+        sync = self.db.sync_set(rpc.StoreSyncSet(since=int(now * 1000 - gossip.MAX_AGE_MS)))
         for item in sync.items:
             self.index.add(item.id, item.ts, item.to)
         profile_ids = [i.id for i in sync.items if i.kind == KIND_PROFILE]
         for chunk in catchup.chunks(profile_ids, 512):
             if not chunk:
                 continue
-            found = await self.store.call(rpc.StoreGet(ids=tuple(chunk)))
+            found = self.db.get(rpc.StoreGet(ids=tuple(chunk)))
             for e in found.items:
                 with contextlib.suppress(EnvelopeError):
                     self.on_profile(envelope.parse(e.signed, e.sig), now, recompute=False)
-        outbox = await self.store.call(rpc.StoreOutbox())
+        outbox = self.db.outbox(rpc.StoreOutbox())
         for m in outbox.items:
             self.own_status[m.id] = (m.status, m.to)
         self.rt.log.info("loaded %d seen ids, %d catch-up items, %d profiles, %d pending own "
@@ -307,6 +310,8 @@ class Router:
                     break
             try:
                 await self.process(frames)
+            except sqlite3.OperationalError as e:  # disk full, locked too long: not a bug
+                self.rt.log.warning("dropped a batch of %d frames: store: %s", len(frames), e)
             except TazcomError as e:
                 # The store or identity did not answer: nothing of this batch was
                 # committed, so nothing was relayed or acknowledged; catch-up brings it back.
@@ -419,7 +424,7 @@ class Router:
             rpc.StoredMessage(id=r.id, kind=r.kind, origin=r.origin, seq=r.seq, ts=r.ts,
                               to=r.to, signed=r.signed, sig=r.sig, hops=0, own=True, held=True)
             for r in receipts]
-        results = await self.put(items)
+        results = self.put(items)
         fresh = [a for a, r in zip(accepted, results[: len(accepted)], strict=True) if r.new]
         self.after_accept(fresh, now)
         for r in receipts:
@@ -439,14 +444,9 @@ class Router:
                                  ts=env.ts, to=env.to, signed=env.signed, sig=env.sig,
                                  hops=min(a.hops, 16), conv=conv, text=text, held=held)
 
-    async def put(self, items: list[rpc.StoredMessage]) -> list[rpc.PutOutcome]:
-        """Commit ``items``, in requests that stay well under the store's size limit."""
-        out: list[rpc.PutOutcome] = []
-        for chunk in by_size(items, lambda m: len(m.signed) + 4 * len(m.text or "") + 300,
-                             most=512):
-            reply = await self.store.call(rpc.StorePut(items=tuple(chunk)), retries=20)
-            out += reply.results
-        return out
+    def put(self, items: list[rpc.StoredMessage]) -> list[rpc.PutOutcome]:
+        """Commit ``items`` in one transaction (group commit for a whole batch)."""
+        return list(self.db.put(rpc.StorePut(items=tuple(items))).results)
 
     def after_accept(self, fresh: list[Accepted], now: float) -> None:
         custody: dict[bytes, list[bytes]] = defaultdict(list)
@@ -480,7 +480,7 @@ class Router:
             for chunk in catchup.chunks(ids, routing.MAX_CUSTODY):
                 self.send(link, routing.encode_custody(chunk))
         if status:
-            self.rt.spawn(self.set_status(status), "status")
+            self.set_status(status)
 
     def release_delivered(self, receipt: Envelope) -> None:
         """A relay drops the DMs a receipt acknowledges, if the receipt is their recipient's."""
@@ -489,7 +489,7 @@ class Router:
         for msg_id in done:
             self.index.remove(msg_id)
         if done:
-            self.rt.spawn(self.store.call(rpc.StoreRelease(ids=tuple(done))), "release")
+            self.db.release(rpc.StoreRelease(ids=tuple(done)))
 
     def emit_message(self, env: Envelope, text: str, hops: int, status: str = "") -> None:
         self.rt.bus.emit(ChatMessage, id=env.id.hex(), kind=env.kind_name,
@@ -535,7 +535,7 @@ class Router:
         updates = [(i, "relayed") for i in ids
                    if i in self.own_status and self.own_status[i][1] != link]
         if updates:
-            self.rt.spawn(self.set_status(updates), "status")
+            self.set_status(updates)
 
     def on_summary(self, link: bytes, theirs: list[tuple[int, int, bytes]]) -> None:
         for bucket in catchup.differing(self.index.summary(), theirs)[-routing.MAX_BUCKETS:]:
@@ -547,18 +547,18 @@ class Router:
         if not missing:
             return
         for chunk in catchup.chunks(missing, 512):
-            found = await self.store.call(rpc.StoreGet(ids=tuple(chunk)))
+            found = self.db.get(rpc.StoreGet(ids=tuple(chunk)))
             entries = [(min(e.hops, self.hop_limit - 1), e.signed, e.sig) for e in found.items]
             if entries:
                 self.send_entries(link, entries)
                 queued = [(e.id, "sent") for e in found.items
                           if self.own_status.get(e.id, ("", None))[0] == "queued"]
                 if queued:
-                    await self.set_status(queued)
+                    self.set_status(queued)
 
     # -- status of our own messages --------------------------------------------------------
 
-    async def set_status(self, updates: list[tuple[bytes, str]], reason: str = "") -> None:
+    def set_status(self, updates: list[tuple[bytes, str]], reason: str = "") -> None:
         changed = []
         for msg_id, status in updates:
             current, to = self.own_status.get(msg_id, ("", None))
@@ -568,15 +568,15 @@ class Router:
             changed.append((msg_id, status, to))
         if not changed:
             return
-        await self.store.call(rpc.StoreSetStatus(updates=tuple(
-            rpc.StatusUpdate(id=i, status=s, reason=reason) for i, s, _ in changed)),  # type: ignore[arg-type]
-            retries=20)
+        self.db.set_status(rpc.StoreSetStatus(updates=tuple(
+            rpc.StatusUpdate(id=i, status=s, reason=reason)  # type: ignore[arg-type]
+            for i, s, _ in changed)))
         delivered = [i for i, s, _ in changed if s == "delivered"]
         for msg_id in delivered:
             self.index.remove(msg_id)
             self.own_status.pop(msg_id, None)
         if delivered:
-            await self.store.call(rpc.StoreRelease(ids=tuple(delivered)), retries=20)
+            self.db.release(rpc.StoreRelease(ids=tuple(delivered)))
         for msg_id, status, to in changed:
             self.rt.bus.emit(ChatStatus, id=msg_id.hex(), status=status, reason=reason,
                              to=to.hex() if to else None)  # type: ignore[arg-type]
@@ -603,7 +603,7 @@ class Router:
     async def reserve(self, n: int) -> list[int]:
         if self.seq_end - self.seq_next < n:
             block = max(SEQ_BLOCK, n)
-            reply = await self.store.call(rpc.StoreReserveSeq(count=block), retries=20)
+            reply = self.db.reserve_seq(rpc.StoreReserveSeq(count=block))
             self.seq_next, self.seq_end = reply.first, reply.first + block
         first = self.seq_next
         self.seq_next += n
@@ -632,10 +632,12 @@ class Router:
                 self._post_wake.set()
             try:
                 await self.post_batch(posts)
-            except TazcomError as e:
+            except (TazcomError, sqlite3.OperationalError) as e:
+                failure = e if isinstance(e, TazcomError) else RequestFailed(
+                    f"store: {e}", code="store_error")
                 for p in posts:
                     if not p.fut.done():
-                        p.fut.set_exception(RequestFailed(e.message, code=e.code))
+                        p.fut.set_exception(RequestFailed(failure.message, code=failure.code))
 
     async def post_batch(self, posts: list[PendingPost]) -> None:
         specs = []
@@ -662,7 +664,7 @@ class Router:
             signed=env.signed, sig=env.sig, hops=0, conv=env.to, text=p.req.text,
             status="queued", own=True, held=env.kind == KIND_DM, client_id=p.req.client_id)
             for env, p in zip(envs, posts, strict=True)]
-        results = await self.put(items)
+        results = self.put(items)
         now = time.time()
         fresh: list[Envelope] = []
         for env, p, outcome in zip(envs, posts, results, strict=True):
@@ -674,7 +676,7 @@ class Router:
                 self.emit_message(env, p.req.text, 0, "queued")
         sent = self.forward([(env, 0, None) for env in fresh], time.monotonic())
         if sent:
-            await self.set_status([(i, "sent") for i in sent])
+            self.set_status([(i, "sent") for i in sent])
         for p, outcome in zip(posts, results, strict=True):
             status = self.own_status.get(outcome.id, ("delivered", None))[0]
             p.fut.set_result(rpc.PostResult(message_id=outcome.id, status=status,
@@ -690,9 +692,9 @@ class Router:
             self._profile_wake.clear()
             body = envelope.profile_body(self.nickname, self.enc_key, sorted(self.links))
             [env] = await self.originate([(KIND_PROFILE, None, body)])
-            await self.store.call(rpc.StorePut(items=(rpc.StoredMessage(
+            self.db.put(rpc.StorePut(items=(rpc.StoredMessage(
                 id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=None,
-                signed=env.signed, sig=env.sig, hops=0, own=True),)), retries=20)
+                signed=env.signed, sig=env.sig, hops=0, own=True),)))
             self.seen.add(env.id, time.time())
             if last is not None:
                 self.index.remove(last.id)
@@ -718,6 +720,7 @@ class Router:
                                **self.counts)
 
     def close(self) -> None:
+        self.db.close()
         self.inbox.close(linger=0)
         self.out.close(linger=500)
 
