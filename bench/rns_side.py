@@ -9,7 +9,13 @@ Network rule: every Reticulum process runs inside a test namespace (``ip netns e
 with a config directory written here that holds only TCP interfaces on the namespace's
 own 10.213.x.y addresses (no AutoInterface, no default config, nothing on 0.0.0.0).
 
-    python -m bench.rns_side [--latency N] [--flood N]   # prints the figures as JSON
+    python -m bench.rns_side [--latency N] [--flood N] [--threads 1,32] [--keep DIR]
+
+prints the figures as JSON (progress on stderr). TZ_RNS_LOGLEVEL=7 puts Reticulum's own
+path/announce log into DIR/logs (with --keep) when a path will not come.
+
+Variance to expect: launch_s is path discovery through rnsd; it answers from an announce
+table it scans once a second, so single launches range from ~0.75 s to ~2-3 s (median of 5).
 """
 
 from __future__ import annotations

@@ -65,6 +65,62 @@ def tune(sock: zmq.Socket, config: Config) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
 
 
+class Readable:
+    """Call ``on_frames`` for every message a socket receives, from the event loop's reader.
+
+    ZeroMQ's ZMQ_FD only says "look at ZMQ_EVENTS": it is edge-triggered, and any
+    send or receive on the socket may consume the edge. So we watch it with
+    ``loop.add_reader`` and always drain until EAGAIN, and whoever sends on the
+    socket calls ``poke()`` so that a message that arrived meanwhile is not left
+    waiting. No future or task per message: this is the latency path of every
+    request and every envelope (bench/vs_reticulum.py).
+    """
+
+    BATCH = 512
+
+    def __init__(self, sock: zmq.Socket, on_frames: Callable[[list[bytes]], None]) -> None:
+        self.sock = sock
+        self.on_frames = on_frames
+        self.loop = asyncio.get_running_loop()
+        self.fd = sock.getsockopt(zmq.FD)
+        self._scheduled = False
+        self.paused = False
+        self.loop.add_reader(self.fd, self._ready)
+        self.poke()  # anything that arrived before we watched
+
+    def poke(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._ready)
+
+    def pause(self) -> None:
+        """Stop reading (messages wait in ZeroMQ's queue: backpressure) until resume()."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.poke()
+
+    def _ready(self) -> None:
+        self._scheduled = False
+        recv = self.sock.recv_multipart
+        for _ in range(self.BATCH):
+            if self.paused:
+                return
+            if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_frames(frames)
+        self.poke()  # more waiting: let other work run first
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.fd)
+
+
 class BusClient:
     """A service's (or tool's) connection to the node's event bus."""
 
@@ -187,7 +243,7 @@ class RpcServer:
         self.sock.setsockopt(zmq.MAXMSGSIZE, self.max_request + 1024)
         self.sock.bind(config.paths.socket(service))
         self._sync = zmq.Socket.shadow(self.sock.underlying)
-        self._kick = asyncio.Event()
+        self._reader: Readable | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
 
@@ -195,32 +251,17 @@ class RpcServer:
         return rpc.Pong(service=self.service, pid=os.getpid(), version=__version__)
 
     async def serve_forever(self) -> None:
-        while True:
-            while True:
-                try:
-                    frames = self._sync.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._handle(frames)
-            if self._sync.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                continue
-            # ZMQ_FD is edge-triggered and any send on this socket may consume the edge
-            # that announces new requests; so a reply sent while we wait also wakes us
-            # (_reply), and we look again (without this, uvloop stalls under load).
-            self._kick.clear()
-            poll = asyncio.ensure_future(self.sock.poll(flags=zmq.POLLIN))
-            kick = asyncio.ensure_future(self._kick.wait())
-            try:
-                await asyncio.wait({poll, kick}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                poll.cancel()
-                kick.cancel()
+        self._reader = Readable(self._sync, self._handle)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._reader.close()
 
     def _reply(self, ident: bytes, body: bytes) -> None:
         with contextlib.suppress(zmq.Again, zmq.ZMQError):
             self._sync.send_multipart([ident, body], zmq.NOBLOCK)
-        if self._sync.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._kick.set()
+        if self._reader is not None:
+            self._reader.poke()  # the send may have swallowed the edge of a new request
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -269,7 +310,12 @@ class RpcServer:
 
 
 class RpcClient:
-    """Calls one service; pipelines, times out and retries on a fresh socket."""
+    """Calls one service; pipelines, times out and retries on a fresh socket.
+
+    Replies are read by a ``Readable`` and resolve their futures directly. When a
+    call times out the socket is dropped and every pending request is sent again on
+    a new one (requests are idempotent), so one lost reply does not stall the rest.
+    """
 
     _ids = itertools.count(1)
 
@@ -282,43 +328,55 @@ class RpcClient:
         self.retries = config.rpc_retries
         self._pending: dict[int, tuple[asyncio.Future[Any], bytes]] = {}
         self._sock: zmq.asyncio.Socket | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._sync: zmq.Socket | None = None
+        self._reader: Readable | None = None
         self.rejects = RejectLog(logging.getLogger("tazcom.rpc"))
 
-    def _open(self) -> zmq.asyncio.Socket:
-        if self._sock is None:
-            sock = self.ctx.socket(zmq.DEALER)
-            tune(sock, self.config)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
-            sock.connect(self.endpoint)
-            self._sock = sock
-            self._reader = asyncio.ensure_future(self._read(sock))
-        return self._sock
+    def _open(self) -> bool:
+        """Make sure a socket exists; True if it is new (every pending request was sent)."""
+        if self._sock is not None:
+            return False
+        sock = self.ctx.socket(zmq.DEALER)
+        tune(sock, self.config)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._sync = zmq.Socket.shadow(sock.underlying)
+        self._reader = Readable(self._sync, self._on_reply)
+        for fut, body in self._pending.values():
+            if not fut.done():
+                self._send(body)
+        return True
+
+    def _send(self, body: bytes) -> None:
+        assert self._sync is not None and self._reader is not None
+        with contextlib.suppress(zmq.Again):  # queue full: the call will time out and retry
+            self._sync.send(body, zmq.NOBLOCK)
+        self._reader.poke()
 
     def _reset(self) -> None:
         """Drop the socket (a restarted service is reached again by a new one)."""
         if self._reader is not None:
-            self._reader.cancel()
+            self._reader.close()
             self._reader = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
+            self._sync = None
 
-    async def _read(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            if len(frames) != 1:
-                self.rejects.reject(self.service, "bad_frames")
-                continue
-            try:
-                data = codec.unpack(frames[0], MAX_REPLY_BYTES)
-            except RemoteProtocolError as e:
-                self.rejects.reject(self.service, e.code)
-                continue
-            rid = rpc.peek_reply_id(data)
-            entry = self._pending.get(rid) if rid is not None else None
-            if entry is not None and not entry[0].done():
-                entry[0].set_result(data)
+    def _on_reply(self, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            self.rejects.reject(self.service, "bad_frames")
+            return
+        try:
+            data = codec.unpack(frames[0], MAX_REPLY_BYTES)
+        except RemoteProtocolError as e:
+            self.rejects.reject(self.service, e.code)
+            return
+        rid = rpc.peek_reply_id(data)
+        entry = self._pending.get(rid) if rid is not None else None
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(data)
 
     async def call(self, req: rpc.Request, *, timeout: float | None = None,
                    retries: int | None = None) -> Any:
@@ -337,8 +395,8 @@ class RpcClient:
             for attempt in range(retries + 1):
                 fut: asyncio.Future[Any] = loop.create_future()
                 self._pending[req_id] = (fut, body)
-                sock = self._open()
-                await sock.send(body)
+                if not self._open():
+                    self._send(body)
                 try:
                     data = await asyncio.wait_for(fut, timeout)
                 except TimeoutError:

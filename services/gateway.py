@@ -63,7 +63,7 @@ from tazcom.common.link import (
 from tazcom.common.pins import Pins
 from tazcom.common.rejects import RejectLog
 
-from .busclient import tune
+from .busclient import Readable, tune
 from .netif import interface_networks, resolve_interfaces
 from .runtime import FatalError, Runtime, run
 
@@ -542,29 +542,37 @@ class Gateway:
             self.rejects.reject("router", "router_busy", "router queue full; dropping")
 
     async def from_router(self) -> None:
-        while True:
-            await self.router_pull.poll(flags=zmq.POLLIN)
-            touched: dict[int, Conn] = {}
-            now = self.loop.time()
-            for _ in range(4096):
-                try:
-                    key, body = self._router_pull.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                except ValueError:
-                    continue
-                conn = self.verified.get(key)
-                if conn is None or not conn.link.is_open:
-                    continue  # no link any more: catch-up will offer it again
-                try:
-                    conn.link.send_app(routing.KIND, body, now)
-                except TazcomError as e:
-                    self.rejects.reject("router", e.code, e.message)
-                    continue
-                touched[conn.id] = conn
+        """Router messages to send; every link written to is flushed once per batch."""
+        touched: dict[int, Conn] = {}
+
+        def on_frames(frames: list[bytes]) -> None:
+            if len(frames) != 2:
+                return
+            key, body = frames
+            conn = self.verified.get(key)
+            if conn is None or not conn.link.is_open:
+                return  # no link any more: catch-up will offer it again
+            try:
+                conn.link.send_app(routing.KIND, body, self.loop.time())
+            except TazcomError as e:
+                self.rejects.reject("router", e.code, e.message)
+                return
+            if not touched:
+                self.loop.call_soon(flush)
+            touched[conn.id] = conn
+
+        def flush() -> None:
             for conn in touched.values():
-                self.flush(conn)
-                self.arm(conn)
+                if conn.id in self.conns:
+                    self.flush(conn)
+                    self.arm(conn)
+            touched.clear()
+
+        reader = Readable(self._router_pull, on_frames)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            reader.close()
 
     # -- requests ------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from tazcom.common.events import (
 from tazcom.common.keys import DOMAIN_ENVELOPE, fingerprint
 from tazcom.common.rejects import RejectLog
 
-from .busclient import tune
+from .busclient import Readable, tune
 from .runtime import Runtime, run
 from .store import Store
 
@@ -300,22 +300,39 @@ class Router:
                              detail=detail[:200])
 
     async def inbox_loop(self) -> None:
-        while True:
-            await self.inbox.poll(flags=zmq.POLLIN)
-            frames: list[list[bytes]] = []
-            while len(frames) < MAX_BATCH:
+        """Envelopes from the gateway, a batch at a time; while one batch is processed
+        the next waits in ZeroMQ's queue (so a flood is taken in large batches)."""
+        frames: list[list[bytes]] = []
+        ready = asyncio.Event()
+
+        def on_frames(f: list[bytes]) -> None:
+            frames.append(f)
+            if len(frames) >= MAX_BATCH:
+                reader.pause()
+            ready.set()
+
+        reader = Readable(self._in_sync, on_frames)
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                batch = frames[:]
+                frames.clear()
+                reader.pause()
                 try:
-                    frames.append(self._in_sync.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            try:
-                await self.process(frames)
-            except sqlite3.OperationalError as e:  # disk full, locked too long: not a bug
-                self.rt.log.warning("dropped a batch of %d frames: store: %s", len(frames), e)
-            except TazcomError as e:
-                # The store or identity did not answer: nothing of this batch was
-                # committed, so nothing was relayed or acknowledged; catch-up brings it back.
-                self.rt.log.warning("dropped a batch of %d frames: %s", len(frames), e.message)
+                    await self.process(batch)
+                except sqlite3.OperationalError as e:  # disk full, locked too long: not a bug
+                    self.rt.log.warning("dropped a batch of %d frames: store: %s",
+                                        len(batch), e)
+                except TazcomError as e:
+                    # Identity did not answer: nothing of this batch was committed, so
+                    # nothing was relayed or acknowledged; catch-up brings it back.
+                    self.rt.log.warning("dropped a batch of %d frames: %s", len(batch),
+                                        e.message)
+                finally:
+                    reader.resume()
+        finally:
+            reader.close()
 
     async def process(self, frames: list[list[bytes]]) -> None:
         now = time.time()
@@ -394,13 +411,19 @@ class Router:
         return Accepted(env=env, hops=hops + 1, came_from=link)
 
     async def accept(self, accepted: list[Accepted], now: float) -> None:
+        # Relay at once: a relay promises nothing before it has committed (custody comes
+        # after the commit), and the next hop deduplicates; so the commit is not on the path.
+        self.forward([(a.env, a.hops, a.came_from) for a in accepted
+                      if a.env.to != self.own_key], time.monotonic())
         to_me = [a for a in accepted if a.env.kind == KIND_DM and a.env.to == self.own_key]
+        receipts: list[Envelope] = []
         if to_me:
-            plains: list[bytes | None] = []
-            for chunk in by_size(to_me, lambda a: len(a.env.body) + 16):
-                opened = await self.identity.call(
-                    rpc.OpenSealed(boxes=tuple(a.env.body for a in chunk)), retries=20)
-                plains += opened.items
+            # Open the DMs and sign their receipts in one round trip to identity (two
+            # pipelined requests); receipts are committed with the DMs they acknowledge,
+            # so a crash cannot leave a DM received but never acknowledged.
+            opening = self.open_all([a.env.body for a in to_me])
+            signing = self.originate(self.receipt_specs(to_me))
+            plains, receipts = await asyncio.gather(opening, signing)
             for a, plain in zip(to_me, plains, strict=True):
                 try:
                     if plain is None:
@@ -408,18 +431,10 @@ class Router:
                     a.text = envelope.dm_inner(plain, a.env.origin)
                 except EnvelopeError as e:
                     self.drop(f"origin {fingerprint(a.env.origin)}", e.code, e.message)
-            accepted = [a for a in accepted if not (a in to_me and a.text is None)]
-        # Receipts for the DMs to us are committed in the same transaction as the DMs, so
-        # a crash cannot leave a DM received but never acknowledged; catch-up carries them
-        # like any held envelope until they reach the sender.
-        by_origin: dict[bytes, list[bytes]] = defaultdict(list)
-        for a in accepted:
-            if a.env.kind == KIND_DM and a.env.to == self.own_key:
-                by_origin[a.env.origin].append(a.env.id)
-        specs = [(KIND_RECEIPT, origin, envelope.receipt_body(chunk))
-                 for origin, ids in by_origin.items()
-                 for chunk in catchup.chunks(ids, envelope.MAX_RECEIPT_IDS)]
-        receipts = await self.originate(specs) if specs else []
+            opened = [a for a in to_me if a.text is not None]
+            if len(opened) < len(to_me):  # rare: sign again, for the ones that opened
+                receipts = await self.originate(self.receipt_specs(opened)) if opened else []
+                accepted = [a for a in accepted if not (a in to_me and a.text is None)]
         items = [self.stored(a) for a in accepted] + [
             rpc.StoredMessage(id=r.id, kind=r.kind, origin=r.origin, seq=r.seq, ts=r.ts,
                               to=r.to, signed=r.signed, sig=r.sig, hops=0, own=True, held=True)
@@ -431,6 +446,22 @@ class Router:
             self.seen.add(r.id, now)
             self.index.add(r.id, r.ts, r.to)
         self.forward([(r, 0, None) for r in receipts], time.monotonic())
+
+    @staticmethod
+    def receipt_specs(dms: list[Accepted]) -> list[tuple[int, bytes | None, bytes]]:
+        by_origin: dict[bytes, list[bytes]] = defaultdict(list)
+        for a in dms:
+            by_origin[a.env.origin].append(a.env.id)
+        return [(KIND_RECEIPT, origin, envelope.receipt_body(chunk))
+                for origin, ids in by_origin.items()
+                for chunk in catchup.chunks(ids, envelope.MAX_RECEIPT_IDS)]
+
+    async def open_all(self, boxes: list[bytes]) -> list[bytes | None]:
+        plains: list[bytes | None] = []
+        for chunk in by_size(boxes, lambda b: len(b) + 16):
+            reply = await self.identity.call(rpc.OpenSealed(boxes=tuple(chunk)), retries=20)
+            plains += reply.items
+        return plains
 
     def stored(self, a: Accepted) -> rpc.StoredMessage:
         env = a.env
@@ -451,7 +482,6 @@ class Router:
     def after_accept(self, fresh: list[Accepted], now: float) -> None:
         custody: dict[bytes, list[bytes]] = defaultdict(list)
         status: list[tuple[bytes, str]] = []
-        relay: list[tuple[Envelope, int, bytes | None]] = []
         for a in fresh:
             env = a.env
             mine = env.to == self.own_key
@@ -473,9 +503,6 @@ class Router:
                     custody[a.came_from].append(env.id)
                 if env.kind == KIND_RECEIPT:
                     self.release_delivered(env)
-            if not mine:
-                relay.append((env, a.hops, a.came_from))
-        self.forward(relay, time.monotonic())
         for link, ids in custody.items():
             for chunk in catchup.chunks(ids, routing.MAX_CUSTODY):
                 self.send(link, routing.encode_custody(chunk))
@@ -675,12 +702,13 @@ class Router:
                 fresh.append(env)
                 self.emit_message(env, p.req.text, 0, "queued")
         sent = self.forward([(env, 0, None) for env in fresh], time.monotonic())
-        if sent:
-            self.set_status([(i, "sent") for i in sent])
         for p, outcome in zip(posts, results, strict=True):
-            status = self.own_status.get(outcome.id, ("delivered", None))[0]
+            status = "sent" if outcome.id in sent else \
+                self.own_status.get(outcome.id, ("delivered", None))[0]
             p.fut.set_result(rpc.PostResult(message_id=outcome.id, status=status,
                                              new=outcome.new))
+        if sent:  # after the replies: the commit is done, only the status is late
+            self.set_status([(i, "sent") for i in sent])
 
     async def publish_profile(self) -> None:
         """Flood our profile: at start, when our links change (debounced), every 2 minutes."""

@@ -141,8 +141,13 @@ class Node:
         st = self.status()
         return all(st.get(s, {}).get("state") == "up" for s in services)
 
-    def wait_up(self, timeout: float = 20) -> Node:
-        wait_for(self.all_up, timeout, f"{self.nick}: every service up")
+    def wait_up(self, timeout: float = 30) -> Node:
+        try:
+            wait_for(self.all_up, timeout, f"{self.nick}: every service up")
+        except Timeout as e:
+            states = {k: v.get("state") for k, v in self.status().items()}
+            tails = {k: v.splitlines()[-3:] for k, v in self.logs().items()}
+            raise Timeout(f"{e}; states {states}; log tails {tails}") from None
         return self
 
     def wait_peer(self, nick: str, states: tuple[str, ...], timeout: float = 10) -> dict:
@@ -249,9 +254,9 @@ class BusTap:
             return [e for e in self.events if topic == e.TOPIC]
 
     def wait(self, topic: str, pred: Callable[[Any], bool] = lambda e: True,
-             timeout: float = 10) -> Any:
+             timeout: float = 10, interval: float = 0.05) -> Any:
         return wait_for(lambda: next((e for e in self.of(topic) if pred(e)), None), timeout,
-                        f"a {topic} event")
+                        f"a {topic} event", interval=interval)
 
     def close(self) -> None:
         self._stop.set()
