@@ -90,7 +90,7 @@ def load(a: Node, b: Node) -> dict[str, float]:
             shown: list[float] = []
             original_add = view.add
 
-            def add(msg):  # noqa: ANN001, ANN202 - records when each message was rendered
+            def add(msg):
                 original_add(msg)
                 if msg.text.startswith("load "):
                     shown.append(time.perf_counter())
