@@ -216,7 +216,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_reticulum(net: Lan, workdir: Path, *, latency_count: int, flood_count: int,
-                  launches: int = LAUNCH_RUNS,
+                  launch_runs: int = LAUNCH_RUNS,
                   thread_counts: tuple[int, ...] = (1, 32)) -> dict[str, float]:
     """Run the Reticulum/LXMF figures on a built Lan for {"a": [0], "b": [0, 1], "c": [1]}."""
     from bench.rns_endpoint import new_identity  # imports RNS: key generation only
@@ -286,7 +286,7 @@ def run_reticulum(net: Lan, workdir: Path, *, latency_count: int, flood_count: i
 
         # --- launch: A (probe sender) and C (receiver) start together -----------------------
         launches = []
-        for k in range(launches):
+        for k in range(launch_runs):
             run = f"launch{k}"
             (workdir / run).mkdir(parents=True, exist_ok=True)
             # keys and configs exist before t0; starting the two then costs a few ms

@@ -238,7 +238,7 @@ def main() -> None:
                                flood_count=flood_count, launches=1 if args.tiny else 3)
         with lan({"a": [0], "b": [0, 1], "c": [1]}) as net:
             theirs = run_reticulum(net, workdir / "rns", latency_count=latency_count,
-                                   flood_count=flood_count, launches=1 if args.tiny else 5)
+                                   flood_count=flood_count, launch_runs=1 if args.tiny else 5)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     ceiling = verify_rate()
