@@ -22,6 +22,7 @@ service sending a huge string that every subscriber then copies.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 import types
@@ -208,23 +209,80 @@ def _compile(tp: Any) -> Validator:
     raise TypeError(f"unsupported annotation in a Record: {tp!r}")
 
 
-class Record:
-    """Base of every message type: a frozen, keyword-only dataclass."""
+MISSING = dataclasses.MISSING
+CLASSVAR_PREFIXES = ("ClassVar", "typing.ClassVar")
 
+
+class FrozenInstanceError(AttributeError):
+    """A record's fields cannot be changed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    default: Any = MISSING
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+
+def fields(cls: type) -> tuple[Field, ...]:
+    """The fields of a record class, in declaration order (bases first)."""
+    return cls.__record_fields__  # type: ignore[attr-defined]
+
+
+class Record:
+    """Base of every message type: frozen, built from keyword arguments only.
+
+    ``record`` makes a class a record without ``dataclasses``: every process
+    imports about a hundred message types at start, and dataclasses' generated
+    methods cost more start-up time than anything else (bench/discovery_time.py).
+    """
+
+    __record_fields__: ClassVar[tuple[Field, ...]] = ()
     _fields_compiled: ClassVar[tuple[tuple[str, Validator, bool], ...] | None] = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        values = {}
+        for f in self.__record_fields__:
+            value = kwargs.pop(f.name, f.default)
+            if value is MISSING:
+                raise TypeError(f"{type(self).__name__}() missing argument {f.name!r}")
+            values[f.name] = value
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}() got unexpected {sorted(kwargs)}")
+        object.__getattribute__(self, "__dict__").update(values)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        d = self.__dict__
+        return tuple(d[f.name] for f in self.__record_fields__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.__class__, self._values()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f.name}={self.__dict__[f.name]!r}" for f in self.__record_fields__)
+        return f"{type(self).__name__}({inner})"
 
     @classmethod
     def _compiled(cls) -> tuple[tuple[str, Validator, bool], ...]:
         compiled = cls.__dict__.get("_fields_compiled")
         if compiled is None:
             hints = typing.get_type_hints(cls, include_extras=True)
-            out = []
-            for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-                required = (
-                    f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                )
-                out.append((f.name, _compile(hints[f.name]), required))
-            compiled = tuple(out)
+            compiled = tuple((f.name, _compile(hints[f.name]), f.required)
+                             for f in cls.__record_fields__)
             cls._fields_compiled = compiled
         return compiled
 
@@ -261,8 +319,24 @@ def _plain(x: Any) -> Any:
 
 
 def record(cls: type) -> type:
-    """Make ``cls`` a frozen, keyword-only dataclass (the form every message takes)."""
-    return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+    """Make ``cls`` a record: its annotated fields (after its bases'), defaults from the
+    class body, a keyword-only constructor, equality, hashing and immutability."""
+    found: dict[str, Field] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object:
+            continue
+        for name, annotation in inspect.get_annotations(klass).items():
+            if isinstance(annotation, str) and annotation.startswith(CLASSVAR_PREFIXES):
+                continue
+            if getattr(annotation, "__origin__", None) is ClassVar or annotation is ClassVar:
+                continue
+            default = klass.__dict__.get(name, MISSING)
+            if default is MISSING and name in found:
+                default = found[name].default
+            found[name] = Field(name=name, default=default)
+    cls.__record_fields__ = tuple(found.values())
+    cls._fields_compiled = None
+    return cls
 
 
 def to_jsonable(x: Any) -> Any:

@@ -7,13 +7,13 @@ list that could forget one.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import types
 import typing
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from tazcom.common.schema import Len, Match, Range, Record
+from tazcom.common.schema import fields as schema_fields
 
 SAMPLES_BY_PATTERN = {
     r"[0-9a-f]{64}": "ab" * 32,
@@ -70,7 +70,7 @@ def example(tp: Any) -> Any:
 
 def build(cls: type[Record]) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
-    return cls(**{f.name: example(hints[f.name]) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: example(hints[f.name]) for f in schema_fields(cls)})
 
 
 def invalid_values(tp: Any) -> list[Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import typing
 
 import pytest
@@ -18,6 +17,7 @@ from tazcom.common.events import (
     encode_event,
     event_as_json,
 )
+from tazcom.common.schema import fields as schema_fields
 
 from .examples import build, invalid_values
 
@@ -39,12 +39,12 @@ def test_every_field_rejects_bad_values(topic: str, cls: type) -> None:
     ev = build(cls)
     body = codec.unpack(encode_event(ev)[1], 1 << 20)
     hints = typing.get_type_hints(cls, include_extras=True)
-    for f in dataclasses.fields(cls):
+    for f in schema_fields(cls):
         for bad in invalid_values(hints[f.name]):
             broken = {**body, f.name: bad}
             with pytest.raises(RemoteProtocolError):
                 decode_event([topic.encode(), codec.pack(broken)])
-        if f.default is dataclasses.MISSING:
+        if f.required:
             missing = {k: v for k, v in body.items() if k != f.name}
             with pytest.raises(RemoteProtocolError, match="missing"):
                 decode_event([topic.encode(), codec.pack(missing)])

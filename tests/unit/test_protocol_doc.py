@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
 from tazcom.common import events, rpc
+from tazcom.common.schema import fields as schema_fields
 from tazcom.common.version import PROTOCOL_VERSION
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
@@ -22,7 +22,7 @@ def section(title_pattern: str) -> str:
 
 
 def names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.name not in ENVELOPE]
+    return [f.name for f in schema_fields(cls) if f.name not in ENVELOPE]
 
 
 def test_protocol_version_matches() -> None:

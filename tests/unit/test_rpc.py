@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 import pytest
 
 from tazcom.common import codec, rpc
 from tazcom.common.errors import RemoteProtocolError, RequestFailed
+from tazcom.common.schema import fields as schema_fields
 
 from .examples import build, invalid_values
 
@@ -34,7 +34,7 @@ def test_reply_round_trip(op: str, cls: type) -> None:
 def test_request_fields_reject_bad_values(op: str, cls: type) -> None:
     body = codec.unpack(rpc.encode_request(build(cls), 1), 1 << 20)
     hints = typing.get_type_hints(cls, include_extras=True)
-    for f in dataclasses.fields(cls):
+    for f in schema_fields(cls):
         for bad in invalid_values(hints[f.name]):
             with pytest.raises(RemoteProtocolError) as info:
                 rpc.decode_request(codec.pack({**body, f.name: bad}), 1 << 20)
@@ -79,5 +79,5 @@ def test_bad_reply_envelope() -> None:
 def test_no_field_collides_with_the_envelope(op: str, cls: type) -> None:
     reserved = {"v", "id", "op", "ok", "error", "message"}
     for record in (cls, cls.REPLY):
-        clash = reserved & {f.name for f in dataclasses.fields(record)}
+        clash = reserved & {f.name for f in schema_fields(record)}
         assert not clash, f"{record.__name__} uses envelope names {clash}"
