@@ -318,7 +318,7 @@ def _open(path: Path) -> sqlite3.Connection:
         os.close(fd)
     db = sqlite3.connect(str(path), isolation_level=None, timeout=2.0)
     try:
-        _check_and_create(db, path)
+        _check_and_create_retrying(db, path)
     except sqlite3.DatabaseError as e:
         db.close()
         raise FatalError(f"{path}: not a usable TAZCOM store ({e}); leaving it untouched "
@@ -327,6 +327,25 @@ def _open(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _check_and_create_retrying(db: sqlite3.Connection, path: Path) -> None:
+    """The router opens the same database at the same moment (it writes envelopes
+    itself); switching to WAL or creating the schema can then find it locked, which
+    is not a corrupt file: wait and try again."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _check_and_create(db, path)
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            time.sleep(0.05)  # another process holds the lock for a moment
 
 
 def _check_and_create(db: sqlite3.Connection, path: Path) -> None:

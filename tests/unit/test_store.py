@@ -490,3 +490,21 @@ def test_sqlite_errors_in_the_service() -> None:
     full = _db_failure(sqlite3.OperationalError("database or disk is full"), where)
     assert isinstance(full, RequestFailed) and full.code == "store_error"
     assert _db_failure(sqlite3.IntegrityError("NOT NULL"), where) is None  # a bug: crash
+
+
+def test_two_processes_opening_a_new_store_at_once(tmp_path: Path) -> None:
+    # the router and the store service open the same new database at the same moment
+    import multiprocessing as mp
+
+    path = tmp_path / "race.sqlite"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_open_and_close, args=(str(path),)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 6
+
+
+def _open_and_close(path: str) -> None:
+    Store(Path(path)).close()
