@@ -349,12 +349,18 @@ def _check_and_create_retrying(db: sqlite3.Connection, path: Path) -> None:
 
 
 def _check_and_create(db: sqlite3.Connection, path: Path) -> None:
-    # Read-only checks first: nothing is written to a file we do not recognise.
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    app_id = db.execute("PRAGMA application_id").fetchone()[0]
-    tables = {name: [c[1] for c in db.execute(f"PRAGMA table_info({name})")]
-              for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                        "AND name NOT LIKE 'sqlite_%'").fetchall()}
+    # Read-only checks first: nothing is written to a file we do not recognise. They
+    # read one snapshot: the router may create the schema between two autocommit reads,
+    # and tables without a version would look like another program's database.
+    db.execute("BEGIN")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {name: [c[1] for c in db.execute(f"PRAGMA table_info({name})")]
+                  for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = "
+                                            "'table' AND name NOT LIKE 'sqlite_%'").fetchall()}
+    finally:
+        db.execute("COMMIT")
     foreign = f"{path}: is another program's SQLite database; leaving it untouched"
     if app_id not in (0, APPLICATION_ID):
         raise FatalError(foreign)

@@ -151,8 +151,16 @@ class Node:
         return self
 
     def wait_peer(self, nick: str, states: tuple[str, ...], timeout: float = 10) -> dict:
-        return wait_for(lambda: (p := self.peers().get(nick)) and p["state"] in states and p,
-                        timeout, f"{self.nick} to see {nick} in {states}")
+        try:
+            return wait_for(lambda: (p := self.peers().get(nick)) and p["state"] in states and p,
+                            timeout, f"{self.nick} to see {nick} in {states}")
+        except Timeout as e:
+            # what the table held and what discovery and the gateway last said
+            peers = self.try_json("peers")
+            logs = self.logs()
+            tails = {k: logs.get(k, "").splitlines()[-8:]
+                     for k in ("discovery.log", "gateway.log")}
+            raise Timeout(f"{e}; peers {peers}; log tails {tails}") from None
 
     # -- logs -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 import pytest
@@ -496,15 +497,19 @@ def test_two_processes_opening_a_new_store_at_once(tmp_path: Path) -> None:
     # the router and the store service open the same new database at the same moment
     import multiprocessing as mp
 
-    path = tmp_path / "race.sqlite"
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_open_and_close, args=(str(path),)) for _ in range(6)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(30)
-    assert [p.exitcode for p in procs] == [0] * 6
+    for round_ in range(8):
+        path = tmp_path / f"race{round_}.sqlite"
+        start = ctx.Barrier(6)
+        procs = [ctx.Process(target=_open_and_close, args=(str(path), start))
+                 for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert [p.exitcode for p in procs] == [0] * 6
 
 
-def _open_and_close(path: str) -> None:
+def _open_and_close(path: str, start: Any) -> None:
+    start.wait(10)
     Store(Path(path)).close()
