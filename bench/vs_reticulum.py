@@ -31,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,6 +98,14 @@ class Capture:
         return json.loads(self.out.read_text())
 
 
+def identity_key(node: Node) -> str | None:
+    """The node's key from its identity service (in-process request, no CLI)."""
+    try:
+        return request(node, "identity", rpc.GetIdentity(), timeout=0.5).key
+    except Exception:  # noqa: BLE001 - not up yet
+        return None
+
+
 def launch_once(net: Lan, b: Node, workdir: Path, k: int) -> tuple[float, Node, Node]:
     """Start fresh nodes on A and C at the same moment; seconds until a DM from A is shown
     at C (A must know C: its profile, relayed by B, carries the key DMs are sealed to)."""
@@ -106,12 +115,18 @@ def launch_once(net: Lan, b: Node, workdir: Path, k: int) -> tuple[float, Node, 
     c = Node(workdir / f"tz-c{k}", f"tz-c{k}", netns=net.ns("c"),
              interfaces=",".join(net.interfaces["c"]))
     t0 = time.time()
-    a.start()
+    # both at the same moment (as the Reticulum side starts its two endpoints), and no
+    # CLI process polled meanwhile: it would compete with the nodes for the two cores
+    starting = threading.Thread(target=a.start)
+    starting.start()
     c.start()
-    wait_for(lambda: (c.home / "run" / "bus-out.sock").exists(), 20, "c's bus")
+    starting.join()
+    wait_for(lambda: (c.home / "run" / "bus-out.sock").exists(), 20, "c's bus",
+             interval=0.01)
     tap = BusTap(c, "chat.message")
     try:
-        c_key = wait_for(lambda: c.try_json("id") and c.key, 20, "c's key")
+        c_key = wait_for(lambda: identity_key(c), 20, "c's key", interval=0.01)
+        c._key = c_key
         probe_id = None
         while probe_id is None and time.time() - t0 < 60:
             try:

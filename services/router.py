@@ -67,7 +67,7 @@ ANTI_ENTROPY = 60.0
 PROFILE_EVERY = 120.0
 #: A node whose profile has not been refreshed for this long is taken as gone.
 PROFILE_EXPIRES = 330.0
-PROFILE_DEBOUNCE = 0.2
+PROFILE_DEBOUNCE = 0.05
 SEQ_BLOCK = 1000
 #: Bytes of envelopes per store.put, well under rpc.max_request_bytes (256 KiB).
 PUT_BYTES = 160_000
