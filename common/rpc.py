@@ -280,6 +280,21 @@ class RouterStats(Record):
 
 
 @record
+class MeshEntry(Record):
+    """A node the router reaches through the mesh, as its last ``mesh.peer`` said."""
+
+    key: HexKey
+    nickname: Nickname
+    hops: Annotated[int, Range(1, 17)]
+    enc_key: HexKey
+
+
+@record
+class MeshTable(Record):
+    items: Annotated[tuple[MeshEntry, ...], Len(0, 100_000)]
+
+
+@record
 class SeqBlock(Record):
     first: Annotated[int, Range(0, 2**63 - 1)]
 
@@ -390,6 +405,13 @@ class Post(Request):
 @request("router.stats", RouterStats)
 class GetRouterStats(Request):
     """The router's counters: envelopes accepted, duplicates heard, dropped, relayed."""
+
+
+@request("router.mesh", MeshTable)
+class GetMesh(Request):
+    """Every node the router reaches through the mesh now, with its distance: the state
+    that ``mesh.peer`` events announce one change at a time (a subscriber that may have
+    missed some asks for it)."""
 
 
 @request("store.put", PutResult)

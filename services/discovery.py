@@ -224,6 +224,8 @@ class Discovery:
             self.publish(self.table.set_alert(bytes.fromhex(ev.key), None, now))
         elif isinstance(ev, ServiceStarted) and ev.service == "gateway":
             self.rt.spawn(self.sync_links(), "sync-links")
+        elif isinstance(ev, ServiceStarted) and ev.service == "router":
+            self.rt.spawn(self.sync_mesh(), "sync-mesh")
 
     async def sync_links(self) -> None:
         """Take the gateway's links as they are (after it, or we, restarted)."""
@@ -250,6 +252,22 @@ class Discovery:
         for key, state in states.items():
             self.publish(self.table.link_changed(key, state, now,  # type: ignore[arg-type]
                                                  address=addresses.get(key)))
+
+    async def sync_mesh(self) -> None:
+        """Take the router's mesh as it is (after it, or we, restarted, or events were lost)."""
+        try:
+            reply = await self.rt.client("router").call(rpc.GetMesh(), timeout=1.0)
+        except TazcomError as e:
+            self.rt.log.info("cannot read the router's mesh: %s", e.message)
+            return
+        now = time.time()
+        reachable = {bytes.fromhex(m.key): m for m in reply.items}
+        reachable.pop(self.own_key, None)  # type: ignore[arg-type]
+        for entry in self.table.entries():
+            if entry.hops is not None and entry.key not in reachable:
+                self.publish(self.table.mesh_changed(entry.key, None, now))
+        for key, m in reachable.items():
+            self.publish(self.table.mesh_changed(key, m.hops, now, nickname=m.nickname))
 
     def on_identity(self, ev: Event) -> None:
         if isinstance(ev, IdentityChanged) and ev.nickname != self.nickname:
@@ -348,7 +366,10 @@ async def main(rt: Runtime) -> None:
     disco.port = gateway.port
     disco.nickname = ident.nickname
     rt.ready(f"{fingerprint(disco.own_key)} on {', '.join(ips)}")
-    rt.spawn(disco.sync_links(), "sync-links")
+    # link and mesh events missed while the bus was not yet (or no longer) ours: a
+    # snapshot of each, now and whenever the bus is live again
+    rt.on_bus_live(disco.sync_links, "sync-links")
+    rt.on_bus_live(disco.sync_mesh, "sync-mesh")
     try:
         await disco.announce()
         await asyncio.Event().wait()

@@ -686,6 +686,8 @@ async def main(rt: Runtime) -> None:
     rt.ready("listening on " + ", ".join(gw.addresses))
     try:
         await gw.load_peers()
+        # peer events missed while the bus was not yet (or no longer) ours: ask again
+        rt.on_bus_live(gw.load_peers, "load-peers")
         await gw.dial_loop()
     finally:
         gw.close_all()

@@ -554,6 +554,12 @@ class Router:
                 self.rt.bus.emit(MeshPeer, key=key.hex(), nickname=entry.nickname, hops=hops,
                                  enc_key=entry.enc_key.hex())
 
+    def mesh(self, _req: rpc.GetMesh) -> rpc.MeshTable:
+        return rpc.MeshTable(items=tuple(
+            rpc.MeshEntry(key=key.hex(), nickname=d.nickname, hops=d.published,
+                          enc_key=d.enc_key.hex())
+            for key, d in self.directory.items() if d.published is not None))
+
     def links_changed(self) -> None:
         self.recompute(time.time())
         self._profile_wake.set()  # tell the mesh about our links
@@ -757,7 +763,8 @@ async def main(rt: Runtime) -> None:
     router = Router(rt)
     try:
         await router.load()
-        rt.serve({rpc.Post: router.post, rpc.GetRouterStats: router.stats})
+        rt.serve({rpc.Post: router.post, rpc.GetRouterStats: router.stats,
+                  rpc.GetMesh: router.mesh})
         for prefix in ("peer.verified", "link.down", "service.started", "identity.changed"):
             rt.bus.subscribe(prefix, router.on_event)
         rt.spawn(router.inbox_loop(), "inbox")
@@ -765,6 +772,8 @@ async def main(rt: Runtime) -> None:
         rt.spawn(router.post_loop(), "post")
         rt.spawn(router.housekeeping(), "housekeeping")
         await router.sync_links()
+        # link events missed while the bus was not yet (or no longer) ours: take them again
+        rt.on_bus_live(router.sync_links, "sync-links")
         rt.ready(f"{len(router.links)} links, hop limit {router.hop_limit}")
         await router.publish_profile()
     finally:

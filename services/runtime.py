@@ -102,6 +102,10 @@ class Runtime:
         self._clients: dict[str, RpcClient] = {}
         self.crashed: BaseException | None = None
         self.fatal: TazcomError | None = None
+        #: Set while our subscriptions are known to be in effect at the broker.
+        self.bus_live = asyncio.Event()
+        self._resyncs: list[tuple[Callable[[], Awaitable[None]], str]] = []
+        self._welcomes = 0
 
     # -- building blocks -------------------------------------------------------------
 
@@ -163,12 +167,35 @@ class Runtime:
         self.bus.emit(ServiceHeartbeat, service=self.name, pid=os.getpid(), state=self.state,
                       uptime=time.monotonic() - self.started_at, detail=self.detail[:200])
 
+    def on_bus_live(self, resync: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``resync`` whenever our subscriptions have (again) taken effect at the bus.
+
+        PUB/SUB drops what a subscriber was not yet (or no longer) subscribed to: before
+        the broker has our subscriptions, and while a restarted bus is down. A service
+        that mirrors another one's state from its events takes a fresh snapshot here."""
+        self._resyncs.append((resync, name))
+        if self.bus_live.is_set():
+            self.spawn(resync(), name)
+
     def _welcomed(self) -> None:
         # A (re)started bus knows nobody: tell it who we are as soon as our PUB is through,
         # rather than at the next heartbeat tick (bench/recovery.py).
+        self.bus_live.clear()
+        self._welcomes += 1
+        generation = self._welcomes
+
         async def announce() -> None:
-            if await self.bus.wait_ready(2.0):
-                self._heartbeat_now()
+            # The ping comes back only after the broker took every subscription sent
+            # before it (one connection, in order): from then on no event is missed.
+            while not await self.bus.wait_ready(2.0):
+                if generation != self._welcomes:
+                    return  # a newer welcome took over
+            if generation != self._welcomes:
+                return
+            self._heartbeat_now()
+            self.bus_live.set()
+            for resync, name in self._resyncs:
+                self.spawn(resync(), name)
 
         self.spawn(announce(), "welcome")
 

@@ -239,6 +239,17 @@ def star() -> Iterator[Mesh]:
     yield from _mesh(links)
 
 
+def test_restarted_discovery_knows_the_mesh_again(line: Mesh) -> None:
+    # mesh.peer events are sent on changes only: a restarted discovery missed them all
+    # and must take the router's mesh as it is (router.mesh), or C stays "offline" at A
+    a = line.nodes["a"]
+    a.ctl("restart", "tazcom:discovery")
+    a.wait_up(30)
+    wait_for(lambda: (p := a.peers().get("node-c")) and p["state"] == "mesh"
+             and p["hops"] == 2, 10, "a to see c over the mesh again, 2 hops")
+    assert a.peers()["node-b"]["state"] == "verified"
+
+
 def test_star_every_room_message_reaches_every_node(star: Mesh) -> None:
     hosts = list(star.net.links)
     for host in hosts:
