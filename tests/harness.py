@@ -126,12 +126,32 @@ class Node:
             self._key = self.cli_json("id")[0]["key"]
         return self._key
 
+    # Polled in loops, so asked in-process (what `tazcom peers --json` and `tazcom status
+    # --json` print, without a Python process per poll competing with the nodes for CPU).
+
     def peers(self) -> dict[str, dict[str, Any]]:
         """Peers by nickname ({} while discovery does not answer)."""
-        return {p["nickname"]: p for p in self.try_json("peers") or []}
+        from tazcom.common import rpc
+        from tazcom.common.errors import TazcomError
+        from tazcom.common.schema import to_jsonable
+
+        try:
+            snap = request(self, "discovery", rpc.GetPeers(), timeout=2.0)
+        except (Timeout, TazcomError):
+            return {}
+        return {p.nickname: to_jsonable(p.to_dict()) for p in snap.peers}
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {r["service"]: r for r in self.try_json("status") or []}
+        """Service health by name, as the bus reports it ({} while it does not answer)."""
+        from tazcom.common import rpc
+        from tazcom.common.errors import TazcomError
+        from tazcom.common.schema import to_jsonable
+
+        try:
+            report = request(self, "bus", rpc.GetStatus(), timeout=2.0)
+        except (Timeout, TazcomError):
+            return {}
+        return {r.service: to_jsonable(r.to_dict()) for r in report.services}
 
     def pid(self, service: str) -> int | None:
         out = self.ctl("pid", f"tazcom:{service}", check=False).stdout.strip()
