@@ -19,12 +19,12 @@ import shutil
 import socket
 import statistics
 import time
-from pathlib import Path
 
 import zmq
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
+from bench.procstat import pss_kib
 from bench.report import Figure, print_report
 from tazcom.common.events import PeerDiscovered, decode_event
 from tests.harness import Node, short_tmp
@@ -54,17 +54,6 @@ async def zeroconf_time(index: int) -> float:
     await a.async_close()
     await b.async_close()
     return elapsed
-
-
-def pss_kib(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main() -> None:
@@ -102,7 +91,7 @@ def main() -> None:
                 time.sleep(0.05)
         ctx.destroy(linger=0)
         a_pids = a.own_pids()
-        memory_mb = sum(pss_kib(p) for p in a_pids) / 1024
+        memory_mb = pss_kib(a_pids) * 1024 / 1e6  # smaps counts KiB; the goal is in MB
         zc = [asyncio.run(zeroconf_time(i)) for i in range(args.rounds)]
     finally:
         a.stop()
