@@ -25,7 +25,7 @@ from bench.meshlab import post_many
 from bench.report import Figure, print_report
 from tazcom.chat import ChatApp, MessageView
 from tazcom.services.runtime import load_from_env
-from tests.harness import BusTap, Node, short_tmp, wait_for
+from tests.harness import BusTap, Node, linked_pair, wait_for
 
 RATE = 100
 SECONDS = 10
@@ -122,22 +122,11 @@ def load(a: Node, b: Node) -> dict[str, float]:
 def main() -> None:
     if shutil.which("tmux") is None:
         raise SystemExit("skipped: needs tmux")
-    root = short_tmp("tzb")
-    a, b = Node(root / "a", "bench-a"), Node(root / "b", "bench-b")
-    try:
-        a.start()
-        b.start()
-        a.wait_up()
-        b.wait_up()
-        a.wait_peer("bench-b", ("verified",))
+    with linked_pair("bench-a", "bench-b") as (a, b):
         for i in range(0, 3000, 500):
             asyncio.run(post_many(a, [f"history {j}" for j in range(i, i + 500)]))
         startup, cli = launch_time(a)
         figures = load(a, b)
-    finally:
-        a.stop()
-        b.stop()
-        shutil.rmtree(root, ignore_errors=True)
     print_report("tazcom chat", [
         Figure("launch to interactive screen, 3000 messages of history", startup, "s", cli,
                "`tazcom history` of the same", "report"),

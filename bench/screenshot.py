@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 from tazcom.chat import ChatApp, MessageView
 from tazcom.services.runtime import load_from_env
-from tests.harness import Node, short_tmp
+from tests.harness import linked_pair
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "chat.svg"
 
 
 def main() -> None:
-    root = short_tmp("tzb")
-    a, b = Node(root / "a", "alice"), Node(root / "b", "bob")
-    try:
-        a.start()
-        b.start()
-        a.wait_up()
-        b.wait_up()
-        a.wait_peer("bob", ("verified",))
+    with linked_pair("alice", "bob") as (a, b):
         b.cli("say", "the generator is back on, tea in the kitchen")
         a.cli("say", "on my way")
         b.cli("send", "alice", "can you bring the long cable?")
@@ -40,10 +32,6 @@ def main() -> None:
 
         asyncio.run(shoot())
         print(f"wrote {OUT}")
-    finally:
-        a.stop()
-        b.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,24 @@ class Node:
 
 
 @contextlib.contextmanager
+def linked_pair(nick_a: str, nick_b: str) -> Iterator[tuple[Node, Node]]:
+    """Two loopback nodes, up and linked (verified); both stopped and removed at the end."""
+    root = short_tmp("tzb")
+    a, b = Node(root / "a", nick_a), Node(root / "b", nick_b)
+    try:
+        a.start()
+        b.start()
+        a.wait_up()
+        b.wait_up()
+        a.wait_peer(nick_b, ("verified",))
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def nodes_cleanup() -> Iterator[list[Node]]:
     """Collect nodes; stop all of them at the end, also on failure."""
     started: list[Node] = []

@@ -25,7 +25,7 @@ def test_pipelined_async_handlers_never_stall() -> None:
         ctx = zmq.asyncio.Context()
 
         async def handler(_req: rpc.Post) -> rpc.PostResult:
-            await asyncio.sleep(0.0005)
+            await asyncio.sleep(0.0005)  # noqa: sleep-ok - a handler that yields is the case
             return rpc.PostResult(message_id=b"x" * 16, status="queued")
 
         server = RpcServer(ctx, config, "router", {rpc.Post: handler})
