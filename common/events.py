@@ -34,6 +34,8 @@ Fingerprint = Annotated[str, Match(r"[0-9a-f]{4}(-[0-9a-f]{4}){3}")]
 PeerStateName = Literal["discovered", "connected", "verified", "mesh", "offline"]
 ServiceStateName = Literal["up", "starting", "stopping", "restarting", "down", "failed"]
 Seq = Annotated[int, Range(0, 2**63 - 1)]
+#: The owner's process generation of a mirrored table (docs/protocol.md §2, "Mirrored state").
+Epoch = Annotated[int, Range(1, 2**63 - 1)]
 
 EVENTS: dict[str, type[Event]] = {}
 
@@ -88,6 +90,15 @@ class PeerInfo(Record):
 
 
 @record
+class TableVersion(Record):
+    """The version of a table a service owns (docs/protocol.md §2, "Mirrored state")."""
+
+    name: Annotated[str, Match(r"[a-z][a-z0-9_]{0,15}")]
+    epoch: Epoch
+    seq: Seq
+
+
+@record
 class ServiceHealth(Record):
     """One row of ``tazcom status``."""
 
@@ -127,6 +138,8 @@ class ServiceHeartbeat(Event):
     state: ServiceStateName
     uptime: Annotated[float, Range(0, 2**40)]
     detail: Annotated[str, Len(0, 200)] = ""
+    #: The version of every table this service owns, so a mirror notices lost updates.
+    tables: Annotated[tuple[TableVersion, ...], Len(0, 8)] = ()
 
 
 @event("service.stopping")
@@ -144,6 +157,7 @@ class ServiceStopping(Event):
 class PeerDiscovered(Event):
     """A peer became reachable (a valid signed record was seen, or a link came up)."""
 
+    epoch: Epoch
     seq: Seq
     peer: PeerInfo
 
@@ -152,6 +166,7 @@ class PeerDiscovered(Event):
 class PeerUpdated(Event):
     """Something visible about a reachable peer changed (addresses, nickname, state)."""
 
+    epoch: Epoch
     seq: Seq
     peer: PeerInfo
 
@@ -160,8 +175,18 @@ class PeerUpdated(Event):
 class PeerLost(Event):
     """A peer became unreachable; it stays in the table as ``offline``."""
 
+    epoch: Epoch
     seq: Seq
     peer: PeerInfo
+
+
+@event("peer.forgotten")
+class PeerForgotten(Event):
+    """The table, full, dropped the peer offline for longest (no longer listed)."""
+
+    epoch: Epoch
+    seq: Seq
+    key: HexKey
 
 
 @event("discovery.rejected")
@@ -196,6 +221,8 @@ OptKey = Annotated[str, HEX32] | None
 class LinkUp(Event):
     """A TCP connection to or from a peer is up (its handshake has not finished yet)."""
 
+    epoch: Epoch
+    seq: Seq
     link: LinkId
     address: Address
     direction: Direction
@@ -209,6 +236,8 @@ class LinkUp(Event):
 class LinkDown(Event):
     """A link closed (by us, by the peer, or the connection was lost)."""
 
+    epoch: Epoch
+    seq: Seq
     link: LinkId
     address: Address
     direction: Direction
@@ -223,6 +252,8 @@ class LinkDown(Event):
 class PeerVerified(Event):
     """A link's handshake proved the peer's key and HELLOs were exchanged."""
 
+    epoch: Epoch
+    seq: Seq
     link: LinkId
     key: HexKey
     nickname: Nickname
@@ -316,6 +347,8 @@ class ChatStatus(Event):
 class MeshPeer(Event):
     """A node known through the mesh (its signed profile), with its distance in hops."""
 
+    epoch: Epoch
+    seq: Seq
     key: HexKey
     nickname: Nickname
     #: Links between us and it; None when its profile expired (no longer reachable).

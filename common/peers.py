@@ -15,10 +15,9 @@ The visible ``state`` is derived, strongest first: ``verified``,
 still sees who was there; only when the table is full is the longest-offline
 entry evicted.
 
-Every mutation returns the ``Change`` events to publish, numbered by a table
-``seq`` that grows by one per change (the Clone pattern: a subscriber that
-took a snapshot at ``seq`` N applies changes N+1, N+2, ... and re-takes the
-snapshot on a gap).
+Every mutation returns the ``Change`` events to publish, numbered by the
+table's ``Numbering`` (one more per change): the table is the owner's side of
+a mirrored table (``common.mirror``; docs/protocol.md §2, "Mirrored state").
 """
 
 from __future__ import annotations
@@ -30,9 +29,10 @@ from .announce import Announcement
 from .errors import TazcomError
 from .events import PeerInfo
 from .keys import NodeKey, fingerprint
+from .mirror import Numbering
 
 LinkState = Literal["none", "connected", "verified"]
-ChangeKind = Literal["peer.discovered", "peer.updated", "peer.lost"]
+ChangeKind = Literal["peer.discovered", "peer.updated", "peer.lost", "peer.forgotten"]
 PERSIST_VERSION = 1
 MAX_ADDRESSES = 16
 
@@ -103,12 +103,18 @@ class TableFull(Exception):
 class PeerTable:
     """All peers of one node. Pure: time arrives as ``now``."""
 
-    def __init__(self, *, own_key: bytes | None = None, max_peers: int = 1024) -> None:
+    def __init__(self, *, own_key: bytes | None = None, max_peers: int = 1024,
+                 numbering: Numbering | None = None) -> None:
         self.own_key = own_key
         self.max_peers = max_peers
-        self.seq = 0
+        self.numbering = numbering or Numbering(1)
         self._peers: dict[bytes, PeerEntry] = {}
         self._by_name: dict[str, bytes] = {}
+        self._evicted: list[Change] = []
+
+    @property
+    def seq(self) -> int:
+        return self.numbering.seq
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -119,9 +125,10 @@ class PeerTable:
     def entries(self) -> list[PeerEntry]:
         return list(self._peers.values())
 
-    def snapshot(self, now: float) -> tuple[int, tuple[PeerInfo, ...]]:
+    def snapshot(self, now: float) -> tuple[int, int, tuple[PeerInfo, ...]]:
+        """The table at its version: ``(epoch, seq, peers)``."""
         peers = sorted(self._peers.values(), key=lambda p: (p.nickname.lower(), p.key))
-        return self.seq, tuple(p.info(now) for p in peers)
+        return self.numbering.epoch, self.seq, tuple(p.info(now) for p in peers)
 
     # -- mutations ---------------------------------------------------------------
 
@@ -140,6 +147,14 @@ class PeerTable:
             raise TableFull(f"peer table full ({self.max_peers} reachable peers)")
         victim = min(offline, key=lambda p: p.last_seen)
         del self._peers[victim.key]
+        for name in [n for n, k in self._by_name.items() if k == victim.key]:
+            del self._by_name[name]
+        self._evicted.append(Change(kind="peer.forgotten", seq=self.numbering.next(),
+                                    peer=victim.info(victim.last_seen)))
+
+    def _drain(self) -> list[Change]:
+        evicted, self._evicted = self._evicted, []
+        return evicted
 
     def _finish(self, entry: PeerEntry, before: PeerInfo | None, now: float) -> list[Change]:
         live = entry.live_addresses()
@@ -153,18 +168,17 @@ class PeerTable:
         if before is None or before.state == "offline":
             if after.state == "offline":
                 if before is not None and _same(before, after):
-                    return []
+                    return self._drain()
                 kind: ChangeKind = "peer.updated"
             else:
                 kind = "peer.discovered"
         elif after.state == "offline":
             kind = "peer.lost"
         elif _same(before, after):
-            return []
+            return self._drain()
         else:
             kind = "peer.updated"
-        self.seq += 1
-        return [Change(kind=kind, seq=self.seq, peer=after)]
+        return [*self._drain(), Change(kind=kind, seq=self.numbering.next(), peer=after)]
 
     def mdns_seen(self, ann: Announcement, now: float) -> list[Change]:
         """A validated announcement was resolved (new or refreshed)."""
@@ -178,7 +192,7 @@ class PeerTable:
         entry = self._entry(key, ann.nickname, now)
         current = entry.announcements.get(ann.name)
         if current is not None and current.signed_at > ann.signed_at:
-            return changes  # an older record than the one we hold: keep ours
+            return changes + self._drain()  # an older record than the one we hold: keep ours
         entry.announcements[ann.name] = ann
         entry.nickname = ann.nickname
         self._by_name[ann.name] = key

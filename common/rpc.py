@@ -14,7 +14,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from . import codec
 from .errors import RequestFailed, SchemaError
-from .events import Address, Fingerprint, HexKey, Nickname, PeerInfo, ServiceHealth, ServiceName
+from .events import (
+    Address,
+    Epoch,
+    Fingerprint,
+    HexKey,
+    Nickname,
+    PeerInfo,
+    Seq,
+    ServiceHealth,
+    ServiceName,
+)
 from .schema import Len, Match, Range, Record, record
 
 ENVELOPE_V = 1
@@ -89,9 +99,11 @@ class Signatures(Record):
 
 @record
 class PeerSnapshot(Record):
-    """The full peer table; later ``peer.*`` events carry ``seq`` greater than this."""
+    """The full peer table at version ``(epoch, seq)``; later ``peer.*`` events carry
+    greater ones (docs/protocol.md §2, "Mirrored state")."""
 
-    seq: Annotated[int, Range(0, 2**63 - 1)]
+    epoch: Epoch
+    seq: Seq
     peers: Annotated[tuple[PeerInfo, ...], Len(0, 4096)]
 
 
@@ -117,6 +129,10 @@ class LinkInfo(Record):
 
 @record
 class LinkList(Record):
+    """Every link at version ``(epoch, seq)`` of the gateway's link table."""
+
+    epoch: Epoch
+    seq: Seq
     links: Annotated[tuple[LinkInfo, ...], Len(0, 4096)]
 
 
@@ -291,6 +307,10 @@ class MeshEntry(Record):
 
 @record
 class MeshTable(Record):
+    """The mesh directory at version ``(epoch, seq)``."""
+
+    epoch: Epoch
+    seq: Seq
     items: Annotated[tuple[MeshEntry, ...], Len(0, 100_000)]
 
 

@@ -7,8 +7,10 @@ it resolves (``common.announce``). Valid records feed the peer table
 (``common.peers``), whose changes go out as ``peer.discovered`` /
 ``peer.updated`` / ``peer.lost``; junk is logged once per (name, reason) and
 published as ``discovery.rejected``. Link states from the gateway
-(``link.*``) are merged into the same table, and ``discovery.snapshot``
-returns it whole, so a service or tool that starts late misses nothing.
+(mirrored from its link table) and the mesh from the router (mirrored from
+its mesh directory) are merged into the same table (``common.mirror``), and
+``discovery.snapshot`` returns it whole with its version, so a service or tool
+that mirrors it misses nothing.
 
 The table is saved to ``peers.json`` so peers seen before a restart are
 still listed, ``offline``, afterwards.
@@ -26,26 +28,24 @@ import time
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from tazcom.common import announce, rpc
+from tazcom.common import announce, rpc, tables
 from tazcom.common.errors import RemoteProtocolError, TazcomError
 from tazcom.common.events import (
     DiscoveryRejected,
     Event,
     GatewayListening,
     IdentityChanged,
-    LinkDown,
-    LinkUp,
-    MeshPeer,
     PeerDiscovered,
+    PeerForgotten,
     PeerKeyChanged,
     PeerLost,
     PeerTrusted,
     PeerUpdated,
-    PeerVerified,
-    ServiceStarted,
 )
 from tazcom.common.keys import DOMAIN_MDNS_TXT, fingerprint
-from tazcom.common.peers import Change, PeerTable, TableFull
+from tazcom.common.mirror import Change
+from tazcom.common.peers import Change as PeerChange
+from tazcom.common.peers import PeerTable, TableFull
 from tazcom.common.rejects import RejectLog
 
 from .netif import resolve_interfaces
@@ -65,9 +65,10 @@ class Discovery:
         self.rt = rt
         self.config = rt.config
         self.ips = ips
-        self.table = PeerTable(max_peers=self.config.max_peers)
-        # seq continues across restarts (docs/protocol.md, "Peer table sequence").
-        self.table.seq = int(time.time() * 1000)
+        self.table = PeerTable(max_peers=self.config.max_peers,
+                               numbering=rt.own_table("peers"))
+        self.links = rt.mirror(tables.LINKS, self.on_links)
+        self.mesh = rt.mirror(tables.MESH, self.on_mesh)
         self.rejects = RejectLog(rt.log)
         self.own_key: bytes | None = None
         self.own_name: str | None = None
@@ -104,15 +105,21 @@ class Discovery:
         except OSError as e:
             self.rt.log.warning("cannot save %s: %s", path, e.strerror)
 
-    def publish(self, changes: list[Change]) -> None:
+    def publish(self, changes: list[PeerChange]) -> None:
+        epoch = self.table.numbering.epoch
         for change in changes:
-            self.rt.bus.emit(CHANGE_EVENTS[change.kind], seq=change.seq, peer=change.peer)
+            if change.kind == "peer.forgotten":
+                self.rt.bus.emit(PeerForgotten, epoch=epoch, seq=change.seq,
+                                 key=change.peer.key)
+            else:
+                self.rt.bus.emit(CHANGE_EVENTS[change.kind], epoch=epoch, seq=change.seq,
+                                 peer=change.peer)
         if changes and self._save_handle is None:
             self._save_handle = asyncio.get_running_loop().call_later(SAVE_DELAY, self.save)
 
     def snapshot(self, _req: rpc.GetPeers) -> rpc.PeerSnapshot:
-        seq, peers = self.table.snapshot(time.time())
-        return rpc.PeerSnapshot(seq=seq, peers=peers)
+        epoch, seq, peers = self.table.snapshot(time.time())
+        return rpc.PeerSnapshot(epoch=epoch, seq=seq, peers=peers)
 
     def reject(self, name: str, address: str, reason: str, detail: str) -> None:
         if self.rejects.reject(f"mDNS record {name!r} from {address or '?'}", reason, detail):
@@ -199,75 +206,39 @@ class Discovery:
             if (self.port, self.nickname) == (port, nick):
                 return
 
-    # -- links (from the gateway) -------------------------------------------------------------
+    # -- links (the gateway's table) and the mesh (the router's), mirrored ---------------
 
-    def on_link(self, ev: Event) -> None:
+    def on_links(self, changes: list[Change]) -> None:
+        keys = {row.key for c in changes for row in (c.old, c.new) if row is not None and row.key}
+        if not keys:
+            return
         now = time.time()
-        if isinstance(ev, LinkUp | LinkDown) and ev.key:
-            self.publish(self.table.link_changed(
-                bytes.fromhex(ev.key), ev.peer_state, now,
-                address=ev.address if ev.direction == "out" else None))
-        elif isinstance(ev, PeerVerified):
-            self.publish(self.table.link_changed(
-                bytes.fromhex(ev.key), "verified", now, nickname=ev.nickname,
-                address=ev.address if ev.direction == "out" else None))
-        elif isinstance(ev, PeerKeyChanged):
+        peer_links = tables.peer_links(self.links.items.values())
+        for key_hex in keys:
+            link = peer_links.get(key_hex, tables.NO_LINK)
+            self.publish(self.table.link_changed(bytes.fromhex(key_hex), link.state, now,
+                                                 address=link.address,
+                                                 nickname=link.nickname))
+
+    def on_mesh(self, changes: list[Change]) -> None:
+        now = time.time()
+        for c in changes:
+            key = bytes.fromhex(c.key)
+            if key == self.own_key:
+                continue
+            entry = c.new
+            self.publish(self.table.mesh_changed(key, entry.hops if entry else None, now,
+                                                 nickname=entry.nickname if entry else None))
+
+    def on_alert(self, ev: Event) -> None:
+        now = time.time()
+        if isinstance(ev, PeerKeyChanged):
             key = bytes.fromhex(ev.key)
             if self.table.get(key) is None:
                 self.publish(self.table.link_changed(key, "none", now, nickname=ev.nickname))
             self.publish(self.table.set_alert(key, ev.alert, now))
-        elif isinstance(ev, MeshPeer):
-            key = bytes.fromhex(ev.key)
-            if key != self.own_key:
-                self.publish(self.table.mesh_changed(key, ev.hops, now, nickname=ev.nickname))
         elif isinstance(ev, PeerTrusted) and ev.trusted:
             self.publish(self.table.set_alert(bytes.fromhex(ev.key), None, now))
-        elif isinstance(ev, ServiceStarted) and ev.service == "gateway":
-            self.rt.spawn(self.sync_links(), "sync-links")
-        elif isinstance(ev, ServiceStarted) and ev.service == "router":
-            self.rt.spawn(self.sync_mesh(), "sync-mesh")
-
-    async def sync_links(self) -> None:
-        """Take the gateway's links as they are (after it, or we, restarted)."""
-        try:
-            reply = await self.rt.client("gateway").call(rpc.GetLinks(), timeout=1.0)
-        except TazcomError as e:
-            self.rt.log.info("cannot read the gateway's links: %s", e.message)
-            return
-        now = time.time()
-        states: dict[bytes, str] = {}
-        addresses: dict[bytes, str] = {}
-        for link in reply.links:
-            if link.key is None:
-                continue
-            key = bytes.fromhex(link.key)
-            state = "verified" if link.state == "open" else "connected"
-            if states.get(key) != "verified":
-                states[key] = state
-            if link.direction == "out":
-                addresses[key] = link.address
-        for entry in self.table.entries():
-            if entry.key not in states and entry.link != "none":
-                self.publish(self.table.link_changed(entry.key, "none", now))
-        for key, state in states.items():
-            self.publish(self.table.link_changed(key, state, now,  # type: ignore[arg-type]
-                                                 address=addresses.get(key)))
-
-    async def sync_mesh(self) -> None:
-        """Take the router's mesh as it is (after it, or we, restarted, or events were lost)."""
-        try:
-            reply = await self.rt.client("router").call(rpc.GetMesh(), timeout=1.0)
-        except TazcomError as e:
-            self.rt.log.info("cannot read the router's mesh: %s", e.message)
-            return
-        now = time.time()
-        reachable = {bytes.fromhex(m.key): m for m in reply.items}
-        reachable.pop(self.own_key, None)  # type: ignore[arg-type]
-        for entry in self.table.entries():
-            if entry.hops is not None and entry.key not in reachable:
-                self.publish(self.table.mesh_changed(entry.key, None, now))
-        for key, m in reachable.items():
-            self.publish(self.table.mesh_changed(key, m.hops, now, nickname=m.nickname))
 
     def on_identity(self, ev: Event) -> None:
         if isinstance(ev, IdentityChanged) and ev.nickname != self.nickname:
@@ -348,9 +319,8 @@ async def main(rt: Runtime) -> None:
     rt.serve({rpc.GetPeers: disco.snapshot})
     rt.bus.subscribe("gateway.listening", disco.on_gateway)
     rt.bus.subscribe("identity.changed", disco.on_identity)
-    for prefix in ("link.up", "link.down", "peer.verified", "peer.key_changed", "peer.trusted",
-                   "service.started", "mesh.peer"):
-        rt.bus.subscribe(prefix, disco.on_link)
+    for topic in ("peer.key_changed", "peer.trusted"):
+        rt.bus.subscribe(topic, disco.on_alert)
     disco.aiozc = AsyncZeroconf(interfaces=ips, ip_version=IPVersion.V4Only)
     browser = AsyncServiceBrowser(disco.aiozc.zeroconf, [rt.config.service_type],
                                   handlers=[disco.on_service_state_change])
@@ -366,10 +336,6 @@ async def main(rt: Runtime) -> None:
     disco.port = gateway.port
     disco.nickname = ident.nickname
     rt.ready(f"{fingerprint(disco.own_key)} on {', '.join(ips)}")
-    # link and mesh events missed while the bus was not yet (or no longer) ours: a
-    # snapshot of each, now and whenever the bus is live again
-    rt.on_bus_live(disco.sync_links, "sync-links")
-    rt.on_bus_live(disco.sync_mesh, "sync-mesh")
     try:
         await disco.announce()
         await asyncio.Event().wait()

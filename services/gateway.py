@@ -33,7 +33,7 @@ from pathlib import Path
 
 import zmq
 
-from tazcom.common import noise, routing, rpc
+from tazcom.common import noise, routing, rpc, tables
 from tazcom.common.config import Config
 from tazcom.common.errors import RequestFailed, TazcomError
 from tazcom.common.events import (
@@ -43,11 +43,8 @@ from tazcom.common.events import (
     LinkDown,
     LinkMessage,
     LinkUp,
-    PeerDiscovered,
     PeerKeyChanged,
-    PeerLost,
     PeerTrusted,
-    PeerUpdated,
     PeerVerified,
     WireRejected,
 )
@@ -60,6 +57,7 @@ from tazcom.common.link import (
     MessageDropped,
     MessageReceived,
 )
+from tazcom.common.mirror import Change
 from tazcom.common.pins import Pins
 from tazcom.common.rejects import RejectLog
 
@@ -190,7 +188,12 @@ class Gateway:
         self.static_sig = b""
         self.servers: list[asyncio.AbstractServer] = []
         self._wake = asyncio.Event()
-        self.peer_seq = -1
+        #: The link table, which this service owns (docs/protocol.md §2, "Mirrored state").
+        self.numbering = rt.own_table("links")
+
+    def emit_link(self, cls: type[Event], **fields: typing.Any) -> None:
+        """Publish a change of the link table (link.up, peer.verified, link.down)."""
+        self.rt.bus.emit(cls, epoch=self.numbering.epoch, seq=self.numbering.next(), **fields)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -266,7 +269,7 @@ class Gateway:
         self.conns[conn.id] = conn
         if not conn.link.is_open:
             self.handshakes_by_address[conn.address.rpartition(":")[0]] += 1
-        self.rt.bus.emit(LinkUp, link=conn.id, address=conn.address, direction=conn.direction,
+        self.emit_link(LinkUp, link=conn.id, address=conn.address, direction=conn.direction,
                          key=conn.link.expected_key.hex() if conn.link.expected_key else None,
                          peer_state=self.peer_state(conn.link.expected_key) if
                          conn.link.expected_key else "connected")
@@ -360,15 +363,15 @@ class Gateway:
                 return
         conn.key = ev.key
         self.verified[ev.key] = conn
-        if drop is not None:  # after the new link is in place, so the peer never looks unlinked
-            self.handle(drop, [drop.link.close("duplicate", "already linked to this peer", now)])
         conn.verified_at = now
         self.rt.log.info("link %d %s %s verified: %s (%s), version %d", conn.id,
                          "to" if conn.direction == "out" else "from", conn.address,
                          ev.nickname, fingerprint(ev.key), ev.version)
-        self.rt.bus.emit(PeerVerified, link=conn.id, key=ev.key.hex(), nickname=ev.nickname,
-                         address=conn.address, direction=conn.direction, version=ev.version,
-                         caps=ev.caps)
+        self.emit_link(PeerVerified, link=conn.id, key=ev.key.hex(), nickname=ev.nickname,
+                       address=conn.address, direction=conn.direction, version=ev.version,
+                       caps=ev.caps)
+        if drop is not None:  # after the new link is in place, so the peer never looks unlinked
+            self.handle(drop, [drop.link.close("duplicate", "already linked to this peer", now)])
 
     def save_pins_if_new(self) -> None:
         # check() pins on first use; persist every time the pin set grows.
@@ -411,7 +414,7 @@ class Gateway:
         if conn.key is not None:
             self.rt.log.info("link %d %s closed: %s%s", conn.id, conn.address, reason,
                              " (by the peer)" if by_peer else "")
-        self.rt.bus.emit(LinkDown, link=conn.id, address=conn.address,
+        self.emit_link(LinkDown, link=conn.id, address=conn.address,
                          direction=conn.direction, key=key.hex() if key else None,
                          reason=reason[:48], detail=detail[:200], by_peer=by_peer,
                          peer_state=self.peer_state(key))
@@ -437,29 +440,22 @@ class Gateway:
         if isinstance(ev, IdentityChanged):
             self.nickname = ev.nickname  # said in the HELLO of every new link
 
-    def on_peer(self, ev: Event) -> None:
-        if not isinstance(ev, PeerDiscovered | PeerUpdated | PeerLost):
-            return
-        peer = ev.peer
-        key = bytes.fromhex(peer.key)
-        if key == self.identity_key:
-            return
-        dial = self.peers.get(key)
-        if dial is None:
-            dial = self.peers[key] = PeerDial(next_attempt=self.loop.time() + self.defer(key))
-        dial.addresses = peer.addresses if peer.state != "offline" else ()
-        dial.nickname = peer.nickname
-        self._wake.set()
-
-    async def load_peers(self) -> None:
-        snap = await self.rt.call_until_ready("discovery", rpc.GetPeers())
+    def on_peers(self, changes: list[Change]) -> None:
+        """Discovery's peer table changed: where to dial whom."""
         now = self.loop.time()
-        for peer in snap.peers:
-            key = bytes.fromhex(peer.key)
-            if key == self.identity_key or peer.state == "offline":
+        for change in changes:
+            peer = change.new
+            key = bytes.fromhex(change.key)
+            if key == self.identity_key:
                 continue
-            dial = self.peers.setdefault(key, PeerDial(next_attempt=now + self.defer(key)))
-            dial.addresses = peer.addresses
+            dial = self.peers.get(key)
+            if peer is None:  # forgotten by discovery
+                if dial is not None:
+                    dial.addresses = ()
+                continue
+            if dial is None:
+                dial = self.peers[key] = PeerDial(next_attempt=now + self.defer(key))
+            dial.addresses = peer.addresses if peer.state != "offline" else ()
             dial.nickname = peer.nickname
         self._wake.set()
 
@@ -597,7 +593,7 @@ class Gateway:
                 key=key.hex() if key else None, nickname=c.link.peer_nickname,
                 version=c.link.version, frames_in=c.link.frames_in,
                 frames_out=c.link.frames_out))
-        return rpc.LinkList(links=tuple(out))
+        return rpc.LinkList(epoch=self.numbering.epoch, seq=self.numbering.seq, links=tuple(out))
 
     def trust(self, req: rpc.Trust) -> rpc.Empty:
         key = bytes.fromhex(req.key)
@@ -678,16 +674,14 @@ async def main(rt: Runtime) -> None:
     })
     rt.bus.emit(GatewayListening, addresses=gw.addresses, port=gw.port)
     await gw.prepare_identity()
+    # discovery's peer table, mirrored once we know our own key (who dials whom)
+    rt.mirror(tables.PEERS, gw.on_peers)
     await gw.start_serving()
-    rt.bus.subscribe("peer.", gw.on_peer)
     rt.bus.subscribe("identity.changed", gw.on_identity)
     gw.open_router_channel()
     rt.spawn(gw.from_router(), "from-router")
     rt.ready("listening on " + ", ".join(gw.addresses))
     try:
-        await gw.load_peers()
-        # peer events missed while the bus was not yet (or no longer) ours: ask again
-        rt.on_bus_live(gw.load_peers, "load-peers")
         await gw.dial_loop()
     finally:
         gw.close_all()

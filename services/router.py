@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import zmq
 import zmq.asyncio
 
-from tazcom.common import catchup, envelope, gossip, routing, rpc
+from tazcom.common import catchup, envelope, gossip, routing, rpc, tables
 from tazcom.common.envelope import (
     KIND_DM,
     KIND_PROFILE,
@@ -47,13 +47,11 @@ from tazcom.common.events import (
     ChatStatus,
     Event,
     IdentityChanged,
-    LinkDown,
     MeshPeer,
-    PeerVerified,
     RouterDropped,
-    ServiceStarted,
 )
 from tazcom.common.keys import DOMAIN_ENVELOPE, fingerprint
+from tazcom.common.mirror import Change, Mirror
 from tazcom.common.rejects import RejectLog
 
 from .busclient import Readable, tune
@@ -105,8 +103,8 @@ class Directory:
     links: frozenset[bytes]
     profile_id: bytes
     received_at: float
-    #: The distance last published in mesh.peer (None: unreachable).
-    published: int | None = None
+    #: What mesh.peer last said of it (None: unreachable).
+    published: rpc.MeshEntry | None = None
 
 
 @dataclass
@@ -131,7 +129,11 @@ class Router:
         self.seen = gossip.SeenSet(int(raw.get("seen_capacity", 100_000)),
                                    float(raw.get("seen_horizon", 86_400)))
         self.index = catchup.SyncIndex()
+        #: Our verified neighbours, from the gateway's link table (mirrored).
         self.links: set[bytes] = set()
+        self.link_table: Mirror | None = None  # once load() knows who we are
+        #: The mesh directory (published as mesh.peer), which this service owns.
+        self.mesh_numbering = rt.own_table("mesh")
         self.directory: dict[bytes, Directory] = {}
         self.own_status: dict[bytes, tuple[str, bytes | None]] = {}  # id -> (status, to)
         self.rejects = RejectLog(rt.log)
@@ -194,32 +196,23 @@ class Router:
                          "messages", len(self.seen), len(self.index), len(self.directory),
                          len(self.own_status))
 
-    async def sync_links(self) -> None:
-        try:
-            reply = await self.rt.client("gateway").call(rpc.GetLinks(), timeout=1.0)
-        except TazcomError as e:
-            self.rt.log.info("cannot read the gateway's links yet: %s", e.message)
-            return
-        self.links = {bytes.fromhex(lk.key) for lk in reply.links
-                      if lk.state == "open" and lk.key}
-        for key in self.links:
-            self.send_summary(key)
-        self.links_changed()
-
     # -- bus ------------------------------------------------------------------------------
 
-    def on_event(self, ev: Event) -> None:
-        if isinstance(ev, PeerVerified):
-            key = bytes.fromhex(ev.key)
-            self.links.add(key)
-            self.send_summary(key)
+    def follow_links(self) -> None:
+        self.link_table = self.rt.mirror(tables.LINKS, self.on_links)
+
+    def on_links(self, _changes: list[Change]) -> None:
+        assert self.link_table is not None
+        links = tables.verified_keys(self.link_table.items.values())
+        added, gone = links - self.links, self.links - links
+        self.links = links
+        for key in sorted(added):
+            self.send_summary(key)  # catch-up with every new neighbour
+        if added or gone:
             self.links_changed()
-        elif isinstance(ev, LinkDown) and ev.key and ev.peer_state != "verified":
-            self.links.discard(bytes.fromhex(ev.key))
-            self.links_changed()
-        elif isinstance(ev, ServiceStarted) and ev.service == "gateway":
-            self.rt.spawn(self.sync_links(), "sync-links")
-        elif isinstance(ev, IdentityChanged) and ev.nickname != self.nickname:
+
+    def on_identity(self, ev: Event) -> None:
+        if isinstance(ev, IdentityChanged) and ev.nickname != self.nickname:
             self.nickname = ev.nickname
             self._profile_wake.set()
 
@@ -347,7 +340,6 @@ class Router:
             if not self.link_rate.take(key, mono):
                 self.drop(source, "rate_limited", "too many router messages from this link")
                 continue
-            self.links.add(key)
             try:
                 msg = routing.decode(body)
             except RemoteProtocolError as e:
@@ -547,18 +539,21 @@ class Router:
         links_of = {k: d.links for k, d in self.directory.items()
                     if now - d.received_at <= PROFILE_EXPIRES}
         dist = gossip.distances(self.own_key, self.links, links_of)
+        numbering = self.mesh_numbering
         for key, entry in self.directory.items():
             hops = dist.get(key)
-            if hops != entry.published:
-                entry.published = hops
-                self.rt.bus.emit(MeshPeer, key=key.hex(), nickname=entry.nickname, hops=hops,
+            now_entry = None if hops is None else rpc.MeshEntry(
+                key=key.hex(), nickname=entry.nickname, hops=hops, enc_key=entry.enc_key.hex())
+            if now_entry != entry.published:
+                entry.published = now_entry
+                self.rt.bus.emit(MeshPeer, epoch=numbering.epoch, seq=numbering.next(),
+                                 key=key.hex(), nickname=entry.nickname, hops=hops,
                                  enc_key=entry.enc_key.hex())
 
     def mesh(self, _req: rpc.GetMesh) -> rpc.MeshTable:
-        return rpc.MeshTable(items=tuple(
-            rpc.MeshEntry(key=key.hex(), nickname=d.nickname, hops=d.published,
-                          enc_key=d.enc_key.hex())
-            for key, d in self.directory.items() if d.published is not None))
+        return rpc.MeshTable(epoch=self.mesh_numbering.epoch, seq=self.mesh_numbering.seq,
+                             items=tuple(d.published for d in self.directory.values()
+                                         if d.published is not None))
 
     def links_changed(self) -> None:
         self.recompute(time.time())
@@ -763,18 +758,15 @@ async def main(rt: Runtime) -> None:
     router = Router(rt)
     try:
         await router.load()
+        router.follow_links()
         rt.serve({rpc.Post: router.post, rpc.GetRouterStats: router.stats,
                   rpc.GetMesh: router.mesh})
-        for prefix in ("peer.verified", "link.down", "service.started", "identity.changed"):
-            rt.bus.subscribe(prefix, router.on_event)
+        rt.bus.subscribe("identity.changed", router.on_identity)
         rt.spawn(router.inbox_loop(), "inbox")
         rt.spawn(router.relay_loop(), "relay")
         rt.spawn(router.post_loop(), "post")
         rt.spawn(router.housekeeping(), "housekeeping")
-        await router.sync_links()
-        # link events missed while the bus was not yet (or no longer) ours: take them again
-        rt.on_bus_live(router.sync_links, "sync-links")
-        rt.ready(f"{len(router.links)} links, hop limit {router.hop_limit}")
+        rt.ready(f"hop limit {router.hop_limit}")
         await router.publish_profile()
     finally:
         router.close()

@@ -35,7 +35,7 @@ from textual.strip import Strip
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tazcom.common import rpc
+from tazcom.common import rpc, tables
 from tazcom.common.config import Config
 from tazcom.common.errors import TazcomError
 from tazcom.common.events import (
@@ -43,6 +43,7 @@ from tazcom.common.events import (
     ChatStatus,
     Event,
     PeerDiscovered,
+    PeerForgotten,
     PeerInfo,
     PeerKeyChanged,
     PeerLost,
@@ -51,6 +52,7 @@ from tazcom.common.events import (
     ServiceStopping,
 )
 from tazcom.common.keys import safety_number
+from tazcom.common.mirror import Change, Mirror
 from tazcom.common.peers import PeerAmbiguous, PeerNotFound, match_peer
 from tazcom.services.busclient import BusClient, RpcClient
 
@@ -220,7 +222,9 @@ class ChatApp(App[None]):
         self.ctx = zmq.asyncio.Context()
         self.clients: dict[str, RpcClient] = {}
         self.me: rpc.IdentityInfo | None = None
-        self.peers: dict[str, PeerInfo] = {}
+        #: Discovery's peer table, mirrored (common.mirror); ``peers`` is its content.
+        self.peer_table: Mirror[str, PeerInfo] = Mirror("peers")
+        self.peers: dict[str, PeerInfo] = self.peer_table.items
         self.current = ROOM
         self.conversations: dict[str, list[Msg]] = {ROOM: []}
         self.loaded: set[str] = set()
@@ -269,12 +273,14 @@ class ChatApp(App[None]):
         """(Re)load who we are, the peers and the open conversation."""
         try:
             self.me = await self.call("identity", rpc.GetIdentity())
-            snap = await self.call("discovery", rpc.GetPeers())
+            snap = await self.call("discovery", tables.PEERS.request)
         except TazcomError:
+            self.peer_table.snapshot_failed()
             self.node_state = "down"
             self.render_status()
             return
-        self.peers = {p.key: p for p in snap.peers}
+        self.peer_table.snapshot(*tables.PEERS.snapshot(snap))
+        self.peers = self.peer_table.items
         self.services_down.discard("identity")
         self.services_down.discard("discovery")
         self.node_state = "up"
@@ -335,8 +341,28 @@ class ChatApp(App[None]):
         finally:
             bus.close()
 
+    async def sync_peers(self) -> None:
+        """A new snapshot of the peer table, which the mirror wants (an update was lost)."""
+        if self.peer_table.wanted is None:
+            return
+        try:
+            snap = await self.call("discovery", tables.PEERS.request)
+        except TazcomError:
+            self.peer_table.snapshot_failed()
+            return
+        changes = self.peer_table.snapshot(*tables.PEERS.snapshot(snap))
+        self.peers = self.peer_table.items
+        if changes:
+            self.peers_changed(changes, announce=False)
+
     def on_bus_event(self, ev: Event) -> None:
         if isinstance(ev, ServiceHeartbeat):
+            if ev.service == tables.PEERS.owner:
+                for version in ev.tables:
+                    if version.name == tables.PEERS.name:
+                        self.peer_table.heartbeat(version.epoch, version.seq)
+                if self.peer_table.wanted is not None and self.ready_at is not None:
+                    self.call_later(self.sync_peers)
             self.last_heartbeat = time.monotonic()
             changed = ev.service in self.services_down or self.node_state != "up"
             self.services_down.discard(ev.service)
@@ -352,8 +378,10 @@ class ChatApp(App[None]):
             self.on_chat_message(ev)
         elif isinstance(ev, ChatStatus):
             self.on_chat_status(ev)
-        elif isinstance(ev, PeerDiscovered | PeerUpdated | PeerLost):
-            self.on_peer(ev)
+        elif isinstance(ev, PeerDiscovered | PeerUpdated | PeerLost | PeerForgotten):
+            update = tables.PEERS.update(ev)
+            if update is not None:
+                self.peers_changed(self.peer_table.update(update))
         elif isinstance(ev, PeerKeyChanged):
             self.system(ROOM, f"KEY CHANGED: {ev.alert}")
             self.notify(ev.alert, title="key changed", severity="warning", timeout=10)
@@ -382,15 +410,18 @@ class ChatApp(App[None]):
                 msg.status, msg.reason = ev.status, ev.reason
                 break
 
-    def on_peer(self, ev: PeerDiscovered | PeerUpdated | PeerLost) -> None:
-        peer = ev.peer
-        old = self.peers.get(peer.key)
-        self.peers[peer.key] = peer
-        if old is None or (old.state == "offline") != (peer.state == "offline"):
-            verb = "left" if peer.state == "offline" else "joined"
-            self.system(ROOM, f"{peer.nickname} ({peer.fingerprint}) {verb}")
-        elif old.nickname != peer.nickname:
-            self.system(ROOM, f"{old.nickname} is now known as {peer.nickname}")
+    def peers_changed(self, changes: list[Change], *, announce: bool = True) -> None:
+        if not changes:
+            return
+        for change in changes if announce else ():
+            old, peer = change.old, change.new
+            if peer is None:
+                continue
+            if old is None or (old.state == "offline") != (peer.state == "offline"):
+                verb = "left" if peer.state == "offline" else "joined"
+                self.system(ROOM, f"{peer.nickname} ({peer.fingerprint}) {verb}")
+            elif old.nickname != peer.nickname:
+                self.system(ROOM, f"{old.nickname} is now known as {peer.nickname}")
         self.query_one(MessageView).names = self.names()
         self.render_conversations()
 

@@ -6,6 +6,7 @@ import pytest
 
 from tazcom.common.announce import Announcement, instance_label
 from tazcom.common.keys import NodeKey
+from tazcom.common.mirror import Mirror, Numbering, Update
 from tazcom.common.peers import PeerTable, TableFull
 
 K1, K2, K3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
@@ -28,7 +29,7 @@ def test_discovered_then_lost_stays_listed() -> None:
         "peer.discovered", "discovered", ("10.0.0.1:4000",), 1)
     [c] = t.mdns_gone(ann(K1).name, now=20)
     assert (c.kind, c.peer.state, c.peer.last_seen, c.seq) == ("peer.lost", "offline", 20, 2)
-    _, peers = t.snapshot(now=30)
+    _, _, peers = t.snapshot(now=30)
     assert [p.state for p in peers] == ["offline"]
     assert peers[0].addresses == ("10.0.0.1:4000",)  # still shown where it was
 
@@ -95,11 +96,28 @@ def test_eviction_prefers_longest_offline_and_refuses_when_all_live() -> None:
 
 
 def test_seq_counts_every_change() -> None:
-    t = PeerTable()
-    t.seq = 1000
+    numbering = Numbering(77)
+    numbering.seq = 1000
+    t = PeerTable(numbering=numbering)
     changes = t.mdns_seen(ann(K1), 1) + t.mdns_seen(ann(K2), 1) + t.mdns_gone(ann(K1).name, 2)
     assert [c.seq for c in changes] == [1001, 1002, 1003]
-    assert t.snapshot(3)[0] == 1003
+    assert t.snapshot(3)[:2] == (77, 1003)
+
+
+def test_eviction_is_a_numbered_change_mirrors_can_apply() -> None:
+    t = PeerTable(max_peers=2)
+    mirror: Mirror = Mirror("peers")
+    mirror.snapshot(1, 0, [])
+    feed = t.mdns_seen(ann(K1), now=1) + t.mdns_seen(ann(K2, nick="bob"), now=2)
+    feed += t.mdns_gone(ann(K1).name, now=3)
+    feed += t.mdns_seen(ann(K3, nick="carol"), now=4)  # evicts K1, offline for longest
+    assert kinds(feed)[-2:] == ["peer.forgotten", "peer.discovered"]
+    for c in feed:
+        mirror.update(Update(1, c.seq, c.peer.key,
+                             None if c.kind == "peer.forgotten" else c.peer))
+    _, seq, peers = t.snapshot(now=5)
+    assert mirror.synced and mirror.seq == seq
+    assert set(mirror.items) == {p.key for p in peers} == {K2.hex(), K3.hex()}
 
 
 def test_persistence_round_trip_restores_offline() -> None:
@@ -108,7 +126,7 @@ def test_persistence_round_trip_restores_offline() -> None:
     t.link_changed(K2, "verified", now=60, address="10.0.0.2:9", nickname="bob")
     restored = PeerTable(own_key=K3)
     assert restored.load(t.dump()) == 2
-    _, peers = restored.snapshot(now=100)
+    _, _, peers = restored.snapshot(now=100)
     assert {(p.nickname, p.state) for p in peers} == {("alice", "offline"), ("bob", "offline")}
 
 

@@ -1,0 +1,161 @@
+"""The tables services mirror from each other, each defined once: who owns it, which
+events update it, which request snapshots it, and what one row holds.
+
+=========  ==========  ==================================================  =====================
+table      owner       updates (events)                                    snapshot (request)
+=========  ==========  ==================================================  =====================
+peers      discovery   peer.discovered, peer.updated, peer.lost,           discovery.snapshot
+                       peer.forgotten
+links      gateway     link.up, peer.verified, link.down                   gateway.links
+mesh       router      mesh.peer                                           router.mesh
+=========  ==========  ==================================================  =====================
+
+A ``Table`` turns those events and replies into ``common.mirror`` updates and
+snapshots, so a mirror applies the owner's own values. docs/protocol.md §2,
+"Mirrored state".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from . import rpc
+from .events import (
+    Event,
+    LinkDown,
+    LinkUp,
+    MeshPeer,
+    PeerDiscovered,
+    PeerForgotten,
+    PeerInfo,
+    PeerLost,
+    PeerUpdated,
+    PeerVerified,
+)
+from .mirror import Update
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class Table(Generic[K, V]):
+    name: str
+    owner: str
+    #: Topics of the events that update it (subscribed to by their exact names).
+    topics: tuple[str, ...]
+    request: rpc.Request
+    update: Callable[[Any], Update[K, V] | None]
+    snapshot: Callable[[Any], tuple[int, int, Iterable[tuple[K, V]]]]
+
+
+# -- peers (discovery) ---------------------------------------------------------------
+
+
+def _peer_update(ev: Event) -> Update[str, PeerInfo] | None:
+    if isinstance(ev, PeerDiscovered | PeerUpdated | PeerLost):
+        return Update(ev.epoch, ev.seq, ev.peer.key, ev.peer)
+    if isinstance(ev, PeerForgotten):
+        return Update(ev.epoch, ev.seq, ev.key, None)
+    return None
+
+
+PEERS: Table[str, PeerInfo] = Table(
+    name="peers", owner="discovery",
+    topics=("peer.discovered", "peer.updated", "peer.lost", "peer.forgotten"),
+    request=rpc.GetPeers(), update=_peer_update,
+    snapshot=lambda r: (r.epoch, r.seq, [(p.key, p) for p in r.peers]))
+
+
+# -- links (gateway) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    """One link as its mirrors see it."""
+
+    state: Literal["handshake", "open"]
+    direction: Literal["in", "out"]
+    address: str
+    #: The proven key (open), the dialled key (outbound handshake), else None.
+    key: str | None
+    #: The peer's nickname from its HELLO, once open.
+    nickname: str | None = None
+
+
+def link_row(info: rpc.LinkInfo) -> LinkRow:
+    """The row of a ``gateway.links`` item (counters and times left out: not mirrored)."""
+    return LinkRow(state=info.state, direction=info.direction, address=info.address,
+                   key=info.key, nickname=info.nickname if info.state == "open" else None)
+
+
+def _link_update(ev: Event) -> Update[int, LinkRow] | None:
+    if isinstance(ev, LinkUp):
+        return Update(ev.epoch, ev.seq, ev.link, LinkRow(
+            state="handshake", direction=ev.direction, address=ev.address, key=ev.key))
+    if isinstance(ev, PeerVerified):
+        return Update(ev.epoch, ev.seq, ev.link, LinkRow(
+            state="open", direction=ev.direction, address=ev.address, key=ev.key,
+            nickname=ev.nickname))
+    if isinstance(ev, LinkDown):
+        return Update(ev.epoch, ev.seq, ev.link, None)
+    return None
+
+
+LINKS: Table[int, LinkRow] = Table(
+    name="links", owner="gateway", topics=("link.up", "peer.verified", "link.down"),
+    request=rpc.GetLinks(), update=_link_update,
+    snapshot=lambda r: (r.epoch, r.seq, [(i.link, link_row(i)) for i in r.links]))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLink:
+    """What the links say about one peer: its strongest link state."""
+
+    state: Literal["none", "connected", "verified"]
+    #: Where we reached it (outbound links only: an inbound port says nothing).
+    address: str | None = None
+    nickname: str | None = None
+
+
+NO_LINK = PeerLink("none")
+
+
+def peer_links(rows: Iterable[LinkRow]) -> dict[str, PeerLink]:
+    """Per peer key: ``verified`` if a link to it is open, else ``connected`` if one is in
+    its handshake, with the address and nickname of that link."""
+    out: dict[str, PeerLink] = {}
+    for row in rows:
+        if row.key is None:
+            continue  # an inbound link whose handshake has not named its peer yet
+        state = "verified" if row.state == "open" else "connected"
+        current = out.get(row.key)
+        if current is not None and (current.state == "verified" or state == "connected"):
+            continue
+        out[row.key] = PeerLink(state, row.address if row.direction == "out" else None,
+                                row.nickname)
+    return out
+
+
+def verified_keys(rows: Iterable[LinkRow]) -> set[bytes]:
+    return {bytes.fromhex(r.key) for r in rows if r.state == "open" and r.key}
+
+
+# -- mesh (router) --------------------------------------------------------------------
+
+
+def _mesh_update(ev: Event) -> Update[str, rpc.MeshEntry] | None:
+    if not isinstance(ev, MeshPeer):
+        return None
+    value = None if ev.hops is None else rpc.MeshEntry(
+        key=ev.key, nickname=ev.nickname, hops=ev.hops, enc_key=ev.enc_key)
+    return Update(ev.epoch, ev.seq, ev.key, value)
+
+
+MESH: Table[str, rpc.MeshEntry] = Table(
+    name="mesh", owner="router", topics=("mesh.peer",), request=rpc.GetMesh(),
+    update=_mesh_update, snapshot=lambda r: (r.epoch, r.seq, [(m.key, m) for m in r.items]))
+
+TABLES = {t.name: t for t in (PEERS, LINKS, MESH)}
