@@ -100,6 +100,7 @@ class Mirror(Generic[K, V]):
         self.wanted: str | None = "start"
         self.max_buffered = max_buffered
         self._buffer: list[Update[K, V]] = []
+        self.last_refusal = ""
         #: Counters for statistics() and logs.
         self.counts = {"applied": 0, "ignored": 0, "refused": 0, "snapshots": 0, "resyncs": 0}
 
@@ -124,7 +125,8 @@ class Mirror(Generic[K, V]):
             self._keep(u)
             self.resync(f"updates {self.seq + 1}..{u.seq - 1} were lost")
             return []
-        return [self._apply(u)]
+        change = self._apply(u)
+        return [change] if change.old != change.new else []
 
     def snapshot(self, epoch: int, seq: int,
                  items: Iterable[tuple[K, V]]) -> list[Change[K, V]]:
