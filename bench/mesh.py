@@ -3,6 +3,7 @@
     python -m bench.mesh throughput [--messages 3000]   # A - B - C, through B
     python -m bench.mesh latency [--messages 200]       # a line of six nodes
     python -m bench.mesh flood [--nodes 30] [--messages 1000]
+    python -m bench.mesh converge [--nodes 16] [--launches 50] [--diameter 8]
 
 * throughput: unique room messages per second that C shows, all posted at A
   through A's own request path and relayed (signature checked) by B, against
@@ -14,6 +15,13 @@
 * flood: room messages from random origins over 30+ nodes on overlapping
   bridges; delivery ratio (goal 100 %) and duplicates received per message per
   node, against the number of links.
+* converge: N nodes on a chain of LAN segments (``tests.topology.chain``: 3-6
+  hosts a segment, ``--diameter`` hops end to end, the default hop limit 8),
+  launched 1 s apart in a random order, K times over (fresh nodes each time).
+  Per launch: when every node lists every other as ``verified`` (neighbours) or
+  ``mesh`` after the last launch, pairs still wrong after 60 s ("stuck"), and a
+  room message and a DM from one end to the other. Goals (the issue's): 0 stuck
+  peers, convergence p99 within 10 s, 100 % delivery at 8 hops.
 """
 
 from __future__ import annotations
@@ -165,18 +173,94 @@ def flood(nodes: int, n: int) -> list[Figure]:
     ]
 
 
+def secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def converge(nodes: int, launches: int, diam: int, gap: float, seed: int) -> list[Figure]:
+    from tests.cluster import cluster
+    from tests.netns import why_unavailable
+    from tests.topology import chain, ends
+
+    reason = why_unavailable()
+    if reason:
+        raise SystemExit(f"skipped: {reason}")
+    topo = chain(nodes, diam)
+    a, z = ends(topo)
+    rng = random.Random(seed)
+    times: list[float] = []
+    stuck: list[tuple[int, list]] = []
+    wrong_launches = 0
+    room_ok = dm_ok = 0
+    room_lat: list[float] = []
+    dm_delivered: list[float] = []
+    tracebacks: list[str] = []
+    with cluster(topo) as c:
+        for launch in range(launches):
+            c.fresh_nodes()
+            last = c.launch(gap=gap, rng=rng)
+            conv = c.watch(last, timeout=60)
+            if conv.converged_after is not None:
+                times.append(conv.converged_after)
+            else:
+                wrong_launches += 1
+                stuck.append((launch, conv.stuck))
+            arrived, _ = c.room_message(a, f"end to end {launch}", timeout=15)
+            want = len(topo) - 1
+            room_ok += len(arrived) == want
+            if len(arrived) == want:
+                room_lat.append(max(arrived.values()))
+            got, delivered = c.direct_message(a, z, f"dm {launch}", timeout=15)
+            dm_ok += delivered is not None
+            if delivered is not None:
+                dm_delivered.append(delivered)
+            print(f"launch {launch + 1}/{launches}: converged {secs(conv.converged_after)}"
+                  f"{f' wrong: {conv.wrong[:6]}' if conv.wrong else ''}; room "
+                  f"{len(arrived)}/{want}; dm {secs(got)}, delivered {secs(delivered)}",
+                  flush=True)
+            tracebacks += c.stop()
+    n_stuck = sum(len(s) for _, s in stuck)
+    p99 = pct(times, 0.99) if times else float("inf")
+    return [
+        Figure(f"stuck neighbour states after 60 s, {launches} launches of {nodes} nodes",
+               n_stuck, "pairs", 0, "goal", "0", n_stuck == 0),
+        Figure("launches not converged within 60 s", wrong_launches, "launches", 0, "goal", "0",
+               wrong_launches == 0),
+        Figure("convergence after the last launch, p50", statistics.median(times) if times
+               else float("inf"), "s", 10.0, "goal (p99)", "report"),
+        Figure("convergence after the last launch, p99", p99, "s", 10.0, "goal", "<= 10 s",
+               p99 <= 10.0),
+        Figure(f"room message delivered to all, {diam} hops end to end", room_ok / launches
+               * 100, "%", 100.0, "goal", "100 %", room_ok == launches),
+        Figure(f"DM delivered end to end ({diam} hops), receipt back", dm_ok / launches * 100,
+               "%", 100.0, "goal", "100 %", dm_ok == launches),
+        Figure("room message at the farthest node, p50", statistics.median(room_lat) * 1000
+               if room_lat else float("inf"), "ms", None, "", "report"),
+        Figure("DM delivered (receipt back), p50", statistics.median(dm_delivered) * 1000
+               if dm_delivered else float("inf"), "ms", None, "", "report"),
+        Figure("tracebacks in node logs", len(tracebacks), "", 0, "goal", "0",
+               not tracebacks),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["throughput", "latency", "flood"])
+    ap.add_argument("what", choices=["throughput", "latency", "flood", "converge"])
     ap.add_argument("--messages", type=int, default=None)
-    ap.add_argument("--nodes", type=int, default=30)
+    ap.add_argument("--nodes", type=int, default=None)
+    ap.add_argument("--launches", type=int, default=50)
+    ap.add_argument("--diameter", type=int, default=8)
+    ap.add_argument("--gap", type=float, default=1.0, help="seconds between launches")
+    ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     if args.what == "throughput":
         figures = throughput(args.messages or 3000)
     elif args.what == "latency":
         figures = latency(args.messages or 200)
+    elif args.what == "flood":
+        figures = flood(args.nodes or 30, args.messages or 1000)
     else:
-        figures = flood(args.nodes, args.messages or 1000)
+        figures = converge(args.nodes or 16, args.launches, args.diameter, args.gap, args.seed)
     print_report(f"mesh {args.what} (network namespaces)", figures)
 
 

@@ -9,10 +9,23 @@ Theory of operation (docs/protocol.md, "Routing"):
 * ``relay_targets()``: room messages and profiles flood to every verified
   neighbour but the one they came from and their origin; a DM or receipt goes
   straight to its recipient when it is a neighbour, else floods the same way.
+* Hop counting, defined here once (``accepts``, ``relays``): a copy on the wire
+  carries ``hops``, the links it crossed before the one it arrives on; the
+  receiver holds the envelope at *distance* ``hops + 1``. A node accepts a copy
+  whose distance is at most its hop limit and relays (with ``hops`` = its
+  distance) only while its distance is below the limit, so a copy crosses at
+  most ``hop_limit`` links, and never one more.
+* Shortest distances: the first copy to arrive is not always the one that came
+  the shortest way (a relay is late, a link came up after the flood). A
+  duplicate that arrives over a strictly shorter path lowers the distance and,
+  if the node can relay at the new distance, is relayed again
+  (``shorter_path``): so every node within ``hop_limit`` links of the origin,
+  over links up now, gets the message, as distance-vector routing converges.
 * ``RelayQueue``: with two or more targets a relay waits a random delay
-  first; a copy heard meanwhile from a target cancels sending to it, so dense
-  meshes do not echo every message over every link. With one target there is
-  nobody to hear from, so it goes at once.
+  first; a copy heard meanwhile from a target, at a distance no worse than ours
+  would give it, cancels sending to it, so dense meshes do not echo every
+  message over every link. With one target there is nobody to hear from, so it
+  goes at once.
 * ``TokenBucket``/``Buckets``: rate limits per link and per origin.
 """
 
@@ -30,6 +43,21 @@ DAY_MS = 86_400_000
 MAX_AGE_MS = 7 * DAY_MS + 3_600_000
 #: Clocks on a LAN disagree; more than this in the future is refused.
 MAX_FUTURE_MS = 10 * 60_000
+
+
+def accepts(hops: int, limit: int) -> bool:
+    """May a copy that crossed ``hops`` links before reaching us be accepted?"""
+    return hops + 1 <= limit
+
+
+def relays(distance: int, limit: int) -> bool:
+    """May a node holding an envelope at ``distance`` (0: its own) pass it on?"""
+    return distance < limit
+
+
+def shorter_path(known: int | None, hops: int) -> bool:
+    """Does a copy that crossed ``hops`` links give a shorter distance than ``known``?"""
+    return known is not None and hops + 1 < known
 
 
 def window(ts_ms: int, now: float) -> str | None:
@@ -78,6 +106,27 @@ class SeenSet:
         return dropped
 
 
+class Recent:
+    """Envelopes accepted lately and the distance we hold each at, newest last; bounded,
+    because a shorter path shows up within moments of the first copy, if at all."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[bytes, tuple[int, object]] = OrderedDict()
+
+    def get(self, msg_id: bytes) -> tuple[int, object] | None:
+        return self._items.get(msg_id)
+
+    def put(self, msg_id: bytes, distance: int, payload: object) -> None:
+        self._items[msg_id] = (distance, payload)
+        self._items.move_to_end(msg_id)
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def relay_targets(*, kind: int, to: bytes | None, origin: bytes, came_from: bytes | None,
                   links: Iterable[bytes]) -> list[bytes]:
     """Which neighbours get a copy of an accepted envelope."""
@@ -91,6 +140,7 @@ def relay_targets(*, kind: int, to: bytes | None, origin: bytes, came_from: byte
 class _Pending:
     targets: set[bytes]
     due: float
+    distance: int
     payload: object = None
 
 
@@ -102,21 +152,35 @@ class RelayQueue:
     rng: random.Random = field(default_factory=random.Random)
     _pending: dict[bytes, _Pending] = field(default_factory=dict)
 
-    def schedule(self, msg_id: bytes, targets: list[bytes], now: float,
+    def schedule(self, msg_id: bytes, targets: list[bytes], now: float, distance: int,
                  payload: object = None) -> float | None:
-        """Queue a relay; returns its due time, or None to send now (one target or none)."""
+        """Queue a relay at our ``distance``; returns its due time, or None to send now (one
+        target or none). A relay of ``msg_id`` already waiting takes the new distance and
+        payload instead (a shorter path was found before it went)."""
+        waiting = self._pending.get(msg_id)
+        if waiting is not None:
+            waiting.targets.update(targets)
+            if distance < waiting.distance:
+                waiting.distance, waiting.payload = distance, payload
+            return waiting.due
         if len(targets) <= 1 or self.max_delay <= 0:
             return None
         due = now + self.rng.uniform(0, self.max_delay)
-        self._pending[msg_id] = _Pending(targets=set(targets), due=due, payload=payload)
+        self._pending[msg_id] = _Pending(targets=set(targets), due=due, distance=distance,
+                                         payload=payload)
         return due
 
-    def heard_from(self, msg_id: bytes, link: bytes) -> None:
+    def heard_from(self, msg_id: bytes, link: bytes, hops: int) -> None:
+        """``link`` sent us a copy that had crossed ``hops`` links: it holds the envelope at
+        distance ``hops``, so it needs ours only if ours would bring it closer."""
         pending = self._pending.get(msg_id)
-        if pending is not None:
+        if pending is not None and hops <= pending.distance + 1:
             pending.targets.discard(link)
             if not pending.targets:
                 del self._pending[msg_id]
+
+    def waiting(self, msg_id: bytes) -> bool:
+        return msg_id in self._pending
 
     def due(self, now: float) -> list[tuple[bytes, list[bytes], object]]:
         ready = [(k, p) for k, p in self._pending.items() if p.due <= now]

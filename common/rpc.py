@@ -293,6 +293,7 @@ class RouterStats(Record):
     posted: Annotated[int, Range(0, 2**63 - 1)]
     links: Annotated[int, Range(0, 65535)]
     pending_relays: Annotated[int, Range(0, 2**31)]
+    shorter: Annotated[int, Range(0, 2**63 - 1)] = 0
 
 
 @record

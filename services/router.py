@@ -103,6 +103,9 @@ class Directory:
     links: frozenset[bytes]
     profile_id: bytes
     received_at: float
+    #: The profile itself, and the distance we hold it at (offered when a link comes up).
+    env: Envelope
+    hops: int
     #: What mesh.peer last said of it (None: unreachable).
     published: rpc.MeshEntry | None = None
 
@@ -125,7 +128,12 @@ class Router:
                                         float(raw.get("link_burst", 20000)))
         self.origin_rate = gossip.Buckets(float(raw.get("origin_rate", 5000)),
                                           float(raw.get("origin_burst", 20000)))
-        self.pending: set[bytes] = set()
+        #: Accepted in the batch being processed, not yet committed (id -> its acceptance).
+        self.pending: dict[bytes, Accepted] = {}
+        #: Distances of what we accepted lately, lowered when a shorter path shows up.
+        self.recent = gossip.Recent()
+        self._lowered: dict[bytes, int] = {}
+        self._shorter: list[tuple[Envelope, int, bytes | None]] = []
         self.seen = gossip.SeenSet(int(raw.get("seen_capacity", 100_000)),
                                    float(raw.get("seen_horizon", 86_400)))
         self.index = catchup.SyncIndex()
@@ -144,7 +152,8 @@ class Router:
         self.seq_next = 0
         self.seq_end = 0
         self._posts: list[PendingPost] = []
-        self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0}
+        self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0,
+                       "shorter": 0}
         self._post_wake = asyncio.Event()
         self._relay_wake = asyncio.Event()
         self._profile_wake = asyncio.Event()
@@ -188,7 +197,8 @@ class Router:
             found = self.db.get(rpc.StoreGet(ids=tuple(chunk)))
             for e in found.items:
                 with contextlib.suppress(EnvelopeError):
-                    self.on_profile(envelope.parse(e.signed, e.sig), now, recompute=False)
+                    self.on_profile(envelope.parse(e.signed, e.sig), e.hops, now,
+                                    recompute=False)
         outbox = self.db.outbox(rpc.StoreOutbox())
         for m in outbox.items:
             self.own_status[m.id] = (m.status, m.to)
@@ -208,6 +218,7 @@ class Router:
         self.links = links
         for key in sorted(added):
             self.send_summary(key)  # catch-up with every new neighbour
+            self.send_profiles(key)
         if added or gone:
             self.links_changed()
 
@@ -241,12 +252,21 @@ class Router:
     def send_summary(self, key: bytes) -> None:
         self.send(key, routing.encode_summary(self.index.summary()[-routing.MAX_BUCKETS:]))
 
+    def send_profiles(self, key: bytes) -> None:
+        """Every newest profile we hold, at our distance, to a new neighbour. Catch-up only
+        sends what it lacks; this also tells it of shorter paths (the new link may be one):
+        the mesh directory follows the links up now (common.gossip, "Shortest distances")."""
+        entries = [(d.hops, d.env.signed, d.env.sig) for origin, d in self.directory.items()
+                   if origin != key and gossip.relays(d.hops, self.hop_limit)]
+        if entries:
+            self.send_entries(key, entries)
+
     def forward(self, items: list[tuple[Envelope, int, bytes | None]], now: float) -> set[bytes]:
         """Relay accepted envelopes (``hops`` = links travelled so far); returns ids sent now."""
         per_target: dict[bytes, list[tuple[int, bytes, bytes]]] = defaultdict(list)
         sent_ids: set[bytes] = set()
         for env, hops, came_from in items:
-            if hops >= self.hop_limit:
+            if not gossip.relays(hops, self.hop_limit):
                 continue
             targets = gossip.relay_targets(kind=env.kind, to=env.to, origin=env.origin,
                                            came_from=came_from, links=self.links)
@@ -254,7 +274,7 @@ class Router:
                 continue
             entry = (hops, env.signed, env.sig)
             self.counts["relayed"] += 1
-            if self.relay.schedule(env.id, targets, now, entry) is None:
+            if self.relay.schedule(env.id, targets, now, hops, entry) is None:
                 for t in targets:
                     per_target[t].append(entry)
                 sent_ids.add(env.id)
@@ -363,12 +383,19 @@ class Router:
                     self.seen.add(a.env.id, now)
             finally:
                 for a in accepted:
-                    self.pending.discard(a.env.id)
+                    self.pending.pop(a.env.id, None)
+        if self._shorter:
+            self.counts["shorter"] += len(self._shorter)
+            self.forward(self._shorter, mono)
+            self._shorter = []
+        if self._lowered:
+            self.db.lower_hops(self._lowered)
+            self._lowered = {}
 
     def check(self, hops: int, signed: bytes, sig: bytes, link: bytes, now: float,
               mono: float) -> Accepted | None:
         source = f"peer {fingerprint(link)}"
-        if hops >= self.hop_limit:
+        if not gossip.accepts(hops, self.hop_limit):
             self.drop(source, "hop_limit", f"{hops} hops, limit {self.hop_limit}")
             return None
         try:
@@ -378,7 +405,8 @@ class Router:
             return None
         if env.id in self.seen or env.id in self.pending:
             self.counts["duplicates"] += 1
-            self.relay.heard_from(env.id, link)
+            self.relay.heard_from(env.id, link, hops)
+            self.shorter_path(env, hops, link)
             return None
         why = gossip.window(env.ts, now)
         if why is not None:
@@ -398,15 +426,40 @@ class Router:
             return None
         # Pending until committed, seen after: a forged copy never marks the real id, and a
         # batch the store did not take can come again (catch-up) instead of looking seen.
-        self.pending.add(env.id)
         self.counts["accepted"] += 1
-        return Accepted(env=env, hops=hops + 1, came_from=link)
+        acc = self.pending[env.id] = Accepted(env=env, hops=hops + 1, came_from=link)
+        return acc
+
+    def shorter_path(self, env: Envelope, hops: int, link: bytes) -> None:
+        """A copy of an accepted envelope came a shorter way: hold it at the shorter
+        distance, and relay it again if we now can (common.gossip, "Shortest distances")."""
+        acc = self.pending.get(env.id)
+        if acc is not None:  # in this very batch: not relayed yet
+            if gossip.shorter_path(acc.hops, hops):
+                acc.hops, acc.came_from = hops + 1, link
+            return
+        known = self.recent.get(env.id)
+        profile = self.directory.get(env.origin) if env.kind == KIND_PROFILE else None
+        if known is None and profile is not None and profile.profile_id == env.id:
+            known = (profile.hops, profile.env)
+        if known is None or not gossip.shorter_path(known[0], hops):
+            return
+        held: Envelope = known[1]  # type: ignore[assignment]
+        distance = hops + 1
+        self.recent.put(env.id, distance, held)
+        if profile is not None and profile.profile_id == env.id:
+            profile.hops = distance
+        self._lowered[env.id] = distance
+        if held.to != self.own_key and gossip.relays(distance, self.hop_limit):
+            self._shorter.append((held, distance, link))
 
     async def accept(self, accepted: list[Accepted], now: float) -> None:
         # Relay at once: a relay promises nothing before it has committed (custody comes
         # after the commit), and the next hop deduplicates; so the commit is not on the path.
         self.forward([(a.env, a.hops, a.came_from) for a in accepted
                       if a.env.to != self.own_key], time.monotonic())
+        for a in accepted:
+            self.recent.put(a.env.id, a.hops, a.env)
         to_me = [a for a in accepted if a.env.kind == KIND_DM and a.env.to == self.own_key]
         receipts: list[Envelope] = []
         if to_me:
@@ -482,7 +535,7 @@ class Router:
                 self.emit_message(env, envelope.room_text(env.body), a.hops)
             elif env.kind == KIND_PROFILE:
                 self.index.add(env.id, env.ts)
-                self.on_profile(env, now)
+                self.on_profile(env, a.hops, now)
             elif env.kind == KIND_DM and mine:
                 self.emit_message(env, a.text or "", a.hops)
             elif env.kind == KIND_RECEIPT and mine:
@@ -516,7 +569,8 @@ class Router:
                          sent=env.ts, text=text, own=env.origin == self.own_key,
                          hops=min(hops, 16), status=status)  # type: ignore[arg-type]
 
-    def on_profile(self, env: Envelope, now: float, *, recompute: bool = True) -> None:
+    def on_profile(self, env: Envelope, hops: int, now: float, *,
+                   recompute: bool = True) -> None:
         """A new, accepted profile: it replaces an older one of the same node."""
         if env.origin == self.own_key:
             return
@@ -529,7 +583,7 @@ class Router:
             self.index.remove(known.profile_id)
         self.directory[env.origin] = Directory(
             nickname=prof.nickname, enc_key=prof.enc_key, version=(env.ts, env.seq),
-            links=prof.links, profile_id=env.id, received_at=now,
+            links=prof.links, profile_id=env.id, received_at=now, env=env, hops=hops,
             published=known.published if known else None)
         if recompute:
             self.recompute(now)
@@ -576,7 +630,10 @@ class Router:
             return
         for chunk in catchup.chunks(missing, 512):
             found = self.db.get(rpc.StoreGet(ids=tuple(chunk)))
-            entries = [(min(e.hops, self.hop_limit - 1), e.signed, e.sig) for e in found.items]
+            # at the distance we hold each at: catch-up never carries a copy further than
+            # the flood would (common.gossip, hop counting)
+            entries = [(e.hops, e.signed, e.sig) for e in found.items
+                       if gossip.relays(e.hops, self.hop_limit)]
             if entries:
                 self.send_entries(link, entries)
                 queued = [(e.id, "sent") for e in found.items

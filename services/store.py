@@ -186,6 +186,13 @@ class Store:
                                 (u.status, u.reason, u.id, STATUS_RANK[u.status]))
         return rpc.Empty()
 
+    def lower_hops(self, distances: dict[bytes, int]) -> None:
+        """The router found shorter paths to these messages (common.gossip, "Shortest
+        distances"): catch-up offers them at the new distance."""
+        with self._tx() as cur:
+            cur.executemany("UPDATE messages SET hops = ? WHERE id = ? AND hops > ?",
+                            [(d, i, d) for i, d in distances.items()])
+
     def release(self, req: rpc.StoreRelease) -> rpc.Empty:
         with self._tx() as cur:
             cur.executemany("UPDATE messages SET held = 0 WHERE id = ? AND held = 1",

@@ -51,15 +51,39 @@ def test_relay_targets(kind: int, to: bytes | None, origin: bytes, came_from: by
 
 def test_relay_queue_delays_only_with_choices_and_cancels_on_duplicates() -> None:
     q = gossip.RelayQueue(max_delay=0.01, rng=random.Random(1))
-    assert q.schedule(b"one", [B], now=0) is None  # one target: at once
-    due = q.schedule(b"m", [B, C, D], now=0, payload="entry")
+    assert q.schedule(b"one", [B], now=0, distance=1) is None  # one target: at once
+    due = q.schedule(b"m", [B, C, D], now=0, distance=2, payload="entry")
     assert due is not None and 0 <= due <= 0.01
-    q.heard_from(b"m", C)
+    q.heard_from(b"m", C, hops=3)  # C holds it at 3: ours would give it 3 too
     assert q.due(0.02) == [(b"m", sorted([B, D]), "entry")]
-    q.schedule(b"x", [B, C], now=0)
-    q.heard_from(b"x", B)
-    q.heard_from(b"x", C)
+    q.schedule(b"x", [B, C], now=0, distance=1)
+    q.heard_from(b"x", B, hops=1)
+    q.heard_from(b"x", C, hops=0)
     assert len(q) == 0 and q.next_deadline() is None
+
+
+def test_a_copy_heard_from_farther_away_does_not_cancel_our_shorter_one() -> None:
+    q = gossip.RelayQueue(max_delay=0.01, rng=random.Random(1))
+    q.schedule(b"m", [B, C], now=0, distance=2, payload="at 2")
+    q.heard_from(b"m", C, hops=5)  # C got it the long way: ours brings it to 3
+    q.schedule(b"m", [D], now=0, distance=1, payload="at 1")  # a shorter path, still waiting
+    assert q.due(1) == [(b"m", sorted([B, C, D]), "at 1")]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 8, 16])
+def test_hop_counting_a_copy_crosses_exactly_the_limit(limit: int) -> None:
+    """Along a line, each node accepts what its neighbour relays; count the links crossed."""
+    hops, crossed = 0, 0  # the origin sends hops 0
+    while gossip.accepts(hops, limit):
+        crossed += 1
+        distance = hops + 1
+        if not gossip.relays(distance, limit):
+            break
+        hops = distance
+    assert crossed == limit
+    assert gossip.relays(0, limit) and not gossip.accepts(limit, limit)
+    assert gossip.shorter_path(5, 3) and not gossip.shorter_path(4, 3)
+    assert not gossip.shorter_path(None, 0)
 
 
 def test_token_buckets() -> None:
