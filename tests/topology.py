@@ -24,7 +24,7 @@ def chain(nodes: int, diameter: int) -> Topology:
         raise ValueError(f"{nodes} nodes cannot span {diameter} hops")
     bridges = diameter - 1
     counts = [0] * diameter
-    order = [0, diameter - 1] + list(range(1, diameter - 1)) if diameter > 1 else [0]
+    order = [0, diameter - 1, *range(1, diameter - 1)] if diameter > 1 else [0]
     for i in range(nodes - bridges):
         counts[order[i % len(order)]] += 1
     hosts: list[list[int]] = []
