@@ -21,7 +21,8 @@
   Per launch: when every node lists every other as ``verified`` (neighbours) or
   ``mesh`` after the last launch, pairs still wrong after 60 s ("stuck"), and a
   room message and a DM from one end to the other. Goals (the issue's): 0 stuck
-  peers, convergence p99 within 10 s, 100 % delivery at 8 hops.
+  peers, convergence p99 within 10 s, 100 % delivery at 8 hops. After the last
+  launch, every node's CPU at idle (profiles, catch-up and mDNS still run).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import time
 import nacl.signing
 
 from bench.meshlab import lab, post_many
+from bench.procstat import busy_seconds
 from bench.report import Figure, print_report
 from tazcom.common import rpc
 from tazcom.common.keys import DOMAIN_ENVELOPE
@@ -177,7 +179,8 @@ def secs(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} s"
 
 
-def converge(nodes: int, launches: int, diam: int, gap: float, seed: int) -> list[Figure]:
+def converge(nodes: int, launches: int, diam: int, gap: float, seed: int,
+             idle_seconds: float = 60) -> list[Figure]:
     from tests.cluster import cluster
     from tests.netns import why_unavailable
     from tests.topology import chain, ends
@@ -195,6 +198,7 @@ def converge(nodes: int, launches: int, diam: int, gap: float, seed: int) -> lis
     room_lat: list[float] = []
     dm_delivered: list[float] = []
     tracebacks: list[str] = []
+    idle: dict[str, float] = {}
     with cluster(topo) as c:
         for launch in range(launches):
             c.fresh_nodes()
@@ -218,6 +222,13 @@ def converge(nodes: int, launches: int, diam: int, gap: float, seed: int) -> lis
                   f"{f' wrong: {conv.wrong[:6]}' if conv.wrong else ''}; room "
                   f"{len(arrived)}/{want}; dm {secs(got)}, delivered {secs(delivered)}",
                   flush=True)
+            if launch == launches - 1 and idle_seconds:
+                time.sleep(10)  # noqa: sleep-ok - let the messages' aftermath settle
+                pids = {h: n.own_pids() for h, n in c.nodes.items()}
+                before = {h: busy_seconds(p) for h, p in pids.items()}
+                time.sleep(idle_seconds)  # noqa: sleep-ok - the measurement window
+                idle = {h: (busy_seconds(p) - before[h]) / idle_seconds * 100
+                        for h, p in pids.items()}
             tracebacks += c.stop()
     n_stuck = sum(len(s) for _, s in stuck)
     p99 = pct(times, 0.99) if times else float("inf")
@@ -240,7 +251,13 @@ def converge(nodes: int, launches: int, diam: int, gap: float, seed: int) -> lis
                if dm_delivered else float("inf"), "ms", None, "", "report"),
         Figure("tracebacks in node logs", len(tracebacks), "", 0, "goal", "0",
                not tracebacks),
-    ]
+    ] + ([
+        Figure(f"idle CPU per node in the mesh, mean over {idle_seconds:g} s (all services)",
+               statistics.mean(idle.values()), "% of a core", 0.2, "goal for a lone node",
+               "report"),
+        Figure("idle CPU per node in the mesh, max", max(idle.values()), "% of a core", 0.2,
+               "goal for a lone node", "report"),
+    ] if idle else [])
 
 
 def main() -> None:

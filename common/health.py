@@ -6,8 +6,13 @@ Fed with ``service.*`` events; ``report(now)`` derives each service's state:
   while heartbeats arrive within ``3 x interval``;
 * ``restarting`` after ``service.stopping`` until the next heartbeat, for at
   most ``restart_window`` seconds;
-* ``down`` when heartbeats stopped without a goodbye (a crash, a kill -9), a
+* ``down`` when its process exited without a goodbye (a crash, a kill -9:
+  ``exited()``, which the bus learns at once from the kernel), when heartbeats
+  stopped (a hung process, or a platform where the bus cannot watch pids), a
   stop lasted longer than the restart window, or it was never seen.
+
+Heartbeats are few (every ``bus.heartbeat_interval``, default 5 s, so an idle
+node stays idle): they only have to catch a process that hangs.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class _Seen:
     last_heartbeat: float
     detail: str = ""
     stopping_at: float | None = None
+    exited_at: float | None = None
 
 
 class HealthTable:
@@ -52,6 +58,12 @@ class HealthTable:
         seen.state, seen.last_heartbeat, seen.detail = state, now, detail
         seen.stopping_at = None
 
+    def exited(self, service: str, pid: int, now: float) -> None:
+        """Process ``pid`` of ``service`` ended (seen by the kernel, not by a message)."""
+        seen = self._seen.get(service)
+        if seen is not None and seen.pid == pid and seen.exited_at is None:
+            seen.exited_at = now
+
     def report(self, now: float) -> tuple[ServiceHealth, ...]:
         names = list(self.expected) + sorted(set(self._seen) - set(self.expected))
         return tuple(self._row(name, now) for name in names)
@@ -64,6 +76,10 @@ class HealthTable:
             state = "restarting" if now - seen.stopping_at <= self.restart_window else "down"
             return ServiceHealth(service=name, state=state, pid=seen.pid, since=seen.stopping_at,
                                  last_heartbeat=seen.last_heartbeat, detail=seen.detail)
+        if seen.exited_at is not None:
+            return ServiceHealth(service=name, state="down", pid=seen.pid, since=seen.exited_at,
+                                 last_heartbeat=seen.last_heartbeat,
+                                 detail="its process ended without stopping (crash or kill)")
         if now - seen.last_heartbeat > 3 * self.interval:
             return ServiceHealth(service=name, state="down", pid=seen.pid,
                                  since=seen.last_heartbeat + 3 * self.interval,

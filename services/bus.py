@@ -6,7 +6,8 @@ libzmq, in a thread, so events never pass through Python here. The XSUB
 subscribes to everything upstream, so publishers never filter away an event
 before a new subscriber's subscription has travelled up to them; the XPUB
 filters per subscriber and greets each new one with ``bus.welcome``.
-docs/protocol.md, "Bus".
+docs/protocol.md, "Bus". The health table is fed by ``service.*`` events and by
+the kernel, which tells the bus when a service's process ends.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -31,6 +33,43 @@ from tazcom.common.health import HealthTable
 
 from .busclient import bus_in, bus_out, tune
 from .runtime import Runtime, run
+
+
+class ExitWatcher:
+    """Learns from the kernel the moment a service's process ends (a pidfd per service,
+    read by the event loop), so ``tazcom status`` says ``down`` at once without frequent
+    heartbeats. Where pidfds are missing (not Linux >= 5.3), heartbeats still tell."""
+
+    def __init__(self, on_exit: Callable[[str, int], None]) -> None:
+        self.on_exit = on_exit
+        self.loop = asyncio.get_running_loop()
+        self._fds: dict[str, tuple[int, int]] = {}  # service -> (pid, pidfd)
+
+    def watch(self, service: str, pid: int) -> None:
+        current = self._fds.get(service)
+        if current is not None and current[0] == pid:
+            return
+        self._forget(service)
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return  # gone already, or no pidfd here: heartbeats will say
+        self._fds[service] = (pid, fd)
+        self.loop.add_reader(fd, self._ended, service, pid)
+
+    def _ended(self, service: str, pid: int) -> None:
+        self._forget(service)
+        self.on_exit(service, pid)
+
+    def _forget(self, service: str) -> None:
+        entry = self._fds.pop(service, None)
+        if entry is not None:
+            self.loop.remove_reader(entry[1])
+            os.close(entry[1])
+
+    def close(self) -> None:
+        for service in list(self._fds):
+            self._forget(service)
 
 
 def _bind_ipc(sock: zmq.Socket, endpoint: str) -> None:
@@ -69,10 +108,13 @@ async def main(rt: Runtime) -> None:
     thread.start()
 
     health = HealthTable(config.services, interval=config.heartbeat_interval)
+    watcher = ExitWatcher(lambda service, pid: health.exited(service, pid, time.time()))
 
     def on_service(ev: Event) -> None:
         if isinstance(ev, ServiceHeartbeat | ServiceStarted | ServiceStopping):
             health.observe(ev, time.time())
+            if not isinstance(ev, ServiceStopping):
+                watcher.watch(ev.service, ev.pid)
 
     rt.bus.subscribe("service.", on_service)
     rt.serve({rpc.GetStatus: lambda _r: rpc.StatusReport(services=health.report(time.time()))})
@@ -80,6 +122,7 @@ async def main(rt: Runtime) -> None:
     try:
         await asyncio.Event().wait()
     finally:
+        watcher.close()
         control.send(b"TERMINATE")
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 2.0)
         for sock in (control, proxy_control, xsub, xpub):

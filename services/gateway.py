@@ -270,9 +270,9 @@ class Gateway:
         if not conn.link.is_open:
             self.handshakes_by_address[conn.address.rpartition(":")[0]] += 1
         self.emit_link(LinkUp, link=conn.id, address=conn.address, direction=conn.direction,
-                         key=conn.link.expected_key.hex() if conn.link.expected_key else None,
-                         peer_state=self.peer_state(conn.link.expected_key) if
-                         conn.link.expected_key else "connected")
+                       key=conn.link.expected_key.hex() if conn.link.expected_key else None,
+                       peer_state=self.peer_state(conn.link.expected_key) if
+                       conn.link.expected_key else "connected")
         self.flush(conn)
         self.arm(conn)
 
@@ -415,9 +415,9 @@ class Gateway:
             self.rt.log.info("link %d %s closed: %s%s", conn.id, conn.address, reason,
                              " (by the peer)" if by_peer else "")
         self.emit_link(LinkDown, link=conn.id, address=conn.address,
-                         direction=conn.direction, key=key.hex() if key else None,
-                         reason=reason[:48], detail=detail[:200], by_peer=by_peer,
-                         peer_state=self.peer_state(key))
+                       direction=conn.direction, key=key.hex() if key else None,
+                       reason=reason[:48], detail=detail[:200], by_peer=by_peer,
+                       peer_state=self.peer_state(key))
         if key is not None and key in self.peers and not self.peers[key].blocked:
             dial = self.peers[key]
             now = self.loop.time()
@@ -460,9 +460,11 @@ class Gateway:
         self._wake.set()
 
     async def dial_loop(self) -> None:
+        """Dial every peer that is due; sleep until the next is due or something changes
+        (``_wake``: peers, links, dial results): no polling, so an idle node stays idle."""
         while True:
             now = self.loop.time()
-            soonest = now + 1.0
+            soonest = float("inf")
             for key, dial in list(self.peers.items()):
                 if dial.blocked or dial.dialling or not dial.addresses or key in self.verified:
                     continue
@@ -475,6 +477,9 @@ class Gateway:
                 else:
                     soonest = min(soonest, dial.next_attempt)
             self._wake.clear()
+            if soonest == float("inf"):
+                await self._wake.wait()
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.01, soonest - now))
 

@@ -373,6 +373,8 @@ class ChatApp(App[None]):
                 self.render_status()
         elif isinstance(ev, ServiceStopping):
             self.services_down.add(ev.service)
+            if ev.service == "bus":  # the node is going away (or its bus restarting)
+                self.node_state = "down"
             self.render_status()
         elif isinstance(ev, ChatMessage):
             self.on_chat_message(ev)
@@ -432,7 +434,9 @@ class ChatApp(App[None]):
             self.query_one(MessageView).add(msg)
 
     def watchdog(self) -> None:
-        if self.node_state == "up" and time.monotonic() - self.last_heartbeat > 3.5:
+        # a killed bus says nothing: after three heartbeat intervals of silence
+        silent = time.monotonic() - self.last_heartbeat > 3 * self.config.heartbeat_interval + 0.5
+        if self.node_state == "up" and silent:
             self.node_state = "down"
             self.render_status()
 

@@ -34,3 +34,18 @@ def test_stale_stopping_from_old_pid_is_ignored_and_unknown_services_listed() ->
     assert states(t, 1.5) == {"bus": ("up", 12)}
     t.observe(hb("router", 30), 1)
     assert list(states(t, 1.5)) == ["bus", "router"]
+
+
+def test_a_process_that_ends_without_a_word_is_down_at_once() -> None:
+    t = HealthTable(("router",), interval=5.0)
+    t.observe(hb("router", 40), 1)
+    t.exited("router", 39, 2)  # an older process: nothing to do with the live one
+    assert states(t, 2)["router"] == ("up", 40)
+    t.exited("router", 40, 2)
+    row = t.report(2.1)[0]
+    assert (row.state, row.since) == ("down", 2) and "ended" in row.detail
+    t.observe(ServiceStarted(src="router", ts=3, service="router", pid=41, version="1"), 3)
+    assert states(t, 3)["router"] == ("up", 41)
+    t.observe(ServiceStopping(src="router", ts=4, service="router", pid=41), 4)
+    t.exited("router", 41, 4.5)  # a goodbye came first: restarting, as supervisord will
+    assert states(t, 5)["router"] == ("restarting", 41)
