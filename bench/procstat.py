@@ -5,22 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes (and their reaped children), seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields after the ")": state is [0]; utime [11], stime [12], cutime [13], cstime [14]
-        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return total / CLK_TCK
-
-
 def busy_seconds(pids: list[int]) -> float:
     """Time these processes' threads spent on a CPU, from the scheduler (nanosecond
     resolution: idle processes use a few milliseconds a minute, below clock ticks)."""

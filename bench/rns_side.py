@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from bench.procstat import cpu_seconds, pids_in_netns, pss_kib
+from bench.procstat import busy_seconds, pids_in_netns, pss_kib
 from tests.netns import Lan, lan, why_unavailable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -360,7 +360,7 @@ def run_reticulum(net: Lan, workdir: Path, *, latency_count: int, flood_count: i
 
             relay_pids = pids_in_netns(ns["b"])
             end_pids = endpoint_pids()
-            relay0, end0 = cpu_seconds(relay_pids), cpu_seconds(end_pids)
+            relay0, end0 = busy_seconds(relay_pids), busy_seconds(end_pids)
             go.touch()
             t_go = time.time()
             deadline = t_go + 90
@@ -383,7 +383,7 @@ def run_reticulum(net: Lan, workdir: Path, *, latency_count: int, flood_count: i
                     progress(f"{run}: deadline reached with {len(got)} delivered")
                     break
                 time.sleep(0.02)
-            relay1, end1 = cpu_seconds(relay_pids), cpu_seconds(end_pids)
+            relay1, end1 = busy_seconds(relay_pids), busy_seconds(end_pids)
             procs.stop(cap)
             wire = json.loads(cap_json.read_text()) if cap_json.exists() else {"bytes": 0}
 

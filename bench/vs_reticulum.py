@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from bench.meshlab import post_many
-from bench.procstat import cpu_seconds, pids_in_netns, pids_with_env, pss_kib
+from bench.procstat import busy_seconds, pids_in_netns, pids_with_env, pss_kib
 from bench.report import fmt
 from tazcom.common import rpc
 from tests.harness import BusTap, Node, request, short_tmp, wait_for
@@ -183,7 +183,7 @@ def tazcom_side(net: Lan, workdir: Path, *, latency_count: int, flood_count: int
         relay_pids = pids_in_netns(net.ns("b"))
         end_pids = pids_in_netns(net.ns("a")) + pids_in_netns(net.ns("c"))
         capture = Capture(net.ns("a"), net.interfaces["a"][0], workdir, "tazcom")
-        cpu_b, cpu_ends = cpu_seconds(relay_pids), cpu_seconds(end_pids)
+        cpu_b, cpu_ends = busy_seconds(relay_pids), busy_seconds(end_pids)
         before = len(tap.events)
         ids = asyncio.run(post_many(a, [text_of(i) for i in range(flood_count)],
                                     to=bytes.fromhex(c_key)))
@@ -194,8 +194,8 @@ def tazcom_side(net: Lan, workdir: Path, *, latency_count: int, flood_count: int
         wait_for(lambda: all(m.status == "delivered" for m in request(
             a, "store", rpc.StoreHistory(conv=bytes.fromhex(c_key), limit=10)).messages),
             30, "the last receipts at a", interval=0.2)
-        cpu_b = cpu_seconds(relay_pids) - cpu_b
-        cpu_ends = cpu_seconds(end_pids) - cpu_ends
+        cpu_b = busy_seconds(relay_pids) - cpu_b
+        cpu_ends = busy_seconds(end_pids) - cpu_ends
         wire = capture.stop()
         got = [(t, e.id) for t, e in tap.arrivals[before:] if e.id in want]
         times = [t for t, _ in got]

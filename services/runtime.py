@@ -306,7 +306,8 @@ class _MirrorFeed:
             self._changed(self.core.update(update))
 
     def on_heartbeat(self, ev: Event) -> None:
-        if not isinstance(ev, ServiceHeartbeat) or ev.service != self.table.owner:
+        if not isinstance(ev, ServiceHeartbeat) or ev.service != self.table.owner \
+                or ev.src != self.table.owner:
             return
         for version in ev.tables:
             if version.name == self.table.name:

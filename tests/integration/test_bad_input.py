@@ -15,9 +15,17 @@ import zmq
 from zeroconf import IPVersion, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
-from tazcom.common import announce, codec
-from tazcom.common.events import BusPing, ServiceHeartbeat, encode_event
-from tests.harness import SERVICES, Node, wait_for
+from tazcom.common import announce, codec, rpc
+from tazcom.common.events import (
+    BusPing,
+    LinkDown,
+    MeshPeer,
+    PeerLost,
+    ServiceHeartbeat,
+    TableVersion,
+    encode_event,
+)
+from tests.harness import SERVICES, Node, request, wait_for
 
 TYPE = "_tazcom._tcp.local."
 
@@ -166,3 +174,62 @@ def test_junk_mdns_records_are_ignored(pair: tuple[Node, Node]) -> None:
     assert "Traceback" not in logs
     # logged once per (record, reason), not once per packet
     assert logs.count("'tz-replay._tazcom._tcp.local.'") == 1
+
+
+def test_well_formed_lies_on_the_bus_do_not_corrupt_mirrors(pair: tuple[Node, Node]) -> None:
+    """Updates of mirrored tables from the wrong source, a stale epoch, a future epoch or
+    far ahead, and heartbeats that lie: refused or resynced, never applied."""
+    a, _ = pair
+    a.wait_peer("bob", ("verified",), timeout=10)
+    links = request(a, "gateway", rpc.GetLinks())
+    peers = request(a, "discovery", rpc.GetPeers())
+    bob = next(p for p in peers.peers if p.nickname == "bob")
+    [link] = [lk for lk in links.links if lk.key == bob.key and lk.state == "open"]
+    fake = "ee" * 32
+    now = time.time()
+
+    def down(src: str, epoch: int, seq: int) -> list[bytes]:
+        return encode_event(LinkDown(src=src, ts=now, epoch=epoch, seq=seq, link=link.link,
+                                     address=link.address, direction=link.direction,
+                                     key=bob.key, reason="timeout"))
+
+    lies = [
+        down("mallory", links.epoch, links.seq + 1),      # not the gateway
+        down("gateway", links.epoch - 1, links.seq + 1),  # a stale epoch
+        down("gateway", links.epoch, links.seq + 10**6),  # far ahead: a gap
+        encode_event(PeerLost(src="discovery", ts=now, epoch=peers.epoch + 10**12,
+                              seq=1, peer=bob)),         # a future epoch
+        encode_event(MeshPeer(src="router", ts=now, epoch=2**62, seq=1, key=fake,
+                              nickname="ghost", hops=3, enc_key=fake)),
+        encode_event(ServiceHeartbeat(src="gateway", ts=now, service="gateway", pid=1,
+                                      state="up", uptime=1, tables=(TableVersion(
+                                          name="links", epoch=1, seq=5),))),
+    ]
+    ctx = zmq.Context()
+    try:
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 2000)
+        pub.connect(f"ipc://{a.home}/run/bus-in.sock")
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"bus.ping")
+        sub.connect(f"ipc://{a.home}/run/bus-out.sock")
+        ping = encode_event(BusPing(src="test", ts=1.0, nonce=b"m" * 16))
+        wait_for(lambda: pub.send_multipart(ping) or sub.poll(50), 10, "the broker to relay")
+        for frames in lies:
+            pub.send_multipart(frames)
+    finally:
+        ctx.destroy(linger=2000)
+    logs = ""
+
+    def refused() -> bool:
+        nonlocal logs
+        logs = "".join(a.logs().values())
+        return "not_owner" in logs and "resynced" in logs
+
+    wait_for(refused, 10, "the lies to be refused and the mirrors resynced")
+    # every mirror still holds the owner's truth
+    assert a.peers()["bob"]["state"] == "verified"
+    assert "ghost" not in a.peers()
+    assert request(a, "router", rpc.GetRouterStats()).links == 1
+    assert request(a, "gateway", rpc.GetLinks()).links
+    assert "Traceback" not in logs
