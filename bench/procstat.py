@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+
 def busy_seconds(pids: list[int]) -> float:
     """Time these processes' threads spent on a CPU, from the scheduler (nanosecond
     resolution: idle processes use a few milliseconds a minute, below clock ticks)."""
