@@ -150,6 +150,16 @@ class ServiceStopping(Event):
     pid: Annotated[int, Range(0, 2**31)]
 
 
+@event("service.health")
+class ServiceHealthChanged(Event):
+    """A row of the bus's health table changed (the table behind ``tazcom status``)."""
+
+    epoch: Epoch
+    seq: Seq
+    #: The row now (``last_heartbeat`` is not part of the mirrored table: nil).
+    health: ServiceHealth
+
+
 # --- peers ---------------------------------------------------------------------------
 
 

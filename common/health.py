@@ -13,6 +13,10 @@ Fed with ``service.*`` events; ``report(now)`` derives each service's state:
 
 Heartbeats are few (every ``bus.heartbeat_interval``, default 5 s, so an idle
 node stays idle): they only have to catch a process that hangs.
+
+The table is mirrored (docs/protocol.md §2, "Mirrored state"): ``changes(now)``
+gives the rows that differ from what was last published (``service.health``),
+and ``next_deadline()`` when a row may change by time alone.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class HealthTable:
         self.interval = interval
         self.restart_window = restart_window
         self._seen: dict[str, _Seen] = {}
+        self._published: dict[str, ServiceHealth] = {}
 
     def observe(self, ev: ServiceHeartbeat | ServiceStarted | ServiceStopping, now: float) -> None:
         seen = self._seen.get(ev.service)
@@ -48,7 +53,8 @@ class HealthTable:
                 seen.stopping_at = now
             return
         state = ev.state if isinstance(ev, ServiceHeartbeat) else "up"
-        detail = ev.detail if isinstance(ev, ServiceHeartbeat) else ""
+        detail = ev.detail if isinstance(ev, ServiceHeartbeat) else (
+            seen.detail if seen is not None and seen.pid == ev.pid else "")
         if seen is None or seen.pid != ev.pid:
             self._seen[ev.service] = _Seen(pid=ev.pid, state=state, since=now,
                                            last_heartbeat=now, detail=detail)
@@ -63,6 +69,25 @@ class HealthTable:
         seen = self._seen.get(service)
         if seen is not None and seen.pid == pid and seen.exited_at is None:
             seen.exited_at = now
+
+    def changes(self, now: float) -> list[ServiceHealth]:
+        """Rows (without ``last_heartbeat``, which every heartbeat moves) that changed since
+        the last call: the updates to publish, in order."""
+        out = []
+        for row in self.report(now):
+            row = row.replace(last_heartbeat=None)
+            if self._published.get(row.service) != row:
+                self._published[row.service] = row
+                out.append(row)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When a row changes if nothing else happens (a restart window ends, heartbeats
+        are overdue); None if none will."""
+        times = [seen.stopping_at + self.restart_window if seen.stopping_at is not None
+                 else seen.last_heartbeat + 3 * self.interval
+                 for seen in self._seen.values() if seen.exited_at is None]
+        return min(times, default=None)
 
     def report(self, now: float) -> tuple[ServiceHealth, ...]:
         names = list(self.expected) + sorted(set(self._seen) - set(self.expected))

@@ -138,6 +138,10 @@ class LinkList(Record):
 
 @record
 class StatusReport(Record):
+    """The health table at version ``(epoch, seq)``."""
+
+    epoch: Epoch
+    seq: Seq
     services: Annotated[tuple[ServiceHealth, ...], Len(0, 64)]
 
 

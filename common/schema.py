@@ -260,6 +260,12 @@ class Record:
     def __delattr__(self, name: str) -> None:
         raise FrozenInstanceError(f"cannot delete field {name!r}")
 
+    def replace(self, **changes: Any) -> typing.Self:
+        """A copy with some fields changed (``dataclasses.replace`` for records)."""
+        values = {f.name: self.__dict__[f.name] for f in self.__record_fields__}
+        values.update(changes)  # an unknown name: the constructor says which
+        return type(self)(**values)
+
     def _values(self) -> tuple[Any, ...]:
         d = self.__dict__
         return tuple(d[f.name] for f in self.__record_fields__)

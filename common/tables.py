@@ -8,6 +8,7 @@ peers      discovery   peer.discovered, peer.updated, peer.lost,           disco
                        peer.forgotten
 links      gateway     link.up, peer.verified, link.down                   gateway.links
 mesh       router      mesh.peer                                           router.mesh
+health     bus         service.health                                      bus.status
 =========  ==========  ==================================================  =====================
 
 A ``Table`` turns those events and replies into ``common.mirror`` updates and
@@ -33,6 +34,8 @@ from .events import (
     PeerLost,
     PeerUpdated,
     PeerVerified,
+    ServiceHealth,
+    ServiceHealthChanged,
 )
 from .mirror import Update
 
@@ -158,4 +161,21 @@ MESH: Table[str, rpc.MeshEntry] = Table(
     name="mesh", owner="router", topics=("mesh.peer",), request=rpc.GetMesh(),
     update=_mesh_update, snapshot=lambda r: (r.epoch, r.seq, [(m.key, m) for m in r.items]))
 
-TABLES = {t.name: t for t in (PEERS, LINKS, MESH)}
+
+
+# -- health (bus) ---------------------------------------------------------------------
+
+
+def _health_update(ev: Event) -> Update[str, ServiceHealth] | None:
+    if not isinstance(ev, ServiceHealthChanged):
+        return None
+    return Update(ev.epoch, ev.seq, ev.health.service, ev.health)
+
+
+HEALTH: Table[str, ServiceHealth] = Table(
+    name="health", owner="bus", topics=("service.health",), request=rpc.GetStatus(),
+    update=_health_update,
+    snapshot=lambda r: (r.epoch, r.seq, [(h.service, h.replace(last_heartbeat=None))
+                                         for h in r.services]))
+
+TABLES = {t.name: t for t in (PEERS, LINKS, MESH, HEALTH)}

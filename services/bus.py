@@ -25,6 +25,7 @@ from tazcom.common import rpc
 from tazcom.common.events import (
     WELCOME_TOPIC,
     Event,
+    ServiceHealthChanged,
     ServiceHeartbeat,
     ServiceStarted,
     ServiceStopping,
@@ -33,6 +34,46 @@ from tazcom.common.health import HealthTable
 
 from .busclient import bus_in, bus_out, tune
 from .runtime import Runtime, run
+
+
+class Health:
+    """The health table as a mirrored table (docs/protocol.md §2): every row that changes
+    goes out as a numbered ``service.health``; a timer catches changes that time alone
+    makes (overdue heartbeats, the end of a restart window)."""
+
+    def __init__(self, rt: Runtime, table: HealthTable) -> None:
+        self.rt = rt
+        self.table = table
+        self.numbering = rt.own_table("health")
+        self.loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def publish(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for row in self.table.changes(now):
+            self.rt.bus.emit(ServiceHealthChanged, epoch=self.numbering.epoch,
+                             seq=self.numbering.next(), health=row)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.table.next_deadline()
+        if deadline is not None:
+            self._timer = self.loop.call_later(max(0.0, deadline - now) + 0.05, self.publish,
+                                               None)
+
+    def exited(self, service: str, pid: int) -> None:
+        self.table.exited(service, pid, time.time())
+        self.publish()
+
+    def snapshot(self, _req: rpc.GetStatus) -> rpc.StatusReport:
+        now = time.time()
+        self.publish(now)  # so the rows are those of the version the reply names
+        return rpc.StatusReport(epoch=self.numbering.epoch, seq=self.numbering.seq,
+                                services=self.table.report(now))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class ExitWatcher:
@@ -108,20 +149,24 @@ async def main(rt: Runtime) -> None:
     thread.start()
 
     health = HealthTable(config.services, interval=config.heartbeat_interval)
-    watcher = ExitWatcher(lambda service, pid: health.exited(service, pid, time.time()))
+    table = Health(rt, health)
+    watcher = ExitWatcher(table.exited)
 
     def on_service(ev: Event) -> None:
         if isinstance(ev, ServiceHeartbeat | ServiceStarted | ServiceStopping):
             health.observe(ev, time.time())
+            table.publish()
             if not isinstance(ev, ServiceStopping):
                 watcher.watch(ev.service, ev.pid)
 
     rt.bus.subscribe("service.", on_service)
-    rt.serve({rpc.GetStatus: lambda _r: rpc.StatusReport(services=health.report(time.time()))})
+    rt.serve({rpc.GetStatus: table.snapshot})
     rt.ready(f"{bus_in(config)} -> {bus_out(config)}")
+    table.publish()
     try:
         await asyncio.Event().wait()
     finally:
+        table.close()
         watcher.close()
         control.send(b"TERMINATE")
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 2.0)

@@ -30,18 +30,12 @@ from tazcom import __version__
 from tazcom.common import rpc
 from tazcom.common.config import Config, load_config
 from tazcom.common.errors import ConfigError, KeyFileError, TazcomError
-from tazcom.common.events import (
-    Event,
-    ServiceHeartbeat,
-    ServiceStarted,
-    ServiceStopping,
-    TableVersion,
-)
+from tazcom.common.events import ServiceHeartbeat, ServiceStarted, ServiceStopping, TableVersion
 from tazcom.common.mirror import Change, Mirror, Numbering
-from tazcom.common.rejects import RejectLog
 from tazcom.common.tables import Table
 
 from .busclient import BusClient, Handler, RpcClient, RpcServer
+from .mirrorfeed import LIVE_AGAIN, MirrorFeed
 
 EX_CONFIG = 78
 # supervisord counts a process as started after startsecs (1 s, supervisord.conf);
@@ -190,12 +184,26 @@ class Runtime:
         return numbering
 
     def mirror(self, table: Table, on_changes: Callable[[list[Change]], None]) -> Mirror:
-        """Mirror another service's table; ``on_changes`` gets what changed, as it changes."""
-        feed = _MirrorFeed(self, table, on_changes)
-        for topic in table.topics:
-            self.bus.subscribe(topic, feed.on_update)
-        self.bus.subscribe("service.heartbeat", feed.on_heartbeat)
-        self.on_bus_live(feed.on_bus_live, f"mirror {table.name}")
+        """Mirror another service's table; ``on_changes`` gets what changed, as it changes.
+        Snapshots are asked for only while our subscriptions are known to be active."""
+
+        async def fetch(req: rpc.Request) -> Any:
+            try:
+                return await self.client(table.owner).call(req, timeout=1.0, retries=0)
+            except TazcomError as e:
+                if e.code == "unavailable":
+                    self.client(table.owner)._reset()
+                raise
+
+        feed = MirrorFeed(table, on_changes, fetch=fetch, log=self.log, spawn=self.spawn,
+                          live=self.bus_live.is_set)
+        for topic in (*table.topics, "service.heartbeat"):
+            self.bus.subscribe(topic, feed.on_event)
+
+        async def live_again() -> None:
+            feed.resync(LIVE_AGAIN)
+
+        self.on_bus_live(live_again, f"mirror {table.name}")
         return feed.core
 
     def on_bus_live(self, resync: Callable[[], Awaitable[None]], name: str) -> None:
@@ -274,92 +282,6 @@ class Runtime:
         if remaining > 0:
             await asyncio.sleep(remaining)
         return EX_CONFIG
-
-
-class _MirrorFeed:
-    """Feeds one ``Mirror`` core from the bus and takes snapshots when it wants one.
-
-    Updates and the owner's heartbeats go to the core as they arrive; a snapshot is
-    only asked for once our subscriptions are active at the broker (``on_bus_live``),
-    so nothing published after the snapshot can be missed. One request at a time.
-    """
-
-    RETRY_MIN, RETRY_MAX = 0.05, 1.0
-
-    def __init__(self, rt: Runtime, table: Table,
-                 on_changes: Callable[[list[Change]], None]) -> None:
-        self.rt = rt
-        self.table = table
-        self.core: Mirror = Mirror(table.name)
-        self.on_changes = on_changes
-        self.rejects = RejectLog(rt.log)
-        self._task: asyncio.Task[None] | None = None
-        self._owner_spoke = asyncio.Event()  # cuts a retry's wait short
-
-    def on_update(self, ev: Event) -> None:
-        if ev.src != self.table.owner:
-            self.rejects.reject(f"bus source {ev.src!r}", "not_owner",
-                                f"{ev.TOPIC} is {self.table.owner}'s to publish")
-            return
-        update = self.table.update(ev)
-        if update is not None:
-            self._changed(self.core.update(update))
-
-    def on_heartbeat(self, ev: Event) -> None:
-        if not isinstance(ev, ServiceHeartbeat) or ev.service != self.table.owner \
-                or ev.src != self.table.owner:
-            return
-        for version in ev.tables:
-            if version.name == self.table.name:
-                self.core.heartbeat(version.epoch, version.seq)
-        self._owner_spoke.set()
-        self._kick()
-
-    async def on_bus_live(self) -> None:
-        # Events may have been missed while the bus was not (yet, or any more) ours.
-        self.core.resync("our bus subscriptions are (again) active")
-        self._kick()
-
-    def _changed(self, changes: list[Change]) -> None:
-        if changes:
-            self.on_changes(changes)
-        self._kick()
-
-    def _kick(self) -> None:
-        if self.core.wanted is None or not self.rt.bus_live.is_set():
-            return
-        if self._task is None or self._task.done():
-            self._task = self.rt.spawn(self._sync(), f"snapshot {self.table.name}")
-
-    async def _sync(self) -> None:
-        delay = self.RETRY_MIN
-        while self.core.wanted is not None:
-            reason = self.core.wanted
-            try:
-                reply = await self.rt.client(self.table.owner).call(
-                    self.table.request, timeout=1.0, retries=0)
-            except TazcomError as e:
-                self.core.snapshot_failed()
-                self.rt.log.debug("no %s snapshot from %s yet: %s", self.table.name,
-                                  self.table.owner, e.message)
-                if e.code == "unavailable":
-                    self.rt.client(self.table.owner)._reset()
-            else:
-                epoch, seq, items = self.table.snapshot(reply)
-                changes = self.core.snapshot(epoch, seq, items)
-                if reason != "our bus subscriptions are (again) active":
-                    self.rt.log.info("%s resynced from %s at %d/%d (%s): %d changed",
-                                     self.table.name, self.table.owner, epoch, seq, reason,
-                                     len(changes))
-                if changes:
-                    self.on_changes(changes)
-                if self.core.wanted is None:
-                    return
-            # again after a pause, or as soon as the owner's heartbeat says it is there
-            self._owner_spoke.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._owner_spoke.wait(), delay)
-            delay = min(self.RETRY_MAX, delay * 2)
 
 
 def _install_loop_policy() -> None:

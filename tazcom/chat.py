@@ -14,8 +14,10 @@ completes nicknames; Ctrl+T switches light and dark; Ctrl+Q quits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -48,13 +50,15 @@ from tazcom.common.events import (
     PeerKeyChanged,
     PeerLost,
     PeerUpdated,
+    ServiceHealthChanged,
     ServiceHeartbeat,
     ServiceStopping,
 )
 from tazcom.common.keys import safety_number
-from tazcom.common.mirror import Change, Mirror
+from tazcom.common.mirror import Change
 from tazcom.common.peers import PeerAmbiguous, PeerNotFound, match_peer
 from tazcom.services.busclient import BusClient, RpcClient
+from tazcom.services.mirrorfeed import MirrorFeed
 
 ROOM = "*"
 HISTORY_PAGE = 5000
@@ -222,15 +226,20 @@ class ChatApp(App[None]):
         self.ctx = zmq.asyncio.Context()
         self.clients: dict[str, RpcClient] = {}
         self.me: rpc.IdentityInfo | None = None
-        #: Discovery's peer table, mirrored (common.mirror); ``peers`` is its content.
-        self.peer_table: Mirror[str, PeerInfo] = Mirror("peers")
-        self.peers: dict[str, PeerInfo] = self.peer_table.items
+        # Discovery's peer table and the bus's health table, mirrored (common.mirror).
+        log = logging.getLogger("tazcom.chat")
+        self.peer_feed = MirrorFeed(tables.PEERS, self.peers_changed, log=log,
+                                    fetch=lambda req: self.call("discovery", req, 1.0))
+        self.health_feed = MirrorFeed(tables.HEALTH, self.health_changed, log=log,
+                                      fetch=lambda req: self.call("bus", req, 1.0))
+        #: Services whose requests went unanswered (cleared when one is answered).
+        self.unreachable: set[str] = set()
+        self._bus_watch: tuple[int, int] | None = None  # (pid, pidfd) of the node's bus
         self.current = ROOM
         self.conversations: dict[str, list[Msg]] = {ROOM: []}
         self.loaded: set[str] = set()
         self.unread: dict[str, int] = {}
         self.node_state = "connecting"
-        self.services_down: set[str] = set()
         self.last_heartbeat = 0.0
         self._complete_state: tuple[str, list[str], int] | None = None
         self.ready_at: float | None = None
@@ -260,29 +269,38 @@ class ChatApp(App[None]):
             self.clients[service] = RpcClient(self.ctx, self.config, service)
         return self.clients[service]
 
+    @property
+    def peers(self) -> dict[str, PeerInfo]:
+        return self.peer_feed.core.items
+
+    @property
+    def services_down(self) -> set[str]:
+        rows = self.health_feed.core.items
+        return {name for name, row in rows.items() if row.state != "up"} | self.unreachable
+
     async def call(self, service: str, req: rpc.Request, timeout: float = 2.0) -> Any:
         try:
-            return await self.client(service).call(req, timeout=timeout, retries=1)
+            reply = await self.client(service).call(req, timeout=timeout, retries=1)
         except TazcomError as e:
-            if e.code == "unavailable":
-                self.services_down.add(service)
+            if e.code == "unavailable" and service not in self.unreachable:
+                self.unreachable.add(service)
                 self.render_status()
             raise
+        if service in self.unreachable:
+            self.unreachable.discard(service)
+            self.render_status()
+        return reply
 
     async def sync(self) -> None:
-        """(Re)load who we are, the peers and the open conversation."""
+        """(Re)load who we are, the peers, the services' health and the open conversation."""
         try:
             self.me = await self.call("identity", rpc.GetIdentity())
-            snap = await self.call("discovery", tables.PEERS.request)
+            self.peer_feed.take(await self.call("discovery", tables.PEERS.request))
+            self.health_feed.take(await self.call("bus", tables.HEALTH.request))
         except TazcomError:
-            self.peer_table.snapshot_failed()
             self.node_state = "down"
             self.render_status()
             return
-        self.peer_table.snapshot(*tables.PEERS.snapshot(snap))
-        self.peers = self.peer_table.items
-        self.services_down.discard("identity")
-        self.services_down.discard("discovery")
         self.node_state = "up"
         self.loaded.clear()
         await self.open_conversation(self.current, force=True)
@@ -311,7 +329,6 @@ class ChatApp(App[None]):
                 live = [m for m in self.conversations.get(conv, []) if m.system]
                 self.conversations[conv] = history + live
                 self.loaded.add(conv)
-                self.services_down.discard("store")
             except TazcomError:
                 self.conversations.setdefault(conv, [])
         view.set_messages(self.conversations.get(conv, []))
@@ -341,49 +358,24 @@ class ChatApp(App[None]):
         finally:
             bus.close()
 
-    async def sync_peers(self) -> None:
-        """A new snapshot of the peer table, which the mirror wants (an update was lost)."""
-        if self.peer_table.wanted is None:
-            return
-        try:
-            snap = await self.call("discovery", tables.PEERS.request)
-        except TazcomError:
-            self.peer_table.snapshot_failed()
-            return
-        changes = self.peer_table.snapshot(*tables.PEERS.snapshot(snap))
-        self.peers = self.peer_table.items
-        if changes:
-            self.peers_changed(changes, announce=False)
-
     def on_bus_event(self, ev: Event) -> None:
+        if isinstance(ev, ServiceHeartbeat | ServiceHealthChanged | PeerDiscovered | PeerUpdated
+                      | PeerLost | PeerForgotten):
+            self.peer_feed.on_event(ev)
+            self.health_feed.on_event(ev)
         if isinstance(ev, ServiceHeartbeat):
-            if ev.service == tables.PEERS.owner:
-                for version in ev.tables:
-                    if version.name == tables.PEERS.name:
-                        self.peer_table.heartbeat(version.epoch, version.seq)
-                if self.peer_table.wanted is not None and self.ready_at is not None:
-                    self.call_later(self.sync_peers)
             self.last_heartbeat = time.monotonic()
-            changed = ev.service in self.services_down or self.node_state != "up"
-            self.services_down.discard(ev.service)
             if self.node_state != "up":
                 self.node_state = "up"
-                self.call_later(self.sync)
-            if changed:
                 self.render_status()
-        elif isinstance(ev, ServiceStopping):
-            self.services_down.add(ev.service)
-            if ev.service == "bus":  # the node is going away (or its bus restarting)
-                self.node_state = "down"
+                self.call_later(self.sync)
+        elif isinstance(ev, ServiceStopping) and ev.service == "bus":
+            self.node_state = "down"  # the node is going away (or its bus restarting)
             self.render_status()
         elif isinstance(ev, ChatMessage):
             self.on_chat_message(ev)
         elif isinstance(ev, ChatStatus):
             self.on_chat_status(ev)
-        elif isinstance(ev, PeerDiscovered | PeerUpdated | PeerLost | PeerForgotten):
-            update = tables.PEERS.update(ev)
-            if update is not None:
-                self.peers_changed(self.peer_table.update(update))
         elif isinstance(ev, PeerKeyChanged):
             self.system(ROOM, f"KEY CHANGED: {ev.alert}")
             self.notify(ev.alert, title="key changed", severity="warning", timeout=10)
@@ -412,10 +404,39 @@ class ChatApp(App[None]):
                 msg.status, msg.reason = ev.status, ev.reason
                 break
 
-    def peers_changed(self, changes: list[Change], *, announce: bool = True) -> None:
-        if not changes:
+    def health_changed(self, changes: list[Change]) -> None:
+        bus = self.health_feed.core.items.get("bus")
+        if bus is not None and bus.pid is not None and bus.state == "up":
+            self.watch_bus(bus.pid)
+        self.render_status()
+
+    def watch_bus(self, pid: int) -> None:
+        """Know at once when the node's bus process ends (a kill says nothing on the bus)."""
+        if self._bus_watch is not None and self._bus_watch[0] == pid:
             return
-        for change in changes if announce else ():
+        self.unwatch_bus()
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return  # not Linux, or gone: heartbeats will tell
+        self._bus_watch = (pid, fd)
+        asyncio.get_running_loop().add_reader(fd, self.bus_ended)
+
+    def bus_ended(self) -> None:
+        self.unwatch_bus()
+        self.node_state = "down"
+        self.render_status()
+
+    def unwatch_bus(self) -> None:
+        if self._bus_watch is not None:
+            fd = self._bus_watch[1]
+            self._bus_watch = None
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def peers_changed(self, changes: list[Change]) -> None:
+        # the first snapshot lists everyone: no "joined" for them
+        for change in changes if self.ready_at is not None else ():
             old, peer = change.old, change.new
             if peer is None:
                 continue
@@ -653,6 +674,7 @@ class ChatApp(App[None]):
             self.system(self.current, f"could not change nickname: {e.message}")
 
     async def on_unmount(self) -> None:
+        self.unwatch_bus()
         for client in self.clients.values():
             client.close()
         self.ctx.destroy(linger=0)

@@ -49,3 +49,20 @@ def test_a_process_that_ends_without_a_word_is_down_at_once() -> None:
     t.observe(ServiceStopping(src="router", ts=4, service="router", pid=41), 4)
     t.exited("router", 41, 4.5)  # a goodbye came first: restarting, as supervisord will
     assert states(t, 5)["router"] == ("restarting", 41)
+
+
+def test_changes_are_the_rows_to_publish_and_deadlines_say_when_time_changes_one() -> None:
+    t = HealthTable(("bus", "router"), interval=5.0)
+    first = t.changes(0)
+    assert [(r.service, r.state) for r in first] == [("bus", "down"), ("router", "down")]
+    assert t.next_deadline() is None  # nothing seen: nothing changes by itself
+    t.observe(hb("router", 40), 1)
+    assert [(r.service, r.state, r.last_heartbeat) for r in t.changes(1)] == [
+        ("router", "up", None)]
+    t.observe(hb("router", 40), 6)  # a heartbeat moves no mirrored field
+    assert t.changes(6) == []
+    assert t.next_deadline() == 6 + 15
+    assert [(r.service, r.state) for r in t.changes(21.1)] == [("router", "down")]
+    t.observe(ServiceStopping(src="router", ts=22, service="router", pid=40), 22)
+    assert t.next_deadline() == 22 + 10  # the restart window
+    assert [r.state for r in t.changes(22)] == ["restarting"]

@@ -59,3 +59,18 @@ def test_mesh_peer_without_hops_removes_the_node() -> None:
                   enc_key=K2)
     assert tables.MESH.update(ev).value == rpc.MeshEntry(key=K1, nickname="carol", hops=3,
                                                          enc_key=K2)
+
+
+def test_health_rows_from_snapshot_and_updates_agree() -> None:
+    from tazcom.common.events import ServiceHealth, ServiceHealthChanged
+
+    row = ServiceHealth(service="router", state="up", pid=7, since=3.0, last_heartbeat=9.0)
+    report = rpc.StatusReport(epoch=E, seq=4, services=(row,))
+    by_snapshot: Mirror = Mirror("health")
+    by_snapshot.snapshot(*tables.HEALTH.snapshot(report))
+    ev = ServiceHealthChanged(src="bus", ts=1, epoch=E, seq=4,
+                              health=row.replace(last_heartbeat=None))
+    by_events: Mirror = Mirror("health")
+    by_events.snapshot(E, 3, [])
+    by_events.update(tables.HEALTH.update(ev))
+    assert by_events.items == by_snapshot.items
