@@ -386,7 +386,7 @@ class Router:
                     self.pending.pop(a.env.id, None)
         if self._shorter:
             self.counts["shorter"] += len(self._shorter)
-            self.forward(self._shorter, mono)
+            self.forward(self._shorter, time.monotonic())
             self._shorter = []
         if self._lowered:
             self.db.lower_hops(self._lowered)
