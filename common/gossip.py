@@ -21,6 +21,9 @@ Theory of operation (docs/protocol.md, "Routing"):
   if the node can relay at the new distance, is relayed again
   (``shorter_path``): so every node within ``hop_limit`` links of the origin,
   over links up now, gets the message, as distance-vector routing converges.
+  For messages this is done only where it can matter (``reach_matters``: the
+  mesh is not small against the hop limit), so a dense mesh pays nothing;
+  profiles, which define the mesh, always.
 * ``RelayQueue``: with two or more targets a relay waits a random delay
   first; a copy heard meanwhile from a target, at a distance no worse than ours
   would give it, cancels sending to it, so dense meshes do not echo every
@@ -58,6 +61,14 @@ def relays(distance: int, limit: int) -> bool:
 def shorter_path(known: int | None, hops: int) -> bool:
     """Does a copy that crossed ``hops`` links give a shorter distance than ``known``?"""
     return known is not None and hops + 1 < known
+
+
+def reach_matters(distance: int, eccentricity: int, limit: int) -> bool:
+    """Could a copy held at ``distance`` here miss a node that a copy held closer would
+    reach? Not when every node we know (``eccentricity``: the farthest, in links) and any
+    one link beyond is within the hops it has left. In a mesh small against the hop
+    limit this is never so, and shorter paths need no traffic."""
+    return distance + eccentricity + 1 > limit
 
 
 def window(ts_ms: int, now: float) -> str | None:
@@ -170,11 +181,13 @@ class RelayQueue:
                                          payload=payload)
         return due
 
-    def heard_from(self, msg_id: bytes, link: bytes, hops: int) -> None:
+    def heard_from(self, msg_id: bytes, link: bytes, hops: int, *, closer_matters: bool = True
+                   ) -> None:
         """``link`` sent us a copy that had crossed ``hops`` links: it holds the envelope at
-        distance ``hops``, so it needs ours only if ours would bring it closer."""
+        distance ``hops``, so it needs ours only if ours would bring it closer, and that
+        matters (``reach_matters``)."""
         pending = self._pending.get(msg_id)
-        if pending is not None and hops <= pending.distance + 1:
+        if pending is not None and (hops <= pending.distance + 1 or not closer_matters):
             pending.targets.discard(link)
             if not pending.targets:
                 del self._pending[msg_id]

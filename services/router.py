@@ -143,6 +143,8 @@ class Router:
         #: The mesh directory (published as mesh.peer), which this service owns.
         self.mesh_numbering = rt.own_table("mesh")
         self.directory: dict[bytes, Directory] = {}
+        #: The farthest node we know, in links (gossip.reach_matters).
+        self.eccentricity = 0
         self.own_status: dict[bytes, tuple[str, bytes | None]] = {}  # id -> (status, to)
         self.rejects = RejectLog(rt.log)
         self.dropped: dict[tuple[str, str], int] = defaultdict(int)
@@ -405,7 +407,9 @@ class Router:
             return None
         if env.id in self.seen or env.id in self.pending:
             self.counts["duplicates"] += 1
-            self.relay.heard_from(env.id, link, hops)
+            self.relay.heard_from(env.id, link, hops, closer_matters=env.kind == KIND_PROFILE
+                                  or gossip.reach_matters(hops, self.eccentricity,
+                                                          self.hop_limit))
             self.shorter_path(env, hops, link)
             return None
         why = gossip.window(env.ts, now)
@@ -446,11 +450,13 @@ class Router:
             return
         held: Envelope = known[1]  # type: ignore[assignment]
         distance = hops + 1
+        matters = env.kind == KIND_PROFILE or gossip.reach_matters(
+            known[0], self.eccentricity, self.hop_limit)
         self.recent.put(env.id, distance, held)
         if profile is not None and profile.profile_id == env.id:
             profile.hops = distance
         self._lowered[env.id] = distance
-        if held.to != self.own_key and gossip.relays(distance, self.hop_limit):
+        if held.to != self.own_key and gossip.relays(distance, self.hop_limit) and matters:
             self._shorter.append((held, distance, link))
 
     async def accept(self, accepted: list[Accepted], now: float) -> None:
@@ -593,6 +599,7 @@ class Router:
         links_of = {k: d.links for k, d in self.directory.items()
                     if now - d.received_at <= PROFILE_EXPIRES}
         dist = gossip.distances(self.own_key, self.links, links_of)
+        self.eccentricity = max(dist.values(), default=0)
         numbering = self.mesh_numbering
         for key, entry in self.directory.items():
             hops = dist.get(key)

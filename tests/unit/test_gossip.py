@@ -86,6 +86,15 @@ def test_hop_counting_a_copy_crosses_exactly_the_limit(limit: int) -> None:
     assert not gossip.shorter_path(None, 0)
 
 
+def test_shorter_paths_matter_only_when_the_mesh_is_large_against_the_limit() -> None:
+    assert not gossip.reach_matters(3, eccentricity=4, limit=8)  # 3 + 4 + 1 links: all in
+    assert gossip.reach_matters(4, eccentricity=4, limit=8)
+    q = gossip.RelayQueue(max_delay=0.01, rng=random.Random(1))
+    q.schedule(b"m", [B, C], now=0, distance=1, payload="at 1")
+    q.heard_from(b"m", C, hops=4, closer_matters=False)  # far, but it reaches all anyway
+    assert q.due(1) == [(b"m", [B], "at 1")]
+
+
 def test_token_buckets() -> None:
     b = gossip.Buckets(rate=10, burst=5, capacity=2)
     assert all(b.take(A, 0) for _ in range(5))
