@@ -34,6 +34,23 @@ def _pids(node: Node) -> dict[str, int | None]:
     return {s: node.pid(s) for s in SERVICES}
 
 
+def _bus_publisher(ctx: zmq.Context, node: Node) -> zmq.Socket:
+    """A PUB on the node's bus, once the broker relays what it sends (a ping came back)."""
+    run = node.home / "run"
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 2000)
+    pub.connect(f"ipc://{run}/bus-in.sock")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"bus.welcome")
+    sub.connect(f"ipc://{run}/bus-out.sock")
+    assert sub.poll(5000), "the broker greets a new subscriber"
+    assert sub.recv_multipart() == [b"bus.welcome"]
+    sub.setsockopt(zmq.SUBSCRIBE, b"bus.ping")
+    ping = encode_event(BusPing(src="test", ts=1.0, nonce=b"n" * 16))
+    wait_for(lambda: pub.send_multipart(ping) or sub.poll(50), 10, "the broker to relay")
+    return pub
+
+
 def test_garbage_on_the_bus_and_request_sockets(pair: tuple[Node, Node]) -> None:
     a, _ = pair
     before = _pids(a)
@@ -41,14 +58,7 @@ def test_garbage_on_the_bus_and_request_sockets(pair: tuple[Node, Node]) -> None
     rng = random.Random(1)
     ctx = zmq.Context()
     try:
-        pub = ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 2000)
-        pub.connect(f"ipc://{run}/bus-in.sock")
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"bus.welcome")
-        sub.connect(f"ipc://{run}/bus-out.sock")
-        assert sub.poll(5000), "the broker greets a new subscriber"
-        assert sub.recv_multipart() == [b"bus.welcome"]
+        pub = _bus_publisher(ctx, a)
         hb = encode_event(ServiceHeartbeat(src="x", ts=1.0, service="gateway", pid=1,
                                            state="up", uptime=1))
         junk = [
@@ -66,10 +76,6 @@ def test_garbage_on_the_bus_and_request_sockets(pair: tuple[Node, Node]) -> None
             [b"service.heartbeat", os.urandom(600_000)],  # over ZMQ_MAXMSGSIZE
         ]
         junk += [[b"service.heartbeat", rng.randbytes(rng.randint(0, 300))] for _ in range(200)]
-        # Our PUB is connected once a ping we publish comes back through the broker.
-        sub.setsockopt(zmq.SUBSCRIBE, b"bus.ping")
-        ping = encode_event(BusPing(src="test", ts=1.0, nonce=b"n" * 16))
-        wait_for(lambda: pub.send_multipart(ping) or sub.poll(50), 10, "the broker to relay")
         for frames in junk:
             pub.send_multipart(frames)
         for service in SERVICES:
@@ -207,14 +213,7 @@ def test_well_formed_lies_on_the_bus_do_not_corrupt_mirrors(pair: tuple[Node, No
     ]
     ctx = zmq.Context()
     try:
-        pub = ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 2000)
-        pub.connect(f"ipc://{a.home}/run/bus-in.sock")
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"bus.ping")
-        sub.connect(f"ipc://{a.home}/run/bus-out.sock")
-        ping = encode_event(BusPing(src="test", ts=1.0, nonce=b"m" * 16))
-        wait_for(lambda: pub.send_multipart(ping) or sub.poll(50), 10, "the broker to relay")
+        pub = _bus_publisher(ctx, a)
         for frames in lies:
             pub.send_multipart(frames)
     finally:
