@@ -192,9 +192,6 @@ class RelayQueue:
             if not pending.targets:
                 del self._pending[msg_id]
 
-    def waiting(self, msg_id: bytes) -> bool:
-        return msg_id in self._pending
-
     def due(self, now: float) -> list[tuple[bytes, list[bytes], object]]:
         ready = [(k, p) for k, p in self._pending.items() if p.due <= now]
         for k, _ in ready:

@@ -100,6 +100,7 @@ class Mirror(Generic[K, V]):
         self.wanted: str | None = "start"
         self.max_buffered = max_buffered
         self._buffer: list[Update[K, V]] = []
+        #: Why the last refused input was refused (the shell logs it).
         self.last_refusal = ""
         #: Counters for statistics() and logs.
         self.counts = {"applied": 0, "ignored": 0, "refused": 0, "snapshots": 0, "resyncs": 0}
@@ -134,8 +135,6 @@ class Mirror(Generic[K, V]):
         if epoch <= 0 or seq < 0 or (epoch, seq) < (self.epoch, self.seq):
             self._refuse(f"a snapshot at {epoch}/{seq}, older than ours at "
                          f"{self.epoch}/{self.seq}")
-            self.wanted = self.wanted or "refused an older snapshot"
-            self.synced = False
             return []
         self.counts["snapshots"] += 1
         before = self.items

@@ -177,5 +177,3 @@ HEALTH: Table[str, ServiceHealth] = Table(
     update=_health_update,
     snapshot=lambda r: (r.epoch, r.seq, [(h.service, h.replace(last_heartbeat=None))
                                          for h in r.services]))
-
-TABLES = {t.name: t for t in (PEERS, LINKS, MESH, HEALTH)}

@@ -49,9 +49,11 @@ class MirrorFeed:
         """Any event of the table's topics, or a heartbeat (others are ignored)."""
         if isinstance(ev, ServiceHeartbeat):
             if ev.service == self.table.owner and ev.src == self.table.owner:
+                refused = self.core.counts["refused"]
                 for version in ev.tables:
                     if version.name == self.table.name:
                         self.core.heartbeat(version.epoch, version.seq)
+                self._log_refusal(refused, f"{self.table.owner}'s heartbeat")
                 self._owner_spoke.set()
                 self._kick()
             return
@@ -62,14 +64,23 @@ class MirrorFeed:
             self.rejects.reject(f"bus source {ev.src!r}", "not_owner",
                                 f"{ev.TOPIC} is {self.table.owner}'s to publish")
             return
+        refused = self.core.counts["refused"]
         changes = self.core.update(update)
+        self._log_refusal(refused, f"bus source {ev.src!r}")
         if changes:
             self.on_changes(changes)
         self._kick()
 
+    def _log_refusal(self, refused_before: int, source: str) -> None:
+        if self.core.counts["refused"] > refused_before:
+            self.rejects.reject(source, "stale", f"{self.table.name}: refused "
+                                f"{self.core.last_refusal}; resyncing")
+
     def take(self, reply: Any) -> list[Change]:
         """A snapshot reply fetched by someone else (the chat app's start-up)."""
+        refused = self.core.counts["refused"]
         changes = self.core.snapshot(*self.table.snapshot(reply))
+        self._log_refusal(refused, f"{self.table.owner}'s snapshot")
         if changes:
             self.on_changes(changes)
         return changes
