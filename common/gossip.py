@@ -239,7 +239,14 @@ class Buckets:
 
 def distances(own: bytes, own_links: set[bytes],
               links_of: dict[bytes, frozenset[bytes]]) -> dict[bytes, int]:
-    """Hops from ``own`` to every node reachable over links both ends confirm.
+    """Hops from ``own`` to every node reachable over links both ends confirm."""
+    return routes(own, own_links, links_of)[0]
+
+
+def routes(own: bytes, own_links: set[bytes], links_of: dict[bytes, frozenset[bytes]]
+           ) -> tuple[dict[bytes, int], dict[bytes, tuple[bytes, ...]]]:
+    """Distances, and for each node the neighbours of ``own`` that start a shortest path
+    to it (sorted), over links both ends confirm.
 
     ``own_links`` are our verified links; ``links_of`` maps each other node to the
     links its newest profile lists. An edge X-Y counts when X lists Y and Y lists
@@ -247,18 +254,25 @@ def distances(own: bytes, own_links: set[bytes],
     neighbours' new profiles stop listing it.
     """
     dist = {own: 0}
+    first: dict[bytes, set[bytes]] = {}
     frontier = [k for k in own_links if k != own]
     for k in frontier:
         dist[k] = 1
+        first[k] = {k}
     while frontier:
         nxt = []
         for node in frontier:
+            d = dist[node] + 1
+            via = first[node]
             for peer in links_of.get(node, ()):
-                if peer in dist:
-                    continue
-                if node in links_of.get(peer, ()):
-                    dist[peer] = dist[node] + 1
-                    nxt.append(peer)
+                known = dist.get(peer)
+                if known is None:
+                    if node in links_of.get(peer, ()):
+                        dist[peer] = d
+                        first[peer] = set(via)
+                        nxt.append(peer)
+                elif known == d and node in links_of.get(peer, ()):
+                    first[peer] |= via
         frontier = nxt
     del dist[own]
-    return dist
+    return dist, {k: tuple(sorted(v)) for k, v in first.items()}

@@ -1,0 +1,892 @@
+"""The router's decisions, sans-IO: envelopes in, actions out.
+
+Theory of operation (docs/protocol.md §10, "Chat across the mesh")
+-------------------------------------------------------------------
+``RouterCore`` holds everything the router knows (seen ids, the catch-up
+index, the mesh directory, our own messages' statuses, relays waiting) and
+decides what to do with each input. It never touches a socket, a database or
+a clock: every entry point takes ``now`` (wall-clock seconds, for envelope
+timestamps) and ``mono`` (a monotonic clock, for timers), and is a generator
+that *yields actions*:
+
+* fire and forget: ``Send`` (a router message to a neighbour), ``Emit`` (a bus
+  event), ``Rejected`` (one refused input, to log), ``SetStatus``,
+  ``Release``, ``LowerHops`` (store writes);
+* requests, whose result the driver sends back into the generator:
+  ``Commit`` (store rows, returns ``PutOutcome`` s), ``Fetch`` (stored
+  envelopes by id), ``ReserveSeq`` (first of a block of sequence numbers),
+  ``Sign`` (identity signatures over envelope bytes), ``Open`` (identity opens
+  sealed boxes), and ``Together`` (several requests at once, results in order).
+
+``drive()`` runs a step with a synchronous executor (tests, the simulator);
+the router service drives the same generators with ZeroMQ and SQLite.
+
+The order of a batch is the protocol's: parse, hop limit, duplicate, time
+window, rate limits, signature (cheap checks first); then relay at once (the
+next hop deduplicates), commit, and only after the commit show, acknowledge
+(custody) and answer (receipts). An id enters the seen-set only after its
+signature checked and its row committed, so a forged copy never marks the
+real message and a batch the store refused can come again by catch-up.
+
+Paths (docs/protocol.md, "Forwarding"): a DM or receipt whose recipient is not
+a neighbour follows the shortest paths the mesh directory knows: the origin
+sends it to up to ``PATH_FANOUT`` neighbours one hop closer, a relay to one.
+Each hop waits ``custody_wait`` for the next hop's custody; without it, or
+with no path known, the envelope floods from there, as before.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import catchup, envelope, gossip, routing, rpc, status
+from .envelope import KIND_DM, KIND_PROFILE, KIND_RECEIPT, KIND_ROOM, Envelope, EnvelopeError
+from .errors import RemoteProtocolError
+from .events import ChatMessage, ChatStatus, MeshPeer
+from .keys import fingerprint
+from .mirror import Numbering
+
+#: A frame of envelopes stays under this many bytes (router messages are <= 65000).
+FRAME_BUDGET = 60_000
+ANTI_ENTROPY = 60.0
+PROFILE_EVERY = 120.0
+#: A node whose profile has not been refreshed for this long is taken as gone.
+PROFILE_EXPIRES = 330.0
+PROFILE_DEBOUNCE = 0.05
+#: The mesh directory is recomputed at most this often (a flood of profiles is one step).
+RECOMPUTE_DELAY = 0.02
+SEQ_BLOCK = 1000
+#: Neighbours one hop closer that an origin sends a DM or receipt to (relays send to one).
+PATH_FANOUT = 2
+MAX_POSTS = 256
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Send:
+    link: bytes
+    body: bytes
+
+
+@dataclass(slots=True)
+class Emit:
+    event: type
+    fields: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Rejected:
+    source: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Commit:
+    items: list[rpc.StoredMessage]
+
+
+@dataclass(slots=True)
+class Fetch:
+    ids: list[bytes]
+
+
+@dataclass(slots=True)
+class SetStatus:
+    updates: list[rpc.StatusUpdate]
+
+
+@dataclass(slots=True)
+class Release:
+    ids: list[bytes]
+
+
+@dataclass(slots=True)
+class LowerHops:
+    distances: dict[bytes, int]
+
+
+@dataclass(slots=True)
+class ReserveSeq:
+    count: int
+
+
+@dataclass(slots=True)
+class Sign:
+    items: list[bytes]
+
+
+@dataclass(slots=True)
+class Open:
+    boxes: list[bytes]
+
+
+@dataclass(slots=True)
+class Together:
+    actions: list[Any]
+
+
+Action = (Send | Emit | Rejected | Commit | Fetch | SetStatus | Release | LowerHops | ReserveSeq
+          | Sign | Open | Together)
+Step = Generator[Action, Any, Any]
+
+
+def drive(step: Step, execute: Callable[[Action], Any]) -> Any:
+    """Run ``step`` to its end with a synchronous ``execute``; returns the step's value.
+    An action that fails is raised inside the step, where it was yielded, so the step's
+    own cleanup runs (the router service's driver does the same)."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            action = step.send(result) if error is None else step.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            result, error = execute(action), None
+        except Exception as e:  # noqa: BLE001 - raised in the step, which decides
+            result, error = None, e
+
+
+# -- state --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RouterSettings:
+    hop_limit: int = envelope.DEFAULT_HOP_LIMIT
+    relay_delay: float = 0.002
+    link_rate: float = 5000
+    link_burst: float = 20000
+    origin_rate: float = 5000
+    origin_burst: float = 20000
+    seen_capacity: int = 100_000
+    seen_horizon: float = 86_400
+    custody_wait: float = 1.0
+    profile_every: float = PROFILE_EVERY
+    profile_expires: float = PROFILE_EXPIRES
+    anti_entropy: float = ANTI_ENTROPY
+
+    @classmethod
+    def from_config(cls, raw: dict[str, Any]) -> RouterSettings:
+        return cls(hop_limit=min(int(raw.get("hop_limit", envelope.DEFAULT_HOP_LIMIT)),
+                                 envelope.MAX_HOPS_LIMIT),
+                   relay_delay=float(raw.get("relay_delay_ms", 2)) / 1000,
+                   link_rate=float(raw.get("link_rate", 5000)),
+                   link_burst=float(raw.get("link_burst", 20000)),
+                   origin_rate=float(raw.get("origin_rate", 5000)),
+                   origin_burst=float(raw.get("origin_burst", 20000)),
+                   seen_capacity=int(raw.get("seen_capacity", 100_000)),
+                   seen_horizon=float(raw.get("seen_horizon", 86_400)),
+                   custody_wait=float(raw.get("custody_wait_ms", 1000)) / 1000,
+                   profile_every=float(raw.get("profile_every_s", PROFILE_EVERY)),
+                   profile_expires=float(raw.get("profile_expires_s", PROFILE_EXPIRES)))
+
+
+@dataclass
+class Accepted:
+    env: Envelope
+    hops: int  # links travelled to reach us: our distance
+    came_from: bytes | None
+    text: str | None = None
+
+
+@dataclass
+class Directory:
+    """A node as its newest signed profile describes it."""
+
+    nickname: str
+    enc_key: bytes
+    version: tuple[int, int]  # (ts, seq): newer profiles win
+    links: frozenset[bytes]
+    profile_id: bytes
+    received_at: float
+    #: The profile itself, and the distance we hold it at (offered when a link comes up).
+    env: Envelope
+    hops: int
+    #: What mesh.peer last said of it (None: unreachable).
+    published: rpc.MeshEntry | None = None
+
+
+@dataclass
+class Awaiting:
+    """A DM or receipt sent along a path, until the next hop takes custody."""
+
+    due: float
+    entry: tuple[int, bytes, bytes]
+    env: Envelope
+    came_from: bytes | None
+    sent_to: set[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PostSpec:
+    client_id: bytes
+    to: bytes | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PostRefused:
+    code: str
+    message: str
+
+
+Entry = tuple[int, bytes, bytes]  # (hops, signed, sig) as in a router ``envs`` message
+
+
+class RouterCore:
+    def __init__(self, own_key: bytes, enc_key: bytes, nickname: str,
+                 settings: RouterSettings | None = None, *, numbering: Numbering | None = None,
+                 verify: Callable[[Envelope], None] = envelope.verify,
+                 rng: random.Random | None = None) -> None:
+        self.own_key, self.enc_key, self.nickname = own_key, enc_key, nickname
+        s = self.settings = settings or RouterSettings()
+        self.hop_limit = s.hop_limit
+        self.verify = verify
+        self.relay = gossip.RelayQueue(max_delay=s.relay_delay, rng=rng or random.Random())
+        self.link_rate = gossip.Buckets(s.link_rate, s.link_burst)
+        self.origin_rate = gossip.Buckets(s.origin_rate, s.origin_burst)
+        #: Accepted in the batch being processed, not yet committed (id -> its acceptance).
+        self.pending: dict[bytes, Accepted] = {}
+        #: Distances of what we accepted lately, lowered when a shorter path shows up.
+        self.recent = gossip.Recent()
+        self._lowered: dict[bytes, int] = {}
+        self._shorter: list[tuple[Envelope, int, bytes | None]] = []
+        self.seen = gossip.SeenSet(s.seen_capacity, s.seen_horizon)
+        self.index = catchup.SyncIndex()
+        #: Our verified neighbours (the gateway's link table).
+        self.links: set[bytes] = set()
+        #: The mesh directory (published as mesh.peer), which the router owns.
+        self.numbering = numbering or Numbering(1)
+        self.directory: dict[bytes, Directory] = {}
+        #: Distances and the neighbours one hop closer, from the last recompute.
+        self.dist: dict[bytes, int] = {}
+        self.first_hops: dict[bytes, tuple[bytes, ...]] = {}
+        #: The farthest node we know, in links (gossip.reach_matters).
+        self.eccentricity = 0
+        self.own_status: dict[bytes, tuple[str, bytes | None]] = {}  # id -> (status, to)
+        self.awaiting: dict[bytes, Awaiting] = {}
+        self.seq_next = self.seq_end = 0
+        self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0,
+                       "shorter": 0, "path": 0, "fallback": 0}
+        self.recompute_at: float | None = None
+        #: When our next profile goes out (monotonic); the first one at start.
+        self.profile_at: float | None = 0.0
+        self.summary_at: float | None = None
+        self.last_profile: Envelope | None = None
+
+    # -- start -----------------------------------------------------------------------------
+
+    def load(self, *, seen: Iterable[bytes], sync: Iterable[rpc.SyncItem],
+             profiles: Iterable[rpc.WireEnvelope], outbox: Iterable[tuple[bytes, str,
+                                                                             bytes | None]],
+             now: float) -> None:
+        """What the store holds: seen ids (oldest first), the catch-up set, the stored
+        profiles and our undelivered messages."""
+        for msg_id in seen:
+            self.seen.add(msg_id, now)
+        for item in sync:
+            self.index.add(item.id, item.ts, item.to)
+        for e in profiles:
+            try:
+                env = envelope.parse(e.signed, e.sig)
+            except EnvelopeError:
+                continue
+            self.on_profile(env, e.hops, now)
+        for msg_id, st, to in outbox:
+            self.own_status[msg_id] = (st, to)
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time ``tick`` next has work, or None."""
+        times = [t for t in (self.relay.next_deadline(), self.recompute_at, self.profile_at,
+                             self.summary_at) if t is not None]
+        if self.awaiting:
+            times.append(min(a.due for a in self.awaiting.values()))
+        return min(times, default=None)
+
+    def tick(self, now: float, mono: float) -> Step:
+        """Whatever is due: relays after their delay, the mesh directory, custody waits
+        that ran out (flood from here), our profile, the catch-up round."""
+        per_target: dict[bytes, list[Entry]] = defaultdict(list)
+        for _msg_id, targets, entry in self.relay.due(mono):
+            for t in targets:
+                if t in self.links:
+                    per_target[t].append(entry)  # type: ignore[arg-type]
+        for target, entries in per_target.items():
+            yield from self.send_entries(target, entries)
+        if self.recompute_at is not None and mono >= self.recompute_at:
+            yield from self.recompute(now)
+        late = [k for k, a in self.awaiting.items() if a.due <= mono]
+        for msg_id in late:
+            yield from self.fall_back(self.awaiting.pop(msg_id), mono)
+        if self.profile_at is not None and mono >= self.profile_at:
+            self.profile_at = mono + self.settings.profile_every
+            yield from self.publish_profile(now, mono)
+        if self.summary_at is not None and mono >= self.summary_at:
+            yield from self.anti_entropy(now, mono)
+
+    def anti_entropy(self, now: float, mono: float) -> Step:
+        self.summary_at = mono + self.settings.anti_entropy
+        self.seen.expire(now)
+        self.index.expire(int(now * 1000) - gossip.MAX_AGE_MS,
+                          keep=[i for i, (_, to) in self.own_status.items() if to])
+        for key in sorted(self.links):
+            yield self.summary(key)
+        yield from self.recompute(now)  # profiles not refreshed in time: their node is gone
+
+    # -- links and identity ----------------------------------------------------------------
+
+    def set_links(self, links: set[bytes], now: float, mono: float) -> Step:
+        """Our verified neighbours changed: catch-up and profiles with each new one."""
+        added, gone = links - self.links, self.links - links
+        self.links = set(links)
+        for key in sorted(added):
+            yield self.summary(key)
+            yield from self.send_profiles(key)
+        for a in self.awaiting.values():
+            if a.sent_to & gone:  # the path broke: do not wait for a custody that cannot come
+                a.due = mono
+        if added or gone:
+            self.schedule_recompute(mono)
+            self.want_profile(mono)
+        if self.summary_at is None:
+            self.summary_at = mono + self.settings.anti_entropy
+
+    def set_nickname(self, nickname: str, mono: float) -> None:
+        if nickname != self.nickname:
+            self.nickname = nickname
+            self.want_profile(mono)
+
+    def want_profile(self, mono: float) -> None:
+        due = mono + PROFILE_DEBOUNCE  # let a burst of link changes settle
+        if self.profile_at is None or self.profile_at > due:
+            self.profile_at = due
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def summary(self, key: bytes) -> Send:
+        return Send(key, routing.encode_summary(self.index.summary()[-routing.MAX_BUCKETS:]))
+
+    def send_entries(self, key: bytes, entries: list[Entry]) -> Step:
+        """Envelopes to one neighbour, packed into as few frames as fit."""
+        batch: list[Entry] = []
+        size = 0
+        for entry in entries:
+            n = len(entry[1]) + 80
+            if batch and (size + n > FRAME_BUDGET or len(batch) >= routing.MAX_ENVS):
+                yield Send(key, routing.encode_envs(batch))
+                batch, size = [], 0
+            batch.append(entry)
+            size += n
+        if batch:
+            yield Send(key, routing.encode_envs(batch))
+
+    def send_profiles(self, key: bytes) -> Step:
+        """Every newest profile we hold, at our distance, to a new neighbour: catch-up only
+        sends what it lacks; this also tells it of shorter paths (the new link may be one)."""
+        entries = [(d.hops, d.env.signed, d.env.sig) for origin, d in self.directory.items()
+                   if origin != key and gossip.relays(d.hops, self.hop_limit)]
+        if entries:
+            yield from self.send_entries(key, entries)
+
+    def path(self, env: Envelope, came_from: bytes | None, distance: int) -> list[bytes] | None:
+        """Neighbours one hop closer to a DM's or receipt's recipient, or None to flood."""
+        if env.kind not in (KIND_DM, KIND_RECEIPT) or env.to is None or env.to in self.links:
+            return None
+        closer = [k for k in self.first_hops.get(env.to, ()) if k != came_from]
+        if not closer:
+            return None
+        return closer[: PATH_FANOUT if distance == 0 else 1]
+
+    def forward(self, items: list[tuple[Envelope, int, bytes | None]], mono: float
+                ) -> Generator[Action, Any, set[bytes]]:
+        """Relay accepted envelopes (``hops`` = our distance); returns ids sent now."""
+        per_target: dict[bytes, list[Entry]] = defaultdict(list)
+        sent_ids: set[bytes] = set()
+        for env, hops, came_from in items:
+            if not gossip.relays(hops, self.hop_limit):
+                continue
+            entry = (hops, env.signed, env.sig)
+            targets = self.path(env, came_from, hops)
+            if targets is not None:
+                self.counts["path"] += 1
+                self.awaiting[env.id] = Awaiting(due=mono + self.settings.custody_wait,
+                                                 entry=entry, env=env, came_from=came_from,
+                                                 sent_to=set(targets))
+                for t in targets:
+                    per_target[t].append(entry)
+                sent_ids.add(env.id)
+                continue
+            targets = gossip.relay_targets(kind=env.kind, to=env.to, origin=env.origin,
+                                           came_from=came_from, links=self.links)
+            if not targets:
+                continue
+            self.counts["relayed"] += 1
+            if self.relay.schedule(env.id, targets, mono, hops, entry) is None:
+                for t in targets:
+                    per_target[t].append(entry)
+                sent_ids.add(env.id)
+        for target, entries in per_target.items():
+            yield from self.send_entries(target, entries)
+        return sent_ids
+
+    def fall_back(self, waiting: Awaiting, mono: float) -> Step:
+        """No custody from the path: flood from here (all but who had it already)."""
+        env = waiting.env
+        targets = [k for k in gossip.relay_targets(
+            kind=env.kind, to=env.to, origin=env.origin, came_from=waiting.came_from,
+            links=self.links) if k not in waiting.sent_to]
+        if env.to in self.links:
+            targets = [env.to] if env.to not in waiting.sent_to else []
+        if targets:
+            self.counts["fallback"] += 1
+            for t in targets:
+                yield from self.send_entries(t, [waiting.entry])
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def reject(self, source: str, reason: str, detail: str = "") -> Rejected:
+        self.counts["dropped"] += 1
+        return Rejected(source, reason, detail)
+
+    def receive(self, frames: list[list[bytes]], now: float, mono: float) -> Step:
+        """A batch of ``[peer key, router message]`` frames from the gateway."""
+        accepted: list[Accepted] = []
+        for frame in frames:
+            if len(frame) != 2 or type(frame[0]) is not bytes or len(frame[0]) != 32 \
+                    or type(frame[1]) is not bytes:
+                yield self.reject("gateway", "bad_frames")
+                continue
+            key, body = frame
+            if not self.link_rate.take(key, mono):
+                yield self.reject(f"peer {fingerprint(key)}", "rate_limited",
+                                  "too many router messages from this link")
+                continue
+            try:
+                msg = routing.decode(body)
+            except RemoteProtocolError as e:
+                yield self.reject(f"peer {fingerprint(key)}", e.code, e.message)
+                continue
+            if isinstance(msg, routing.Envs):
+                for hops, signed, sig in msg.entries:
+                    acc = yield from self.check(hops, signed, sig, key, now, mono)
+                    if acc is not None:
+                        accepted.append(acc)
+            elif isinstance(msg, routing.Custody):
+                yield from self.on_custody(key, msg.ids)
+            elif isinstance(msg, routing.SummaryMsg):
+                yield from self.on_summary(key, msg.buckets)
+            elif isinstance(msg, routing.IdsMsg):
+                yield from self.on_ids(key, msg.bucket, msg.ids)
+        if accepted:
+            try:
+                yield from self.accept(accepted, now, mono)
+            finally:
+                for a in accepted:
+                    self.pending.pop(a.env.id, None)
+        if self._shorter:
+            self.counts["shorter"] += len(self._shorter)
+            shorter, self._shorter = self._shorter, []
+            yield from self.forward(shorter, mono)
+        if self._lowered:
+            lowered, self._lowered = self._lowered, {}
+            yield LowerHops(lowered)
+
+    def check(self, hops: int, signed: bytes, sig: bytes, link: bytes, now: float,
+              mono: float) -> Generator[Action, Any, Accepted | None]:
+        source = f"peer {fingerprint(link)}"
+        if not gossip.accepts(hops, self.hop_limit):
+            yield self.reject(source, "hop_limit", f"{hops} hops, limit {self.hop_limit}")
+            return None
+        try:
+            env = envelope.parse(signed, sig)
+        except EnvelopeError as e:
+            yield self.reject(source, e.code, e.message)
+            return None
+        if env.id in self.seen or env.id in self.pending:
+            self.counts["duplicates"] += 1
+            self.relay.heard_from(env.id, link, hops, closer_matters=env.kind == KIND_PROFILE
+                                  or gossip.reach_matters(hops, self.eccentricity,
+                                                          self.hop_limit))
+            self.shorter_path(env, hops, link)
+            return None
+        why = gossip.window(env.ts, now)
+        if why is not None:
+            yield self.reject(source, why, f"timestamp {env.ts} outside the window")
+            return None
+        if not self.origin_rate.take(env.origin, mono):
+            yield self.reject(f"origin {fingerprint(env.origin)}", "rate_limited",
+                              "too many messages from this origin")
+            return None
+        try:
+            self.verify(env)
+        except EnvelopeError as e:
+            yield self.reject(f"{source} (origin {fingerprint(env.origin)})", e.code, e.message)
+            return None
+        if env.to is not None and env.to == env.origin:
+            yield self.reject(source, "bad_recipient", "a message to its own origin")
+            return None
+        self.counts["accepted"] += 1
+        acc = self.pending[env.id] = Accepted(env=env, hops=hops + 1, came_from=link)
+        return acc
+
+    def shorter_path(self, env: Envelope, hops: int, link: bytes) -> None:
+        """A copy of an accepted envelope came a shorter way: hold it at the shorter
+        distance, and relay it again if we now can (common.gossip, "Shortest distances")."""
+        acc = self.pending.get(env.id)
+        if acc is not None:  # in this very batch: not relayed yet
+            if gossip.shorter_path(acc.hops, hops):
+                acc.hops, acc.came_from = hops + 1, link
+            return
+        known = self.recent.get(env.id)
+        profile = self.directory.get(env.origin) if env.kind == KIND_PROFILE else None
+        if known is None and profile is not None and profile.profile_id == env.id:
+            known = (profile.hops, profile.env)
+        if known is None or not gossip.shorter_path(known[0], hops):
+            return
+        held: Envelope = known[1]  # type: ignore[assignment]
+        distance = hops + 1
+        matters = env.kind == KIND_PROFILE or gossip.reach_matters(
+            known[0], self.eccentricity, self.hop_limit)
+        self.recent.put(env.id, distance, held)
+        if profile is not None and profile.profile_id == env.id:
+            profile.hops = distance
+        self._lowered[env.id] = distance
+        if held.to != self.own_key and gossip.relays(distance, self.hop_limit) and matters:
+            self._shorter.append((held, distance, link))
+
+    def accept(self, accepted: list[Accepted], now: float, mono: float) -> Step:
+        # Relay at once: a relay promises nothing before it has committed (custody comes
+        # after the commit), and the next hop deduplicates; so the commit is not on the path.
+        yield from self.forward([(a.env, a.hops, a.came_from) for a in accepted
+                                 if a.env.to != self.own_key], mono)
+        for a in accepted:
+            self.recent.put(a.env.id, a.hops, a.env)
+        to_me = [a for a in accepted if a.env.kind == KIND_DM and a.env.to == self.own_key]
+        receipts: list[Envelope] = []
+        if to_me:
+            # Open the DMs and sign their receipts together; receipts are committed with the
+            # DMs they acknowledge, so a crash cannot leave a DM received but unacknowledged.
+            specs = self.receipt_specs(to_me)
+            seqs = yield from self.reserve(len(specs))
+            unsigned = self.unsigned(specs, seqs, now)
+            plains, sigs = yield Together([Open([a.env.body for a in to_me]), Sign(unsigned)])
+            for a, plain in zip(to_me, plains, strict=True):
+                try:
+                    if plain is None:
+                        raise EnvelopeError("the sealed box does not open", code="cannot_open")
+                    a.text = envelope.dm_inner(plain, a.env.origin)
+                except EnvelopeError as e:
+                    yield self.reject(f"origin {fingerprint(a.env.origin)}", e.code, e.message)
+            opened = [a for a in to_me if a.text is not None]
+            if len(opened) < len(to_me):  # rare: sign again, for the ones that opened
+                receipts = (yield from self.originate(self.receipt_specs(opened), now)) \
+                    if opened else []
+                accepted = [a for a in accepted if not (a in to_me and a.text is None)]
+            else:
+                receipts = [envelope.parse(sb, sig) for sb, sig in zip(unsigned, sigs,
+                                                                       strict=True)]
+        items = [self.stored(a) for a in accepted] + [
+            rpc.StoredMessage(id=r.id, kind=r.kind, origin=r.origin, seq=r.seq, ts=r.ts,
+                              to=r.to, signed=r.signed, sig=r.sig, hops=0, own=True, held=True)
+            for r in receipts]
+        results = yield Commit(items)
+        for a in accepted:
+            self.seen.add(a.env.id, now)
+        fresh = [a for a, r in zip(accepted, results[: len(accepted)], strict=True) if r.new]
+        yield from self.after_accept(fresh, now, mono)
+        for r in receipts:
+            self.seen.add(r.id, now)
+            self.index.add(r.id, r.ts, r.to)
+        yield from self.forward([(r, 0, None) for r in receipts], mono)
+
+    @staticmethod
+    def receipt_specs(dms: list[Accepted]) -> list[tuple[int, bytes | None, bytes]]:
+        by_origin: dict[bytes, list[bytes]] = defaultdict(list)
+        for a in dms:
+            by_origin[a.env.origin].append(a.env.id)
+        return [(KIND_RECEIPT, origin, envelope.receipt_body(chunk))
+                for origin, ids in by_origin.items()
+                for chunk in catchup.chunks(ids, envelope.MAX_RECEIPT_IDS)]
+
+    def stored(self, a: Accepted) -> rpc.StoredMessage:
+        env = a.env
+        mine = env.to == self.own_key
+        text = a.text
+        conv = env.origin if env.kind == KIND_DM and mine else None
+        if env.kind == KIND_ROOM:
+            text = envelope.room_text(env.body)
+        held = env.kind in (KIND_DM, KIND_RECEIPT) and not mine
+        return rpc.StoredMessage(id=env.id, kind=env.kind, origin=env.origin, seq=env.seq,
+                                 ts=env.ts, to=env.to, signed=env.signed, sig=env.sig,
+                                 hops=min(a.hops, envelope.MAX_HOPS_LIMIT), conv=conv,
+                                 text=text, held=held)
+
+    def after_accept(self, fresh: list[Accepted], now: float, mono: float) -> Step:
+        custody: dict[bytes, list[bytes]] = defaultdict(list)
+        updates: list[tuple[bytes, str]] = []
+        for a in fresh:
+            env = a.env
+            mine = env.to == self.own_key
+            if env.kind == KIND_ROOM:
+                self.index.add(env.id, env.ts)
+                yield self.message(env, envelope.room_text(env.body), a.hops)
+            elif env.kind == KIND_PROFILE:
+                self.index.add(env.id, env.ts)
+                self.on_profile(env, a.hops, now)
+                self.schedule_recompute(mono)
+            elif env.kind == KIND_DM and mine:
+                yield self.message(env, a.text or "", a.hops)
+            elif env.kind == KIND_RECEIPT and mine:
+                for msg_id in envelope.receipt_ids(env.body):
+                    if self.index.recipient(msg_id) == env.origin:
+                        updates.append((msg_id, "delivered"))
+            else:  # a DM or receipt for someone else: hold it, relay it, take custody
+                self.index.add(env.id, env.ts, env.to)
+                if a.came_from is not None:
+                    custody[a.came_from].append(env.id)
+                if env.kind == KIND_RECEIPT:
+                    yield from self.release_delivered(env)
+        for link, ids in custody.items():
+            for chunk in catchup.chunks(ids, routing.MAX_CUSTODY):
+                yield Send(link, routing.encode_custody(chunk))
+        if updates:
+            yield from self.set_status(updates)
+
+    def release_delivered(self, receipt: Envelope) -> Step:
+        """A relay drops the DMs a receipt acknowledges, if the receipt is their recipient's."""
+        done = [i for i in envelope.receipt_ids(receipt.body)
+                if self.index.recipient(i) == receipt.origin]
+        for msg_id in done:
+            self.index.remove(msg_id)
+        if done:
+            yield Release(done)
+
+    def message(self, env: Envelope, text: str, hops: int, st: str = "") -> Emit:
+        return Emit(ChatMessage, dict(
+            id=env.id.hex(), kind=env.kind_name, origin=env.origin.hex(),
+            to=env.to.hex() if env.to else None, sent=env.ts, text=text,
+            own=env.origin == self.own_key, hops=min(hops, envelope.MAX_HOPS_LIMIT), status=st))
+
+    # -- the mesh directory ----------------------------------------------------------------
+
+    def on_profile(self, env: Envelope, hops: int, now: float) -> None:
+        """A new, accepted profile: it replaces an older one of the same node."""
+        if env.origin == self.own_key:
+            return
+        known = self.directory.get(env.origin)
+        if known is not None and (env.ts, env.seq) <= known.version:
+            self.index.remove(env.id)  # an old profile: nothing to offer in catch-up
+            return
+        prof = envelope.profile_fields(env.body)
+        if known is not None:
+            self.index.remove(known.profile_id)
+        self.directory[env.origin] = Directory(
+            nickname=prof.nickname, enc_key=prof.enc_key, version=(env.ts, env.seq),
+            links=prof.links, profile_id=env.id, received_at=now, env=env, hops=hops,
+            published=known.published if known else None)
+
+    def schedule_recompute(self, mono: float) -> None:
+        if self.recompute_at is None:
+            self.recompute_at = mono + RECOMPUTE_DELAY
+
+    def recompute(self, now: float) -> Step:
+        """Distances over the links both ends confirm; publish the ones that changed."""
+        self.recompute_at = None
+        links_of = {k: d.links for k, d in self.directory.items()
+                    if now - d.received_at <= self.settings.profile_expires}
+        self.dist, self.first_hops = gossip.routes(self.own_key, self.links, links_of)
+        self.eccentricity = max(self.dist.values(), default=0)
+        for key, entry in self.directory.items():
+            hops = self.dist.get(key)
+            now_entry = None if hops is None else rpc.MeshEntry(
+                key=key.hex(), nickname=entry.nickname, hops=hops, enc_key=entry.enc_key.hex())
+            if now_entry != entry.published:
+                entry.published = now_entry
+                yield Emit(MeshPeer, dict(epoch=self.numbering.epoch, seq=self.numbering.next(),
+                                          key=key.hex(), nickname=entry.nickname, hops=hops,
+                                          enc_key=entry.enc_key.hex()))
+
+    def mesh_table(self) -> rpc.MeshTable:
+        return rpc.MeshTable(epoch=self.numbering.epoch, seq=self.numbering.seq,
+                             items=tuple(d.published for d in self.directory.values()
+                                         if d.published is not None))
+
+    # -- custody and catch-up ---------------------------------------------------------------------
+
+    def on_custody(self, link: bytes, ids: list[bytes]) -> Step:
+        for msg_id in ids:
+            waiting = self.awaiting.get(msg_id)
+            if waiting is not None and link in waiting.sent_to:
+                del self.awaiting[msg_id]
+        updates = [(i, "relayed") for i in ids
+                   if i in self.own_status and self.own_status[i][1] != link]
+        if updates:
+            yield from self.set_status(updates)
+
+    def on_summary(self, link: bytes, theirs: list[tuple[int, int, bytes]]) -> Step:
+        for bucket in catchup.differing(self.index.summary(), theirs)[-routing.MAX_BUCKETS:]:
+            for chunk in catchup.chunks(self.index.ids_in(bucket), routing.MAX_IDS):
+                yield Send(link, routing.encode_ids(bucket, chunk))
+
+    def on_ids(self, link: bytes, bucket: int, their_ids: list[bytes]) -> Step:
+        missing = catchup.lacking(self.index, bucket, their_ids)
+        for chunk in catchup.chunks(missing, 512):
+            if not chunk:
+                continue
+            found: list[rpc.WireEnvelope] = yield Fetch(chunk)
+            # at the distance we hold each at: catch-up never carries a copy further than
+            # the flood would (common.gossip, hop counting)
+            entries = [(e.hops, e.signed, e.sig) for e in found
+                       if gossip.relays(e.hops, self.hop_limit)]
+            if entries:
+                yield from self.send_entries(link, entries)
+                queued = [(e.id, "sent") for e in found
+                          if self.own_status.get(e.id, ("", None))[0] == "queued"]
+                if queued:
+                    yield from self.set_status(queued)
+
+    # -- status of our own messages --------------------------------------------------------
+
+    def set_status(self, updates: list[tuple[bytes, str]], reason: str = "") -> Step:
+        changed = []
+        for msg_id, st in updates:
+            if msg_id not in self.own_status:
+                continue
+            current, to = self.own_status[msg_id]
+            if not status.advance(current, st):
+                continue
+            self.own_status[msg_id] = (st, to)
+            changed.append((msg_id, st, to))
+        if not changed:
+            return
+        yield SetStatus([rpc.StatusUpdate(id=i, status=s, reason=reason)  # type: ignore[arg-type]
+                         for i, s, _ in changed])
+        delivered = [i for i, s, _ in changed if s == "delivered"]
+        for msg_id in delivered:
+            self.index.remove(msg_id)
+            self.own_status.pop(msg_id, None)
+            self.awaiting.pop(msg_id, None)
+        if delivered:
+            yield Release(delivered)
+        for msg_id, st, to in changed:
+            yield Emit(ChatStatus, dict(id=msg_id.hex(), status=st, reason=reason,
+                                        to=to.hex() if to else None))
+
+    def expired(self, ids: list[tuple[bytes, str]]) -> Step:
+        """Own messages the store gave up on (too old to deliver)."""
+        for msg_id, reason in ids:
+            yield from self.set_status([(msg_id, "failed")], reason)
+            if msg_id in self.own_status and self.own_status[msg_id][0] == "failed":
+                del self.own_status[msg_id]
+
+    # -- posting ---------------------------------------------------------------------------
+
+    def refuse_post(self, to: bytes | None, text: str) -> PostRefused | None:
+        """Why a post cannot be accepted, before it is queued (None: it can)."""
+        if to is not None:
+            if to == self.own_key:
+                return PostRefused("bad_recipient", "that is this node's own key")
+            if to not in self.directory:
+                return PostRefused(
+                    "no_key", f"no encryption key for {fingerprint(to)} yet: its profile has "
+                    "not reached us (it appears once the peer is linked or known via the mesh)")
+        if len(text.encode()) > envelope.MAX_TEXT_BYTES:
+            return PostRefused("too_large", f"text over {envelope.MAX_TEXT_BYTES} bytes")
+        return None
+
+    def reserve(self, n: int) -> Generator[Action, Any, list[int]]:
+        if self.seq_end - self.seq_next < n:
+            block = max(SEQ_BLOCK, n)
+            first = yield ReserveSeq(block)
+            self.seq_next, self.seq_end = first, first + block
+        first = self.seq_next
+        self.seq_next += n
+        return list(range(first, first + n))
+
+    def unsigned(self, specs: list[tuple[int, bytes | None, bytes]], seqs: list[int],
+                 now: float) -> list[bytes]:
+        ts = int(now * 1000)
+        return [envelope.signed_bytes(kind=k, origin=self.own_key, seq=s, ts=ts, to=to,
+                                      body=body)
+                for (k, to, body), s in zip(specs, seqs, strict=True)]
+
+    def originate(self, specs: list[tuple[int, bytes | None, bytes]], now: float
+                  ) -> Generator[Action, Any, list[Envelope]]:
+        """Build and sign our own envelopes: (kind, to, body) each."""
+        seqs = yield from self.reserve(len(specs))
+        signed = self.unsigned(specs, seqs, now)
+        sigs = yield Sign(signed)
+        return [envelope.parse(sb, sig) for sb, sig in zip(signed, sigs, strict=True)]
+
+    def post(self, posts: list[PostSpec], now: float, mono: float
+             ) -> Generator[Action, Any, list[rpc.PostResult | PostRefused]]:
+        """Our own messages, a batch at a time: sealed, signed, committed, sent."""
+        specs, ready = [], []
+        answers: list[rpc.PostResult | PostRefused] = [PostRefused("no_key", "")] * len(posts)
+        for i, p in enumerate(posts):
+            refused = self.refuse_post(p.to, p.text)
+            if refused is not None:
+                answers[i] = refused
+                continue
+            if p.to is None:
+                specs.append((KIND_ROOM, None, p.text.encode()))
+            else:
+                body = envelope.seal_dm(origin=self.own_key, text=p.text,
+                                        recipient_enc_key=self.directory[p.to].enc_key)
+                specs.append((KIND_DM, p.to, body))
+            ready.append(i)
+        if not ready:
+            return answers
+        self.counts["posted"] += len(ready)
+        envs = yield from self.originate(specs, now)
+        items = [rpc.StoredMessage(
+            id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=env.to,
+            signed=env.signed, sig=env.sig, hops=0, conv=env.to, text=posts[i].text,
+            status="queued", own=True, held=env.kind == KIND_DM, client_id=posts[i].client_id)
+            for env, i in zip(envs, ready, strict=True)]
+        results: list[rpc.PutOutcome] = yield Commit(items)
+        fresh: list[Envelope] = []
+        for env, i, outcome in zip(envs, ready, results, strict=True):
+            if outcome.new:
+                self.seen.add(env.id, now)
+                self.index.add(env.id, env.ts, env.to)
+                self.own_status[env.id] = ("queued", env.to)
+                fresh.append(env)
+                yield self.message(env, posts[i].text, 0, "queued")
+        sent = yield from self.forward([(env, 0, None) for env in fresh], mono)
+        for i, outcome in zip(ready, results, strict=True):
+            st = "sent" if outcome.id in sent else \
+                self.own_status.get(outcome.id, ("delivered", None))[0]
+            answers[i] = rpc.PostResult(message_id=outcome.id, status=st,  # type: ignore[arg-type]
+                                        new=outcome.new)
+        if sent:
+            yield from self.set_status([(i, "sent") for i in sorted(sent)])
+        return answers
+
+    def publish_profile(self, now: float, mono: float) -> Step:
+        """Our profile, flooded: at start, when our links change, every ``profile_every``."""
+        body = envelope.profile_body(self.nickname, self.enc_key, sorted(self.links))
+        [env] = yield from self.originate([(KIND_PROFILE, None, body)], now)
+        yield Commit([rpc.StoredMessage(
+            id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=None,
+            signed=env.signed, sig=env.sig, hops=0, own=True)])
+        self.seen.add(env.id, now)
+        if self.last_profile is not None:
+            self.index.remove(self.last_profile.id)
+        self.index.add(env.id, env.ts)
+        self.last_profile = env
+        yield from self.forward([(env, 0, None)], mono)
+
+    def stats(self) -> rpc.RouterStats:
+        return rpc.RouterStats(links=len(self.links), pending_relays=len(self.relay),
+                               **{k: v for k, v in self.counts.items()
+                                  if k in rpc.RouterStats.__dataclass_fields__})
