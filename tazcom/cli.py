@@ -60,8 +60,8 @@ class Cli:
             c.close()
         self.ctx.destroy(linger=0)
 
-    def out(self, obj: dict[str, Any]) -> None:
-        print(json.dumps(to_jsonable(obj), ensure_ascii=False), flush=True)
+    def out(self, row: dict[str, Any]) -> None:
+        print(json_line(row), flush=True)
 
     async def call(self, service: str, req: rpc.Request, timeout: float = 1.5) -> Any:
         client = self._clients.get(service)
@@ -80,14 +80,8 @@ class Cli:
 
     async def cmd_id(self) -> int:
         info = await self.call("identity", rpc.GetIdentity())
-        out: dict[str, Any] = {"key": info.key, "fingerprint": info.fingerprint,
-                               "nickname": info.nickname}
         peer = await self.find_peer(self.args.peer) if self.args.peer else None
-        if peer is not None:
-            out["peer"] = peer.key
-            out["peer_nickname"] = peer.nickname
-            out["safety_number"] = safety_number(bytes.fromhex(info.key),
-                                                 bytes.fromhex(peer.key))
+        out = id_row(info, peer)
         if self.json:
             self.out(out)
             return 0
@@ -122,7 +116,7 @@ class Cli:
         peers: Sequence[PeerInfo] = snap.peers
         if self.json:
             for p in peers:
-                self.out(p.to_dict())
+                self.out(peer_row(p))
             return 0
         if not peers:
             print("no peers seen yet")
@@ -143,7 +137,7 @@ class Cli:
         me = await self.call("identity", rpc.GetIdentity())
         number = safety_number(bytes.fromhex(me.key), bytes.fromhex(peer.key))
         if self.json:
-            self.out({**peer.to_dict(), "safety_number": number})
+            self.out(peer_row(peer, number))
             return 0
         now = time.time()
         rows = [("nickname", peer.nickname), ("fingerprint", peer.fingerprint),
@@ -170,8 +164,7 @@ class Cli:
             await self.call("gateway", rpc.Trust(key=peer.key, nickname=peer.nickname))
             verb = "trusted"
         if self.json:
-            self.out({"key": peer.key, "nickname": peer.nickname,
-                      "trusted": not self.args.remove})
+            self.out(trust_row(peer, trusted=not self.args.remove))
         else:
             print(f"{verb} {peer.nickname} ({peer.fingerprint})")
         return 0
@@ -185,8 +178,7 @@ class Cli:
         reply = await self.call("router", req, timeout=5.0)
         target = f"{to.nickname} ({to.fingerprint})" if to else "the room"
         if self.json:
-            self.out({"id": reply.message_id.hex(), "to": to.key if to else "*",
-                      "status": reply.status, "text": text})
+            self.out(post_row(reply, to, text))
         else:
             print(f"to {target}: {reply.status} (message {reply.message_id.hex()[:12]})")
         return 0
@@ -210,14 +202,11 @@ class Cli:
             me = await self.call("identity", rpc.GetIdentity(), timeout=1.0)
             names[me.key] = f"{me.nickname} (me)"
         for m in reply.messages:
+            if self.json:
+                self.out(history_row(m))
+                continue
             origin = m.origin.hex()
             status = m.status or "received"
-            if self.json:
-                self.out({"id": m.id.hex(), "from": origin,
-                          "to": m.to.hex() if m.to else "*", "text": m.text,
-                          "ts": m.ts / 1000, "status": status, "reason": m.reason,
-                          "kind": "room" if m.to is None else "dm"})
-                continue
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.ts / 1000))
             who = names.get(origin, origin[:8])
             mark = f"  [{status}{': ' + m.reason if m.reason else ''}]" if m.own else ""
@@ -238,7 +227,7 @@ class Cli:
             note = "the bus is not answering: states come from pinging each service"
         if self.json:
             for r in rows:
-                self.out(r.to_dict())
+                self.out(status_row(r))
             return 0
         now = time.time()
         table = [("SERVICE", "STATE", "PID", "SINCE", "DETAIL")]
@@ -291,7 +280,7 @@ class Cli:
         return 0
 
     def _print_event(self, ev: Event) -> None:
-        data = event_as_json(ev)
+        data = event_row(ev)
         if self.json:
             self.out(data)
             return
@@ -299,6 +288,63 @@ class Cli:
         stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts)) + f".{millis:03d}"
         rest = {k: v for k, v in data.items() if k not in ("topic", "v", "src", "ts")}
         print(f"{stamp} {ev.TOPIC:<20} [{ev.src}] {_compact(rest)}", flush=True)
+
+
+# -- --json rows: one function per command (docs/protocol.md, "CLI JSON output") -----------
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One line of ``--json`` output: bytes become hex."""
+    return json.dumps(to_jsonable(row), ensure_ascii=False)
+
+
+def id_row(me: rpc.IdentityInfo, peer: PeerInfo | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"key": me.key, "fingerprint": me.fingerprint,
+                           "nickname": me.nickname}
+    if peer is not None:
+        row["peer"] = peer.key
+        row["peer_nickname"] = peer.nickname
+        row["safety_number"] = safety_number(bytes.fromhex(me.key), bytes.fromhex(peer.key))
+    return row
+
+
+def peer_row(peer: PeerInfo, number: str | None = None) -> dict[str, Any]:
+    """``peers``: one PeerInfo; ``peers PEER`` adds the safety number."""
+    row = peer.to_dict()
+    if number is not None:
+        row["safety_number"] = number
+    return row
+
+
+def status_row(health: ServiceHealth) -> dict[str, Any]:
+    return health.to_dict()
+
+
+def trust_row(peer: PeerInfo, *, trusted: bool) -> dict[str, Any]:
+    return {"key": peer.key, "nickname": peer.nickname, "trusted": trusted}
+
+
+def post_row(reply: rpc.PostResult, to: PeerInfo | None, text: str) -> dict[str, Any]:
+    """``say`` and ``send``."""
+    return {"id": reply.message_id.hex(), "to": to.key if to else "*",
+            "status": reply.status, "text": text}
+
+
+def history_row(m: rpc.HistoryEntry) -> dict[str, Any]:
+    return {"id": m.id.hex(), "from": m.origin.hex(), "to": m.to.hex() if m.to else "*",
+            "text": m.text, "ts": m.ts / 1000, "status": m.status or "received",
+            "reason": m.reason, "kind": "room" if m.to is None else "dm"}
+
+
+def event_row(ev: Event) -> dict[str, Any]:
+    return event_as_json(ev)
+
+
+#: The row function of every command that has ``--json`` output.
+JSON_ROWS: dict[str, Callable[..., dict[str, Any]]] = {
+    "id": id_row, "peers": peer_row, "status": status_row, "trust": trust_row,
+    "say": post_row, "send": post_row, "history": history_row, "events": event_row,
+}
 
 
 def _compact(d: dict[str, Any]) -> str:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tazcom import cli
 from tazcom.common import events, rpc
+from tazcom.common.events import PeerInfo
+from tazcom.common.keys import SIGNING_DOMAINS
 from tazcom.common.schema import fields as schema_fields
 from tazcom.common.version import PROTOCOL_VERSION
+
+from .examples import build
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
 ENVELOPE = {"src", "ts"}
@@ -53,3 +62,223 @@ def test_records_documented(record: type) -> None:
     body = section(f"Record {record.__name__}")
     for name in names(record):
         assert f"`{name}`" in body, f"{record.__name__}.{name} undocumented"
+
+
+# -- reject codes ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CODE_DIRS = ("common", "services", "tazcom")
+CODE_RE = re.compile(r"[a-z][a-z0-9_]{1,47}")
+#: Names of parameters and fields that hold a reject code.
+CODE_NAMES = {"code", "reason"}
+#: A function whose docstring says this returns a reject code (``return "too_old"``).
+RETURNS_CODE = re.compile(r"reject code|reason to refuse", re.I)
+
+
+def _str(node: ast.AST | None) -> list[str]:
+    """String literals of a constant, a tuple/list/set of them, or a ``Literal[...]``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [s for e in node.elts for s in _str(e)]
+    if isinstance(node, ast.Subscript) and _name(node.value) == "Literal":
+        return _str(node.slice)
+    if isinstance(node, ast.BinOp):  # Literal[...] | None
+        return _str(node.left) + _str(node.right)
+    return []
+
+
+def _name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _target(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        return _name(node.targets[0])
+    if isinstance(node, ast.AnnAssign):
+        return _name(node.target)
+    return None
+
+
+def scan_reject_codes() -> dict[str, set[str]]:
+    """Every reject code literal in the code: code -> the files that use it.
+
+    Found where a code is written: ``code="..."`` / ``reason="..."`` keywords, ``code =
+    "..."`` class attributes (error classes), the code/reason argument of any function
+    that takes one (``reject(source, "busy")``, ``drop(...)``, ``close("duplicate", ...)``,
+    ``_fail("bad_kind", ...)``), ``Literal[...]`` annotations and aliases of reasons and
+    codes, ``e.code == "..."`` tests, and the ``return "..."`` of a function whose
+    docstring says it returns a reject code.
+    """
+    trees = {p: ast.parse(p.read_text(), str(p))
+             for d in CODE_DIRS for p in sorted((ROOT / d).rglob("*.py"))}
+    # positional index of the code/reason parameter of every function, and of the
+    # code/reason field of every dataclass (``Rejected(source, reason)``), that has one
+    positions: dict[str, set[int]] = {}
+    for tree in trees.values():
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                params = [a.arg for a in fn.args.posonlyargs + fn.args.args
+                          if a.arg not in ("self", "cls")]
+            elif isinstance(fn, ast.ClassDef):
+                params = [s.target.id for s in fn.body
+                          if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
+            else:
+                continue
+            for i, a in enumerate(params):
+                if a in CODE_NAMES:
+                    positions.setdefault(fn.name, set()).add(i)
+    found: dict[str, set[str]] = {}
+    for path, tree in trees.items():
+        literals: list[str] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                literals += [s for k in node.keywords if k.arg in CODE_NAMES
+                             for s in _str(k.value)]
+                for i in positions.get(_name(node.func) or "", ()):
+                    if i < len(node.args):
+                        literals += _str(node.args[i])
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                name = (_target(node) or "").lower()
+                if name in CODE_NAMES:
+                    literals += _str(node.value)
+                if name.endswith(("reason", "code")) and isinstance(node.value, ast.Subscript):
+                    literals += _str(node.value)  # an alias: DropReason = Literal[...]
+                if isinstance(node, ast.AnnAssign) and name in CODE_NAMES:
+                    literals += _str(node.annotation)
+            elif isinstance(node, ast.arg) and node.arg in CODE_NAMES and node.annotation:
+                literals += _str(node.annotation)
+            elif isinstance(node, ast.Compare) and _name(node.left) == "code":  # e.code == "..."
+                literals += [s for c in node.comparators for s in _str(c)]
+            elif (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                  and RETURNS_CODE.search(ast.get_docstring(node) or "")):
+                literals += [s for r in ast.walk(node) if isinstance(r, ast.Return)
+                             for s in _str(r.value)]
+        for s in literals:
+            if CODE_RE.fullmatch(s):
+                found.setdefault(s, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+REJECT_CODES = scan_reject_codes()
+
+
+def test_reject_code_scan_finds_the_codes() -> None:
+    # The scan must see codes written in every way the code writes them; were it
+    # to find nothing, every code would trivially be "documented".
+    assert len(REJECT_CODES) >= 60, sorted(REJECT_CODES)
+    for code in ("nonce_exhausted", "bad_key", "bad_reply",  # code="..." keywords
+                 "bad_message", "bad_envelope",  # class attributes of error classes
+                 "busy", "gateway_busy", "stale",  # reject(...) / drop(...) arguments
+                 "duplicate", "handshake_timeout",  # link close("...", ...)
+                 "bad_kind", "bad_author", "port_mismatch",  # _fail / _reject helpers
+                 "too_old", "too_many_links"):  # returned by functions that pick a code
+        assert code in REJECT_CODES, f"the reject code scan misses {code}"
+
+
+@pytest.mark.parametrize("code", sorted(REJECT_CODES))
+def test_every_reject_code_documented(code: str) -> None:
+    body = re.search(r"^## 8\. Reject codes$(.*?)(?=^## |\Z)", DOC, re.M | re.S)
+    assert body, "docs/protocol.md has no '## 8. Reject codes'"
+    assert f"`{code}`" in body.group(1), (
+        f"reject code {code} (used in {', '.join(sorted(REJECT_CODES[code]))}) "
+        "is not in docs/protocol.md section 8")
+
+
+def test_signing_domains_documented() -> None:
+    body = re.search(r"^## 6\. Signing domains$(.*?)(?=^## )", DOC, re.M | re.S)
+    assert body, "docs/protocol.md has no '## 6. Signing domains'"
+    listed = set(re.findall(r"^\| `([a-z-]+:)` \|", body.group(1), re.M))
+    assert listed == {d.decode() for d in SIGNING_DOMAINS}
+
+
+# -- CLI JSON output -----------------------------------------------------------------------
+
+JSON_TYPES: dict[str, Callable[[object], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "[str]": lambda v: isinstance(v, list) and all(isinstance(e, str) for e in v),
+}
+
+
+def cli_table(command: str) -> dict[str, tuple[str, str]]:
+    """Key -> (type, whole row) of the table under the heading naming ``tazcom COMMAND``."""
+    cli_doc = re.search(r"^## 11\. CLI JSON output$(.*?)(?=^## |\Z)", DOC, re.M | re.S)
+    assert cli_doc, "docs/protocol.md has no '## 11. CLI JSON output'"
+    m = re.search(rf"^### [^\n]*`tazcom {command}[ `].*?$(.*?)(?=^### |\Z)", cli_doc.group(1),
+                  re.M | re.S)
+    assert m, f"section 11 has no heading for tazcom {command}"
+    rows = {k: (t, line) for line, k, t in
+            re.findall(r"^(\| `([a-z_]+)` \| (\S+) .*)$", m.group(1), re.M)}
+    assert rows, f"section 11: no table of keys for tazcom {command}"
+    return rows
+
+
+def _with(rec: Any, **changes: object) -> Any:
+    return type(rec)(**{f.name: getattr(rec, f.name) for f in schema_fields(type(rec))}
+                     | changes)
+
+
+def cli_samples() -> dict[str, list[dict[str, Any]]]:
+    """Rows of every command, from the CLI's own row functions, with and without their
+    optional parts, as a script reads them (through JSON)."""
+    me, peer = build(rpc.IdentityInfo), build(PeerInfo)
+    bare = _with(peer, hops=None, alert=None, addresses=())
+    entry = build(rpc.HistoryEntry)
+    posted = build(rpc.PostResult)
+    rows: dict[str, list[dict[str, Any]]] = {
+        "id": [cli.id_row(me), cli.id_row(me, peer)],
+        "peers": [cli.peer_row(peer), cli.peer_row(bare), cli.peer_row(peer, "0" * 60)],
+        "status": [cli.status_row(build(events.ServiceHealth)),
+                   cli.status_row(events.ServiceHealth(service="store", state="down", pid=None))],
+        "trust": [cli.trust_row(peer, trusted=True), cli.trust_row(peer, trusted=False)],
+        "say": [cli.post_row(posted, None, "hi")],
+        "send": [cli.post_row(posted, peer, "hi")],
+        "history": [cli.history_row(entry),
+                    cli.history_row(_with(entry, to=None, text=None, status="", own=False))],
+        "events": [cli.event_row(build(cls)) for cls in events.EVENTS.values()],
+    }
+    return {c: [json.loads(cli.json_line(r)) for r in rs] for c, rs in rows.items()}
+
+
+def test_every_cli_command_has_a_json_row_function() -> None:
+    assert set(cli.JSON_ROWS) == set(cli.COMMANDS)
+    assert set(cli_samples()) == set(cli.JSON_ROWS)
+
+
+@pytest.mark.parametrize("command", sorted(cli.JSON_ROWS))
+def test_cli_json_rows_documented(command: str) -> None:
+    doc = cli_table(command)
+    rows = cli_samples()[command]
+    if command == "events":  # the table lists the keys of every event; the rest: section 3
+        for row in rows:
+            extra = set(row) - set(doc)
+            assert extra == set(names(events.EVENTS[row["topic"]])), row["topic"]
+    else:
+        printed = {k for row in rows for k in row}
+        assert printed == set(doc), (f"tazcom {command} --json prints {sorted(printed)}; "
+                                     f"docs/protocol.md section 11 lists {sorted(doc)}")
+    for row in rows:
+        for key, (typ, line) in doc.items():
+            if key not in row:
+                assert "only with" in line, f"tazcom {command}: {key} is not always printed"
+                continue
+            value, base = row[key], typ.rstrip("?")
+            assert base in JSON_TYPES, f"tazcom {command}: {key}: unknown type {typ}"
+            ok = typ.endswith("?") if value is None else JSON_TYPES[base](value)
+            assert ok, f"tazcom {command} --json: {key} = {value!r}, documented as {typ}"
+
+
+def test_cli_history_row_values() -> None:
+    # what scripts rely on: seconds, "*" for the room, "received" for others' messages
+    entry = _with(build(rpc.HistoryEntry), ts=1_700_000_123_456, to=None, status="")
+    row = json.loads(cli.json_line(cli.history_row(entry)))
+    assert row["ts"] == 1_700_000_123.456
+    assert row["to"] == "*" and row["kind"] == "room" and row["status"] == "received"
+    assert row["from"] == entry.origin.hex()
