@@ -53,12 +53,16 @@ from .mirror import Numbering
 #: A frame of envelopes stays under this many bytes (router messages are <= 65000).
 FRAME_BUDGET = 60_000
 ANTI_ENTROPY = 60.0
-PROFILE_EVERY = 120.0
-#: A node whose profile has not been refreshed for this long is taken as gone.
-PROFILE_EXPIRES = 330.0
+#: Our profile is flooded again this often even when nothing changed (it changes with our
+#: links and nickname, and goes out then): every profile reaches every node, so this is the
+#: idle traffic of a mesh, O(N) per node (docs/perf/README.md, the simulator's figures).
+PROFILE_EVERY = 3600.0
+#: A node whose profile has not been refreshed for this long is taken as gone (a safety
+#: net: a node that left is unreachable as soon as its neighbours' profiles drop it).
+PROFILE_EXPIRES = 3 * PROFILE_EVERY + 300.0
 PROFILE_DEBOUNCE = 0.05
 #: The mesh directory is recomputed at most this often (a flood of profiles is one step).
-RECOMPUTE_DELAY = 0.02
+RECOMPUTE_DELAY = 0.1
 SEQ_BLOCK = 1000
 #: Neighbours one hop closer that an origin sends a DM or receipt to (relays send to one).
 PATH_FANOUT = 2
@@ -171,6 +175,8 @@ class RouterSettings:
     profile_every: float = PROFILE_EVERY
     profile_expires: float = PROFILE_EXPIRES
     anti_entropy: float = ANTI_ENTROPY
+    #: Neighbours one hop closer an origin sends a DM or receipt to (0: always flood).
+    path_fanout: int = PATH_FANOUT
 
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> RouterSettings:
@@ -209,8 +215,8 @@ class Directory:
     #: The profile itself, and the distance we hold it at (offered when a link comes up).
     env: Envelope
     hops: int
-    #: What mesh.peer last said of it (None: unreachable).
-    published: rpc.MeshEntry | None = None
+    #: What mesh.peer last said of it: its distance (None: unreachable) and nickname.
+    published: tuple[int | None, str] = (None, "")
 
 
 @dataclass
@@ -258,6 +264,7 @@ class RouterCore:
         self.recent = gossip.Recent()
         self._lowered: dict[bytes, int] = {}
         self._shorter: list[tuple[Envelope, int, bytes | None]] = []
+        self._dup_custody: dict[bytes, list[bytes]] = defaultdict(list)
         self.seen = gossip.SeenSet(s.seen_capacity, s.seen_horizon)
         self.index = catchup.SyncIndex()
         #: Our verified neighbours (the gateway's link table).
@@ -265,6 +272,7 @@ class RouterCore:
         #: The mesh directory (published as mesh.peer), which the router owns.
         self.numbering = numbering or Numbering(1)
         self.directory: dict[bytes, Directory] = {}
+        self.profile_origin: dict[bytes, bytes] = {}  # profile id -> its node, in directory
         #: Distances and the neighbours one hop closer, from the last recompute.
         self.dist: dict[bytes, int] = {}
         self.first_hops: dict[bytes, tuple[bytes, ...]] = {}
@@ -399,12 +407,14 @@ class RouterCore:
 
     def path(self, env: Envelope, came_from: bytes | None, distance: int) -> list[bytes] | None:
         """Neighbours one hop closer to a DM's or receipt's recipient, or None to flood."""
-        if env.kind not in (KIND_DM, KIND_RECEIPT) or env.to is None or env.to in self.links:
+        fanout = self.settings.path_fanout
+        if env.kind not in (KIND_DM, KIND_RECEIPT) or env.to is None or env.to in self.links \
+                or not fanout:
             return None
         closer = [k for k in self.first_hops.get(env.to, ()) if k != came_from]
         if not closer:
             return None
-        return closer[: PATH_FANOUT if distance == 0 else 1]
+        return closer[: fanout if distance == 0 else 1]
 
     def forward(self, items: list[tuple[Envelope, int, bytes | None]], mono: float
                 ) -> Generator[Action, Any, set[bytes]]:
@@ -499,28 +509,44 @@ class RouterCore:
         if self._lowered:
             lowered, self._lowered = self._lowered, {}
             yield LowerHops(lowered)
+        if self._dup_custody:
+            dups, self._dup_custody = self._dup_custody, defaultdict(list)
+            for link, ids in dups.items():
+                for chunk in catchup.chunks(ids, routing.MAX_CUSTODY):
+                    yield Send(link, routing.encode_custody(chunk))
 
     def check(self, hops: int, signed: bytes, sig: bytes, link: bytes, now: float,
               mono: float) -> Generator[Action, Any, Accepted | None]:
-        source = f"peer {fingerprint(link)}"
         if not gossip.accepts(hops, self.hop_limit):
-            yield self.reject(source, "hop_limit", f"{hops} hops, limit {self.hop_limit}")
+            yield self.reject(f"peer {fingerprint(link)}", "hop_limit",
+                              f"{hops} hops, limit {self.hop_limit}")
+            return None
+        # A duplicate is known by its id alone (a hash of the signed bytes): most copies in
+        # a mesh are duplicates, and they cost no parsing.
+        msg_id = envelope.message_id(signed)
+        if msg_id in self.seen or msg_id in self.pending:
+            self.counts["duplicates"] += 1
+            held = self.held(msg_id)
+            kind = held.kind if held is not None else None
+            self.relay.heard_from(msg_id, link, hops, closer_matters=kind == KIND_PROFILE
+                                  or gossip.reach_matters(hops, self.eccentricity,
+                                                          self.hop_limit))
+            if held is not None:
+                self.shorter_path(held, hops, link)
+                if held.kind in (KIND_DM, KIND_RECEIPT) and held.to != self.own_key \
+                        and msg_id in self.seen:
+                    # we hold it already: a sender on a path waits for our custody
+                    self._dup_custody[link].append(msg_id)
             return None
         try:
             env = envelope.parse(signed, sig)
         except EnvelopeError as e:
-            yield self.reject(source, e.code, e.message)
-            return None
-        if env.id in self.seen or env.id in self.pending:
-            self.counts["duplicates"] += 1
-            self.relay.heard_from(env.id, link, hops, closer_matters=env.kind == KIND_PROFILE
-                                  or gossip.reach_matters(hops, self.eccentricity,
-                                                          self.hop_limit))
-            self.shorter_path(env, hops, link)
+            yield self.reject(f"peer {fingerprint(link)}", e.code, e.message)
             return None
         why = gossip.window(env.ts, now)
         if why is not None:
-            yield self.reject(source, why, f"timestamp {env.ts} outside the window")
+            yield self.reject(f"peer {fingerprint(link)}", why,
+                              f"timestamp {env.ts} outside the window")
             return None
         if not self.origin_rate.take(env.origin, mono):
             yield self.reject(f"origin {fingerprint(env.origin)}", "rate_limited",
@@ -529,14 +555,27 @@ class RouterCore:
         try:
             self.verify(env)
         except EnvelopeError as e:
-            yield self.reject(f"{source} (origin {fingerprint(env.origin)})", e.code, e.message)
+            yield self.reject(f"peer {fingerprint(link)} (origin {fingerprint(env.origin)})",
+                              e.code, e.message)
             return None
         if env.to is not None and env.to == env.origin:
-            yield self.reject(source, "bad_recipient", "a message to its own origin")
+            yield self.reject(f"peer {fingerprint(link)}", "bad_recipient",
+                              "a message to its own origin")
             return None
         self.counts["accepted"] += 1
         acc = self.pending[env.id] = Accepted(env=env, hops=hops + 1, came_from=link)
         return acc
+
+    def held(self, msg_id: bytes) -> Envelope | None:
+        """An envelope accepted lately, or a profile of the directory, by id."""
+        acc = self.pending.get(msg_id)
+        if acc is not None:
+            return acc.env
+        known = self.recent.get(msg_id)
+        if known is not None:
+            return known[1]  # type: ignore[return-value]
+        origin = self.profile_origin.get(msg_id)
+        return self.directory[origin].env if origin is not None else None
 
     def shorter_path(self, env: Envelope, hops: int, link: bytes) -> None:
         """A copy of an accepted envelope came a shorter way: hold it at the shorter
@@ -689,10 +728,12 @@ class RouterCore:
         prof = envelope.profile_fields(env.body)
         if known is not None:
             self.index.remove(known.profile_id)
+            self.profile_origin.pop(known.profile_id, None)
+        self.profile_origin[env.id] = env.origin
         self.directory[env.origin] = Directory(
             nickname=prof.nickname, enc_key=prof.enc_key, version=(env.ts, env.seq),
             links=prof.links, profile_id=env.id, received_at=now, env=env, hops=hops,
-            published=known.published if known else None)
+            published=known.published if known else (None, ""))
 
     def schedule_recompute(self, mono: float) -> None:
         if self.recompute_at is None:
@@ -707,8 +748,7 @@ class RouterCore:
         self.eccentricity = max(self.dist.values(), default=0)
         for key, entry in self.directory.items():
             hops = self.dist.get(key)
-            now_entry = None if hops is None else rpc.MeshEntry(
-                key=key.hex(), nickname=entry.nickname, hops=hops, enc_key=entry.enc_key.hex())
+            now_entry = (hops, entry.nickname if hops is not None else "")
             if now_entry != entry.published:
                 entry.published = now_entry
                 yield Emit(MeshPeer, dict(epoch=self.numbering.epoch, seq=self.numbering.next(),
@@ -717,8 +757,11 @@ class RouterCore:
 
     def mesh_table(self) -> rpc.MeshTable:
         return rpc.MeshTable(epoch=self.numbering.epoch, seq=self.numbering.seq,
-                             items=tuple(d.published for d in self.directory.values()
-                                         if d.published is not None))
+                             items=tuple(rpc.MeshEntry(key=k.hex(), nickname=d.nickname,
+                                                       hops=d.published[0],
+                                                       enc_key=d.enc_key.hex())
+                                         for k, d in self.directory.items()
+                                         if d.published[0] is not None))
 
     # -- custody and catch-up ---------------------------------------------------------------------
 

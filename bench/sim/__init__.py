@@ -1,0 +1,1 @@
+"""The mesh simulator: real router cores on a virtual clock (``python -m bench.sim``)."""

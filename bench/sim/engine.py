@@ -1,0 +1,377 @@
+"""A deterministic discrete-event simulator of a TAZCOM mesh, on a virtual clock.
+
+Each node is the real ``RouterCore`` (common/routercore.py) with an in-memory
+store and identity; links are virtual, with latency, loss, bandwidth and an
+up/down state; the link layer is modelled as the gateway behaves (a link is
+verified ``handshake`` after both ends are up; a clean leave closes it at
+once, a silent one is noticed after ``LinkLimits.dead_after`` of silence).
+A node processes the frames that reached it in batches, as the router
+service does, at ``per_frame`` of virtual CPU each, so a busy node is late.
+
+Signatures are real (PyNaCl) or, with ``real_signatures=False``, made of
+zeros and counted instead of checked: the decisions are the same, a flood of
+profiles over 1,000 nodes is not a million Ed25519 verifications.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nacl.public
+import nacl.signing
+
+from tazcom.common import envelope, routercore, routing, rpc
+from tazcom.common.events import ChatMessage, ChatStatus, MeshPeer
+from tazcom.common.keys import DOMAIN_ENVELOPE
+from tazcom.common.link import LinkLimits
+
+#: Bytes a router message costs on the wire beyond its body: the link ``app`` message
+#: around it (msgpack map with t, v, kind, body ~ 24 B), the AEAD tag (16) and the frame
+#: header (2).
+FRAME_OVERHEAD = 42
+#: Seconds since the epoch at virtual time 0 (envelope timestamps are wall-clock).
+EPOCH = 1_790_000_000.0
+
+
+@dataclass
+class LinkParams:
+    latency: float = 0.005
+    loss: float = 0.0
+    bandwidth: float = 1_250_000.0  # bytes per second, each direction (10 Mbit/s)
+    handshake: float = 0.02
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[..., None], tuple]] = []
+        self._seq = itertools.count()
+
+    def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._heap, (max(t, self.now), next(self._seq), fn, args))
+
+    def run_until(self, t: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= t:
+            when, _, fn, args = heapq.heappop(heap)
+            self.now = when
+            fn(*args)
+        self.now = max(self.now, t)
+
+
+class Store:
+    """What the router's SQLite store does for the core, in memory."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, rpc.StoredMessage] = {}
+        self.hops: dict[bytes, int] = {}
+        self.seq = 0
+
+    def commit(self, items: list[rpc.StoredMessage]) -> list[rpc.PutOutcome]:
+        out = []
+        for m in items:
+            new = m.id not in self.rows
+            if new:
+                self.rows[m.id] = m
+                self.hops[m.id] = m.hops
+            out.append(rpc.PutOutcome(id=m.id, new=new))
+        return out
+
+    def fetch(self, ids: list[bytes]) -> list[rpc.WireEnvelope]:
+        return [rpc.WireEnvelope(id=i, signed=self.rows[i].signed, sig=self.rows[i].sig,
+                                 hops=self.hops[i]) for i in ids if i in self.rows]
+
+
+@dataclass
+class Node:
+    index: int
+    key: bytes
+    signer: nacl.signing.SigningKey
+    box: nacl.public.PrivateKey
+    core: routercore.RouterCore
+    store: Store = field(default_factory=Store)
+    up: bool = True
+    links: set[bytes] = field(default_factory=set)
+    inbox: list[list[bytes]] = field(default_factory=list)
+    busy_until: float = 0.0
+    timer_at: float | None = None
+    #: Message ids shown (ChatMessage emitted), and the last time mesh.peer changed.
+    shown: set[bytes] = field(default_factory=set)
+    shown_twice: int = 0
+    statuses: dict[bytes, str] = field(default_factory=dict)
+    mesh_changed: float = 0.0
+    sent_bytes: int = 0
+
+
+class Net:
+    """N nodes, their links and the virtual clock."""
+
+    def __init__(self, *, hop_limit: int = envelope.DEFAULT_HOP_LIMIT, seed: int = 1,
+                 params: LinkParams | None = None, real_signatures: bool = False,
+                 per_frame: float = 0.0001, settings: routercore.RouterSettings | None = None
+                 ) -> None:
+        self.loop = Loop()
+        self.rng = random.Random(seed)
+        self.params = params or LinkParams()
+        self.real = real_signatures
+        self.per_frame = per_frame
+        self.settings = settings or routercore.RouterSettings(hop_limit=hop_limit)
+        self.nodes: list[Node] = []
+        self.by_key: dict[bytes, Node] = {}
+        #: Undirected links that exist in the topology (index pairs), and those up now.
+        self.edges: set[tuple[int, int]] = set()
+        self.link_up: dict[tuple[int, int], int] = {}  # pair -> epoch of its current life
+        self.link_free: dict[tuple[int, int], float] = {}  # directed: sender side busy until
+        self.epoch = itertools.count(1)
+        self.verified = 0
+        #: Copies of tracked envelope ids received, and bytes of their entries sent.
+        self.tracked: set[bytes] = set()
+        self.copies: Counter[bytes] = Counter()
+        self.tracked_bytes: Counter[bytes] = Counter()
+        self.track_wire = False
+
+    # -- nodes --------------------------------------------------------------------------------
+
+    def add_node(self) -> Node:
+        i = len(self.nodes)
+        seed = self.rng.randbytes(32)
+        signer = nacl.signing.SigningKey(seed)
+        box = nacl.public.PrivateKey(self.rng.randbytes(32))
+        key = bytes(signer.verify_key)
+        core = routercore.RouterCore(
+            key, bytes(box.public_key), f"n{i}", self.settings,
+            verify=envelope.verify if self.real else self._count_verify,
+            rng=random.Random(self.rng.random()))
+        node = Node(i, key, signer, box, core)
+        self.nodes.append(node)
+        self.by_key[key] = node
+        return node
+
+    def _count_verify(self, _env: envelope.Envelope) -> None:
+        self.verified += 1
+
+    def replace_node(self, old: Node) -> Node:
+        """A new node (new keys, empty store) takes ``old``'s place in the topology."""
+        node = self.add_node()
+        self.nodes.pop()
+        node.index = old.index
+        self.nodes[old.index] = node
+        del self.by_key[old.key]
+        return node
+
+    # -- executing a node's actions --------------------------------------------------------
+
+    def step(self, node: Node, step: routercore.Step, t: float | None = None) -> Any:
+        send_at = self.loop.now if t is None else t
+        result = routercore.drive(step, lambda a: self.execute(node, a, send_at))
+        self.arm(node)
+        return result
+
+    def execute(self, node: Node, a: Any, send_at: float) -> Any:
+        if isinstance(a, routercore.Send):
+            self.transmit(node, a.link, a.body, send_at)
+        elif isinstance(a, routercore.Emit):
+            f = a.fields
+            if a.event is ChatMessage:
+                msg_id = bytes.fromhex(f["id"])
+                if msg_id in node.shown:
+                    node.shown_twice += 1
+                node.shown.add(msg_id)
+            elif a.event is ChatStatus:
+                node.statuses[bytes.fromhex(f["id"])] = f["status"]
+            elif a.event is MeshPeer:
+                node.mesh_changed = self.loop.now
+        elif isinstance(a, routercore.Commit):
+            return node.store.commit(a.items)
+        elif isinstance(a, routercore.Fetch):
+            return node.store.fetch(a.ids)
+        elif isinstance(a, routercore.LowerHops):
+            for i, d in a.distances.items():
+                if i in node.store.hops:
+                    node.store.hops[i] = min(node.store.hops[i], d)
+        elif isinstance(a, routercore.ReserveSeq):
+            first = node.store.seq
+            node.store.seq += a.count
+            return first
+        elif isinstance(a, routercore.Sign):
+            if self.real:
+                return [node.signer.sign(DOMAIN_ENVELOPE + m).signature for m in a.items]
+            return [bytes(64)] * len(a.items)
+        elif isinstance(a, routercore.Open):
+            unseal = nacl.public.SealedBox(node.box)
+            out: list[bytes | None] = []
+            for b in a.boxes:
+                try:
+                    out.append(unseal.decrypt(b))
+                except Exception:  # noqa: BLE001 - a box that does not open is None
+                    out.append(None)
+            return out
+        elif isinstance(a, routercore.Together):
+            return [self.execute(node, x, send_at) for x in a.actions]
+        return None  # Rejected, SetStatus, Release: nothing to simulate
+
+    def arm(self, node: Node) -> None:
+        due = node.core.next_deadline()
+        if due is None or not node.up:
+            return
+        if node.timer_at is None or due < node.timer_at:
+            node.timer_at = due
+            self.loop.at(due, self._timer, node, due)
+
+    def _timer(self, node: Node, due: float) -> None:
+        if node.timer_at != due or not node.up:
+            return
+        node.timer_at = None
+        now = self.loop.now
+        self.step(node, node.core.tick(EPOCH + now, now))
+
+    # -- links -----------------------------------------------------------------------------
+
+    def pair(self, a: Node, b: Node) -> tuple[int, int]:
+        return (a.index, b.index) if a.index < b.index else (b.index, a.index)
+
+    def transmit(self, node: Node, to: bytes, body: bytes, t: float) -> None:
+        peer = self.by_key.get(to)
+        if peer is None:
+            return
+        pair = self.pair(node, peer)
+        life = self.link_up.get(pair)
+        if life is None:
+            return
+        size = len(body) + FRAME_OVERHEAD
+        node.sent_bytes += size
+        if self.track_wire:
+            self._track(body)
+        direction = (node.index, peer.index)
+        start = max(t, self.link_free.get(direction, 0.0))
+        done = start + size / self.params.bandwidth
+        self.link_free[direction] = done
+        if self.params.loss and self.rng.random() < self.params.loss:
+            return
+        self.loop.at(done + self.params.latency, self._arrive, peer, node.key, body, pair, life)
+
+    def _track(self, body: bytes) -> None:
+        try:
+            msg = routing.decode(body)
+        except Exception:  # noqa: BLE001 - only counting
+            return
+        if isinstance(msg, routing.Envs):
+            for _hops, signed, _sig in msg.entries:
+                msg_id = envelope.message_id(signed)
+                if msg_id in self.tracked:
+                    self.copies[msg_id] += 1
+                    self.tracked_bytes[msg_id] += len(signed) + 64 + 8
+
+    def _arrive(self, node: Node, sender: bytes, body: bytes, pair: tuple[int, int],
+                life: int) -> None:
+        if self.link_up.get(pair) != life or not node.up:
+            return  # the link went down meanwhile: what was in flight is lost
+        node.inbox.append([sender, body])
+        if len(node.inbox) == 1:
+            self.loop.at(max(self.loop.now, node.busy_until), self._process, node)
+
+    def _process(self, node: Node) -> None:
+        if not node.up:
+            node.inbox.clear()
+            return
+        frames, node.inbox = node.inbox, []
+        if not frames:
+            return
+        now = self.loop.now
+        done = now + self.per_frame * len(frames)
+        node.busy_until = done
+        self.step(node, node.core.receive(frames, EPOCH + now, now), t=done)
+
+    def connect(self, a: Node, b: Node, delay: float | None = None) -> None:
+        """Bring the link a-b up after the handshake (both must be up then)."""
+        self.edges.add(self.pair(a, b))
+        self.loop.at(self.loop.now + (self.params.handshake if delay is None else delay),
+                     self._verified, a, b)
+
+    def _verified(self, a: Node, b: Node) -> None:
+        pair = self.pair(a, b)
+        if not (a.up and b.up) or pair not in self.edges or pair in self.link_up:
+            return
+        self.link_up[pair] = next(self.epoch)
+        for x, y in ((a, b), (b, a)):
+            x.links.add(y.key)
+            self.set_links(x)
+
+    def set_links(self, node: Node) -> None:
+        now = self.loop.now
+        self.step(node, node.core.set_links(set(node.links), EPOCH + now, now))
+
+    def disconnect(self, a: Node, b: Node, notice: tuple[float, float] = (0.0, 0.0)) -> None:
+        """The link a-b goes down; each end notices after its ``notice`` delay."""
+        pair = self.pair(a, b)
+        self.link_up.pop(pair, None)
+        for x, y, d in ((a, b, notice[0]), (b, a, notice[1])):
+            self.loop.at(self.loop.now + d, self._lost, x, y)
+
+    def _lost(self, node: Node, peer: Node) -> None:
+        if node.up and peer.key in node.links and self.pair(node, peer) not in self.link_up:
+            node.links.discard(peer.key)
+            self.set_links(node)
+
+    def neighbours(self, node: Node) -> list[Node]:
+        return [self.nodes[b if a == node.index else a] for a, b in self.edges
+                if node.index in (a, b)]
+
+    def leave(self, node: Node, *, silent: bool = False) -> None:
+        """``node`` goes away: cleanly (its links close) or silently (its neighbours notice
+        when the link has been quiet for ``dead_after``)."""
+        node.up = False
+        wait = LinkLimits().dead_after if silent else 0.0
+        for peer in self.neighbours(node):
+            if self.pair(node, peer) in self.link_up:
+                self.disconnect(node, peer, (0.0, wait))
+        self.edges = {e for e in self.edges if node.index not in e}
+
+    def start(self, node: Node) -> None:
+        """A node starts: its first step is its first profile (after its links, if any)."""
+        now = self.loop.now
+        self.step(node, node.core.tick(EPOCH + now, now))
+
+    # -- figures -----------------------------------------------------------------------------
+
+    def up_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.up]
+
+    def alive_adjacency(self) -> dict[int, set[int]]:
+        adj: dict[int, set[int]] = {n.index: set() for n in self.up_nodes()}
+        for a, b in self.link_up:
+            if a in adj and b in adj:
+                adj[a].add(b)
+                adj[b].add(a)
+        return adj
+
+    def directory_errors(self) -> int:
+        """Nodes whose mesh directory differs from the true distances (within the hop limit,
+        the reach of profiles)."""
+        from collections import deque
+
+        adj = self.alive_adjacency()
+        limit = self.settings.hop_limit
+        wrong = 0
+        for node in self.up_nodes():
+            dist = {node.index: 0}
+            queue = deque([node.index])
+            while queue:
+                x = queue.popleft()
+                if dist[x] >= limit:
+                    continue
+                for y in adj[x]:
+                    if y not in dist:
+                        dist[y] = dist[x] + 1
+                        queue.append(y)
+            truth = {self.nodes[i].key: d for i, d in dist.items() if i != node.index}
+            view = {k: d for k, d in node.core.dist.items() if d <= limit}
+            if view != truth:
+                wrong += 1
+        return wrong
