@@ -34,7 +34,7 @@ def sample_frames() -> list[bytes]:
     peer = PeerInfo(key=key.hex(), fingerprint=fingerprint(key), nickname="benchmark",
                     addresses=("10.0.0.7:4242",), state="verified", last_seen=time.time(),
                     since=time.time(), hops=1)
-    frames = encode_event(PeerUpdated(src="discovery", ts=time.time(), seq=1, peer=peer))
+    frames = encode_event(PeerUpdated(src="discovery", ts=time.time(), epoch=1, seq=1, peer=peer))
     decode_event(frames)  # it is a valid event
     return frames
 

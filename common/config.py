@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .limits import NICK_MAX
 
 HOME_ENV = "TAZCOM_HOME"
 NODE_CONFIG_FILE = "tazcom.toml"
 # sockaddr_un.sun_path is 108 bytes on Linux, including the final NUL.
 MAX_UNIX_PATH = 107
-NICK_MAX = 32
 
 
 def default_home(env: Mapping[str, str]) -> Path:

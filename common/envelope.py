@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgpack
 import nacl.exceptions
@@ -39,8 +39,22 @@ import nacl.public
 import nacl.signing
 
 from . import codec
-from .errors import RemoteProtocolError
-from .keys import DOMAIN_ENVELOPE, KEY_BYTES, SIG_BYTES
+from .errors import RemoteProtocolError, SchemaError
+from .events import Nickname
+from .keys import DOMAIN_ENVELOPE
+from .limits import (
+    DM_BODY_MAX,
+    ENVELOPE_BODY_MAX,
+    HOPS_MAX,
+    ID_BYTES,
+    KEY_BYTES,
+    PROFILE_LINKS_MAX,
+    RECEIPT_IDS_MAX,
+    SIG_BYTES,
+    SIGNED_MAX,
+    TEXT_MAX,
+)
+from .schema import ArrayRecord, Code, Key, Len, Range, Record, Spread, record
 
 ENVELOPE_V = 1
 KIND_ROOM = 1
@@ -48,19 +62,89 @@ KIND_DM = 2
 KIND_RECEIPT = 3
 KIND_PROFILE = 4
 KIND_NAMES = {KIND_ROOM: "room", KIND_DM: "dm", KIND_RECEIPT: "receipt", KIND_PROFILE: "profile"}
-ID_BYTES = 16
-MAX_TEXT_BYTES = 4096
+MAX_TEXT_BYTES = TEXT_MAX
 #: A DM's body: the sealed box of the text and the origin (48 bytes of box overhead).
-MAX_DM_BODY = MAX_TEXT_BYTES + 256
-MAX_RECEIPT_IDS = 256
-MAX_BODY = MAX_DM_BODY + 512
-MAX_SIGNED = MAX_BODY + 128
-MAX_HOPS_LIMIT = 16
+MAX_DM_BODY = DM_BODY_MAX
+MAX_RECEIPT_IDS = RECEIPT_IDS_MAX
+MAX_BODY = ENVELOPE_BODY_MAX
+MAX_SIGNED = SIGNED_MAX
+MAX_HOPS_LIMIT = HOPS_MAX
 DEFAULT_HOP_LIMIT = 8
+MAX_PROFILE_LINKS = PROFILE_LINKS_MAX
+
+Key32 = Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]
+MessageId = Annotated[bytes, Len(ID_BYTES, ID_BYTES)]
+#: The text of a room message or a DM: over 4096 bytes of UTF-8 is ``too_large``.
+BodyText = Annotated[str, Len(0, TEXT_MAX, utf8=True), Code("too_large")]
 
 
 class EnvelopeError(RemoteProtocolError):
     code = "bad_envelope"
+
+
+# --- the one definition of the envelope and of each kind's body ------------------------------
+
+
+@record
+class SignedFields(ArrayRecord):
+    """What the origin signs: ``[1, kind, origin, seq, ts, to, body]``."""
+
+    CODE: ClassVar[str] = "bad_envelope"
+    TAG: ClassVar[Any] = ENVELOPE_V
+    TAG_CODE: ClassVar[str | None] = "bad_version"
+
+    kind: Annotated[Literal[1, 2, 3, 4], Code("bad_kind")]
+    origin: Key32
+    seq: Annotated[int, Range(0, 2**63 - 1)]
+    #: Written at, unix milliseconds (the origin's clock).
+    ts: Annotated[int, Range(0, 2**53 - 1)]
+    #: The recipient of a DM or receipt; nil for the room and profiles.
+    to: Key32 | None
+    body: Annotated[bytes, Len(0, ENVELOPE_BODY_MAX)]
+
+
+@record
+class RoomBody(Record):
+    """A room message's body: its text as UTF-8 (the bytes, not a msgpack value)."""
+
+    CODE: ClassVar[str] = "bad_envelope"
+
+    text: BodyText
+
+
+@record
+class ReceiptBody(ArrayRecord):
+    """A receipt's body, ``[id, ...]``: DMs from ``to`` that the origin has received."""
+
+    CODE: ClassVar[str] = "bad_envelope"
+
+    ids: Annotated[tuple[MessageId, ...], Len(1, RECEIPT_IDS_MAX), Spread()]
+
+
+@record
+class ProfileBody(Record):
+    """A profile's body: who the origin is, the key DMs to it are sealed to, its links."""
+
+    CODE: ClassVar[str] = "bad_envelope"
+
+    nick: Nickname
+    enc: Key32
+    #: The nodes it has verified links with, sorted.
+    links: Annotated[tuple[Key32, ...], Len(0, PROFILE_LINKS_MAX)] = ()
+
+
+@record
+class DmInner(Record):
+    """What a DM's sealed box holds: its author (the envelope's origin) and the text."""
+
+    CODE: ClassVar[str] = "bad_envelope"
+
+    author: Annotated[bytes, Len(KEY_BYTES, KEY_BYTES), Key("from")]
+    text: BodyText
+
+
+def _error(e: SchemaError) -> EnvelopeError:
+    return EnvelopeError(e.message, code=e.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +170,13 @@ def message_id(signed: bytes) -> bytes:
 
 def signed_bytes(*, kind: int, origin: bytes, seq: int, ts: int, to: bytes | None,
                  body: bytes) -> bytes:
-    return codec.pack([ENVELOPE_V, kind, origin, seq, ts, to, body])
+    """The bytes the origin signs; raises ``EnvelopeError`` for fields ``SignedFields``
+    refuses."""
+    try:
+        fields = SignedFields(kind, origin, seq, ts, to, body)  # type: ignore[arg-type]
+    except SchemaError as e:
+        raise _error(e) from None
+    return codec.pack(fields.to_array())
 
 
 def _fail(code: str, why: str) -> EnvelopeError:
@@ -107,21 +197,11 @@ def parse(signed: bytes, sig: bytes) -> Envelope:
         raise _fail("bad_envelope", "signed bytes are not a msgpack envelope") from None
     if type(fields) is not list or len(fields) != 7:
         raise _fail("bad_envelope", "an envelope is an array of 7")
-    v, kind, origin, seq, ts, to, body = fields
-    if v != ENVELOPE_V or type(v) is not int:
-        raise _fail("bad_version", f"envelope version {v!r}")
-    if type(kind) is not int or kind not in KIND_NAMES:
-        raise _fail("bad_kind", f"unknown envelope kind {kind!r}")
-    if type(origin) is not bytes or len(origin) != KEY_BYTES:
-        raise _fail("bad_envelope", "origin must be a 32-byte key")
-    if type(seq) is not int or not 0 <= seq < 2**63:
-        raise _fail("bad_envelope", "seq must be a non-negative integer")
-    if type(ts) is not int or not 0 <= ts < 2**53:
-        raise _fail("bad_envelope", "ts must be milliseconds")
-    if to is not None and (type(to) is not bytes or len(to) != KEY_BYTES):
-        raise _fail("bad_envelope", "to must be nil or a 32-byte key")
-    if type(body) is not bytes or len(body) > MAX_BODY:
-        raise _fail("bad_envelope", "body must be bytes")
+    try:
+        f = SignedFields.from_array(fields)
+    except SchemaError as e:
+        raise _error(e) from None
+    kind, origin, seq, ts, to, body = f.kind, f.origin, f.seq, f.ts, f.to, f.body
     if kind in (KIND_ROOM, KIND_PROFILE):
         if to is not None:
             raise _fail("bad_envelope", f"a {KIND_NAMES[kind]} message has no recipient")
@@ -151,31 +231,39 @@ def verify(env: Envelope) -> None:
 # --- bodies --------------------------------------------------------------------------------
 
 
+def room_body(text: str) -> bytes:
+    """The body of a room message; raises ``EnvelopeError`` (too_large) over the limit."""
+    try:
+        return RoomBody(text=text).text.encode()
+    except SchemaError as e:
+        raise _error(e) from None
+
+
 def room_text(body: bytes) -> str:
-    if len(body) > MAX_TEXT_BYTES:
+    if len(body) > MAX_TEXT_BYTES:  # before decoding it: the limit is in bytes
         raise _fail("too_large", f"room text over {MAX_TEXT_BYTES} bytes")
     try:
-        return body.decode()
+        return RoomBody(text=body.decode()).text
     except UnicodeDecodeError:
         raise _fail("bad_envelope", "room text is not UTF-8") from None
+    except SchemaError as e:
+        raise _error(e) from None
 
 
 def receipt_ids(body: bytes) -> list[bytes]:
     try:
-        ids = codec.unpack(body, MAX_BODY)
+        return list(ReceiptBody.from_array(codec.unpack(body, MAX_BODY)).ids)
+    except SchemaError as e:
+        raise _error(e) from None
     except RemoteProtocolError:
         raise _fail("bad_envelope", "receipt body is not msgpack") from None
-    if (type(ids) is not list or not 1 <= len(ids) <= MAX_RECEIPT_IDS
-            or any(type(i) is not bytes or len(i) != ID_BYTES for i in ids)):
-        raise _fail("bad_envelope", "a receipt lists 1..256 message ids")
-    return ids
 
 
 def receipt_body(ids: list[bytes]) -> bytes:
-    return codec.pack(list(ids))
-
-
-MAX_PROFILE_LINKS = 256
+    try:
+        return codec.pack(ReceiptBody(tuple(ids)).to_array())
+    except SchemaError as e:
+        raise _error(e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,33 +275,34 @@ class Profile:
 
 def profile_fields(body: bytes) -> Profile:
     try:
-        obj = codec.unpack(body, MAX_BODY)
+        prof = ProfileBody.from_dict(codec.unpack(body, MAX_BODY))
+    except SchemaError as e:
+        raise _error(e) from None
     except RemoteProtocolError:
         raise _fail("bad_envelope", "profile body is not msgpack") from None
-    if type(obj) is not dict:
-        raise _fail("bad_envelope", "a profile is a map")
-    nick, enc = obj.get("nick"), obj.get("enc")
-    if type(nick) is not str or not 1 <= len(nick.encode()) <= 32 or not nick.isprintable():
-        raise _fail("bad_envelope", "profile nickname must be 1..32 printable bytes")
-    if type(enc) is not bytes or len(enc) != KEY_BYTES:
-        raise _fail("bad_envelope", "profile encryption key must be 32 bytes")
-    links = obj.get("links", [])
-    if type(links) is not list or len(links) > MAX_PROFILE_LINKS or any(
-            type(k) is not bytes or len(k) != KEY_BYTES for k in links):
-        raise _fail("bad_envelope", "profile links must be a list of 32-byte keys")
-    return Profile(nickname=nick, enc_key=enc, links=frozenset(links))
+    return Profile(nickname=prof.nick, enc_key=prof.enc, links=frozenset(prof.links))
 
 
 def profile_body(nickname: str, enc_key: bytes, links: list[bytes] | None = None) -> bytes:
-    return codec.pack({"nick": nickname, "enc": enc_key, "links": sorted(links or [])})
+    try:
+        prof = ProfileBody(nick=nickname, enc=enc_key, links=tuple(sorted(links or ())))
+    except SchemaError as e:
+        raise _error(e) from None
+    return codec.pack(prof.to_dict())
+
+
+def dm_plaintext(*, origin: bytes, text: str) -> bytes:
+    """What a DM seals: ``{"from": origin, "text": text}``; raises ``EnvelopeError``
+    (too_large over the text limit)."""
+    try:
+        return codec.pack(DmInner(author=origin, text=text).to_dict())
+    except SchemaError as e:
+        raise _error(e) from None
 
 
 def seal_dm(*, origin: bytes, text: str, recipient_enc_key: bytes) -> bytes:
     """The body of a DM: the text and its author, sealed to the recipient."""
-    data = text.encode()
-    if len(data) > MAX_TEXT_BYTES:
-        raise EnvelopeError(f"text over {MAX_TEXT_BYTES} bytes", code="too_large")
-    inner = codec.pack({"from": origin, "text": text})
+    inner = dm_plaintext(origin=origin, text=text)
     return nacl.public.SealedBox(nacl.public.PublicKey(recipient_enc_key)).encrypt(inner)
 
 
@@ -225,7 +314,7 @@ def dm_inner(plaintext: bytes, origin: bytes) -> str:
         raise _fail("bad_envelope", "opened DM is not msgpack") from None
     if type(obj) is not dict or obj.get("from") != origin:
         raise _fail("bad_author", "the sealed author differs from the envelope's origin")
-    text = obj.get("text")
-    if type(text) is not str or len(text.encode()) > MAX_TEXT_BYTES:
-        raise _fail("bad_envelope", "opened DM has no valid text")
-    return text
+    try:
+        return DmInner.from_dict(obj).text
+    except SchemaError as e:
+        raise _error(e) from None

@@ -19,17 +19,46 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from . import codec
 from .errors import SchemaError
-from .schema import HEX32, Len, Match, Range, Record, record
+from .limits import (
+    ADDRESS_TEXT_MAX,
+    APP_BODY_MAX,
+    CODE_MAX,
+    DETAIL_MAX,
+    DNS_NAME_MAX,
+    HOPS_MAX,
+    KIND_MAX,
+    NICK_MAX,
+    PEER_ADDRESSES_MAX,
+    SOURCE_MAX,
+    TEXT_MAX,
+    TOPIC_MAX,
+    UNIX_TIME_MAX,
+)
+from .schema import HEX32, Clip, Len, Match, Printable, Range, Record, record, registry
+from .status import Status, StatusOrNone
 
 #: Sent alone (one frame) by the broker to each new subscriber (ZMQ_XPUB_WELCOME_MSG).
 WELCOME_TOPIC = "bus.welcome"
-MAX_TOPIC = 64
+MAX_TOPIC = TOPIC_MAX
 DEFAULT_MAX_EVENT_BYTES = 262144
 
 ServiceName = Annotated[str, Match(r"[a-z][a-z0-9_-]{0,31}")]
 HexKey = Annotated[str, HEX32]
 Address = Annotated[str, Match(r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}"), Len(9, 21)]
-Nickname = Annotated[str, Len(1, 32)]
+#: A nickname: 1..32 bytes of printable UTF-8, wherever it appears (HELLO, profile, mDNS).
+Nickname = Annotated[str, Len(1, NICK_MAX, utf8=True), Printable()]
+#: A reject code (docs/protocol.md §8).
+RejectCode = Annotated[str, Len(1, CODE_MAX)]
+#: Text for people; a longer one is cut when the record is built.
+Detail = Annotated[str, Len(0, DETAIL_MAX), Clip()]
+#: A chat text: at most 4096 bytes of UTF-8.
+ChatText = Annotated[str, Len(0, TEXT_MAX, utf8=True)]
+#: Links a copy travelled (0 for our own), at most the largest hop limit.
+Hops = Annotated[int, Range(0, HOPS_MAX)]
+#: Unix seconds.
+UnixTime = Annotated[float, Range(0, UNIX_TIME_MAX)]
+#: A service kind (``router``) or a capability name.
+KindName = Annotated[str, Len(1, KIND_MAX)]
 Fingerprint = Annotated[str, Match(r"[0-9a-f]{4}(-[0-9a-f]{4}){3}")]
 PeerStateName = Literal["discovered", "connected", "verified", "mesh", "offline"]
 ServiceStateName = Literal["up", "starting", "stopping", "restarting", "down", "failed"]
@@ -40,6 +69,15 @@ Epoch = Annotated[int, Range(1, 2**63 - 1)]
 EVENTS: dict[str, type[Event]] = {}
 
 
+def _check_topic(topic: str) -> None:
+    if not 0 < len(topic.encode()) <= MAX_TOPIC:
+        raise TypeError(f"bad topic {topic!r}")
+
+
+#: ``@event(topic, v=1)``: a record class, registered by topic (``common.schema.registry``).
+event = registry(EVENTS, "TOPIC", "V", check=_check_topic, V=1)
+
+
 @record
 class Event(Record):
     """Base of every bus event; subclasses set ``TOPIC`` and ``V``."""
@@ -48,24 +86,7 @@ class Event(Record):
     V: ClassVar[int] = 1
 
     src: ServiceName
-    ts: Annotated[float, Range(0, 2**40)]
-
-
-def event(topic: str, v: int = 1):
-    """Declare an event class: frozen keyword-only dataclass, registered by topic."""
-
-    def wrap(cls: type) -> type:
-        if topic in EVENTS:
-            raise TypeError(f"event topic {topic!r} defined twice")
-        if not 0 < len(topic) <= MAX_TOPIC:
-            raise TypeError(f"bad topic {topic!r}")
-        cls.TOPIC = topic
-        cls.V = v
-        made = record(cls)
-        EVENTS[topic] = made
-        return made
-
-    return wrap
+    ts: UnixTime
 
 
 # --- shared records -------------------------------------------------------------
@@ -78,15 +99,15 @@ class PeerInfo(Record):
     key: HexKey
     fingerprint: Fingerprint
     nickname: Nickname
-    addresses: Annotated[tuple[Address, ...], Len(0, 16)]
+    addresses: Annotated[tuple[Address, ...], Len(0, PEER_ADDRESSES_MAX)]
     state: PeerStateName
-    last_seen: Annotated[float, Range(0, 2**40)]
+    last_seen: UnixTime
     #: When the peer entered its current state (unix seconds).
-    since: Annotated[float, Range(0, 2**40)] = 0.0
+    since: UnixTime = 0.0
     #: Hop count over the mesh; 1 for a direct neighbour, None if unknown.
     hops: Annotated[int, Range(0, 255)] | None = None
     #: Set when the key differs from the one pinned for this nickname/fingerprint.
-    alert: Annotated[str, Len(0, 200)] | None = None
+    alert: Detail | None = None
 
 
 @record
@@ -105,9 +126,9 @@ class ServiceHealth(Record):
     service: ServiceName
     state: ServiceStateName
     pid: Annotated[int, Range(0, 2**31)] | None
-    since: Annotated[float, Range(0, 2**40)] | None = None
-    last_heartbeat: Annotated[float, Range(0, 2**40)] | None = None
-    detail: Annotated[str, Len(0, 200)] = ""
+    since: UnixTime | None = None
+    last_heartbeat: UnixTime | None = None
+    detail: Detail = ""
 
 
 # --- bus and service life -----------------------------------------------------------
@@ -136,8 +157,8 @@ class ServiceHeartbeat(Event):
     service: ServiceName
     pid: Annotated[int, Range(0, 2**31)]
     state: ServiceStateName
-    uptime: Annotated[float, Range(0, 2**40)]
-    detail: Annotated[str, Len(0, 200)] = ""
+    uptime: UnixTime
+    detail: Detail = ""
     #: The version of every table this service owns, so a mirror notices lost updates.
     tables: Annotated[tuple[TableVersion, ...], Len(0, 8)] = ()
 
@@ -203,9 +224,9 @@ class PeerForgotten(Event):
 class DiscoveryRejected(Event):
     """An mDNS record was ignored (logged once per name and reason)."""
 
-    name: Annotated[str, Len(0, 255)]
-    address: Annotated[str, Len(0, 64)]
-    reason: Annotated[str, Len(1, 64)]
+    name: Annotated[str, Len(0, DNS_NAME_MAX), Clip()]
+    address: Annotated[str, Len(0, ADDRESS_TEXT_MAX), Clip()]
+    reason: RejectCode
 
 
 # --- gateway -------------------------------------------------------------------------
@@ -252,8 +273,8 @@ class LinkDown(Event):
     address: Address
     direction: Direction
     key: OptKey = None
-    reason: Annotated[str, Len(1, 48)]
-    detail: Annotated[str, Len(0, 200)] = ""
+    reason: RejectCode
+    detail: Detail = ""
     by_peer: bool = False
     peer_state: LinkPeerState = "none"
 
@@ -270,7 +291,7 @@ class PeerVerified(Event):
     address: Address
     direction: Direction
     version: Annotated[int, Range(1, 65535)]
-    caps: Annotated[tuple[Annotated[str, Len(1, 32)], ...], Len(0, 32)] = ()
+    caps: Annotated[tuple[KindName, ...], Len(0, 32)] = ()
     peer_state: LinkPeerState = "verified"
 
 
@@ -282,7 +303,7 @@ class PeerKeyChanged(Event):
     nickname: Nickname
     pinned: Annotated[tuple[HexKey, ...], Len(1, 64)]
     address: Address
-    alert: Annotated[str, Len(1, 200)]
+    alert: Annotated[str, Len(1, DETAIL_MAX), Clip()]
 
 
 @event("peer.trusted")
@@ -297,9 +318,9 @@ class PeerTrusted(Event):
 class WireRejected(Event):
     """A connection or message from a peer was refused; the link was closed."""
 
-    address: Annotated[str, Len(0, 64)]
-    reason: Annotated[str, Len(1, 48)]
-    detail: Annotated[str, Len(0, 200)] = ""
+    address: Annotated[str, Len(0, ADDRESS_TEXT_MAX), Clip()]
+    reason: RejectCode
+    detail: Detail = ""
     key: OptKey = None
 
 
@@ -308,8 +329,8 @@ class LinkMessage(Event):
     """An ``app`` message from a verified peer, for the local service named by ``kind``."""
 
     key: HexKey
-    kind: Annotated[str, Len(1, 32)]
-    body: Annotated[bytes, Len(0, 65536)]
+    kind: KindName
+    body: Annotated[bytes, Len(0, APP_BODY_MAX)]
 
 
 @event("identity.changed")
@@ -323,7 +344,6 @@ class IdentityChanged(Event):
 # --- chat (router, store) --------------------------------------------------------------
 
 MessageIdHex = Annotated[str, Match(r"[0-9a-f]{32}")]
-StatusName = Literal["queued", "sent", "relayed", "delivered", "failed"]
 
 
 @event("chat.message")
@@ -337,10 +357,10 @@ class ChatMessage(Event):
     to: OptKey = None
     #: When it was written (origin's clock), unix milliseconds.
     sent: Annotated[int, Range(0, 2**53)]
-    text: Annotated[str, Len(0, 4096)]
+    text: ChatText
     own: bool = False
-    hops: Annotated[int, Range(0, 16)] = 0
-    status: Literal["", "queued", "sent", "relayed", "delivered", "failed"] = ""
+    hops: Hops = 0
+    status: StatusOrNone = ""
 
 
 @event("chat.status")
@@ -348,8 +368,8 @@ class ChatStatus(Event):
     """The delivery status of one of our own messages moved forward."""
 
     id: MessageIdHex
-    status: StatusName
-    reason: Annotated[str, Len(0, 200)] = ""
+    status: Status
+    reason: Detail = ""
     to: OptKey = None
 
 
@@ -362,7 +382,7 @@ class MeshPeer(Event):
     key: HexKey
     nickname: Nickname
     #: Links between us and it; None when its profile expired (no longer reachable).
-    hops: Annotated[int, Range(1, 17)] | None
+    hops: Annotated[int, Range(1, HOPS_MAX + 1)] | None
     enc_key: Annotated[str, HEX32]
 
 
@@ -370,9 +390,9 @@ class MeshPeer(Event):
 class RouterDropped(Event):
     """Envelopes refused by the router (logged once per source and reason; this counts)."""
 
-    source: Annotated[str, Len(0, 80)]
-    reason: Annotated[str, Len(1, 48)]
-    detail: Annotated[str, Len(0, 200)] = ""
+    source: Annotated[str, Len(0, SOURCE_MAX), Clip()]
+    reason: RejectCode
+    detail: Detail = ""
     count: Annotated[int, Range(1, 2**31)] = 1
 
 

@@ -14,9 +14,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import RemoteProtocolError
-
-KEY_BYTES = 32
-SIG_BYTES = 64
+from .limits import KEY_BYTES  # defined once there, re-exported here
 
 # docs/protocol.md, "Signing domains". The identity service signs only these.
 DOMAIN_MDNS_TXT = b"tazcom-mdns-txt:"

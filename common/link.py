@@ -36,7 +36,7 @@ import nacl.exceptions
 import nacl.signing
 
 from . import codec, noise
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError, SchemaError
 from .keys import DOMAIN_NOISE_STATIC
 from .messages import (
     MAX_PLAINTEXT,
@@ -206,13 +206,14 @@ class Link:
         self.last_sent = now
 
     def send_app(self, kind: str, body: bytes, now: float) -> None:
-        """Queue an ``app`` message; raises LocalProtocolError (no_link, too_large)."""
+        """Queue an ``app`` message; raises LocalProtocolError (no_link; too_large for a body
+        or kind over its limit)."""
         if self.state is not State.OPEN:
             raise LocalProtocolError("link is not open", code="no_link")
         try:
             plaintext = encode_app(kind, body)
-        except ValueError as e:
-            raise LocalProtocolError(str(e), code="too_large") from None
+        except SchemaError as e:
+            raise LocalProtocolError(e.message, code="too_large") from None
         self._write_plain(plaintext, now)
 
     def close(self, reason: str, detail: str, now: float) -> LinkClosed:
@@ -220,7 +221,7 @@ class Link:
         if self.state is State.CLOSED:
             return LinkClosed(reason=self.close_reason or reason, detail=detail, by_peer=False)
         if self._send is not None:
-            self._write(Close(reason=reason[:48], message=detail[:200]), now)
+            self._write(Close(reason=reason, message=detail), now)
         self.state = State.CLOSED
         self.close_reason = reason
         return LinkClosed(reason=reason, detail=detail, by_peer=False)

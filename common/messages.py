@@ -14,14 +14,18 @@ from typing import Annotated, Any, ClassVar
 
 from . import codec
 from .errors import SchemaError
-from .schema import Len, Range, Record, record
+from .events import Detail, KindName, Nickname, RejectCode
+from .limits import APP_BODY_MAX, KEY_BYTES, KIND_MAX, PLAINTEXT_MAX, SIG_BYTES
+from .schema import Len, Range, Record, record, registry
 
 MESSAGES: dict[str, type[Message]] = {}
-MAX_KIND = 32
+MAX_KIND = KIND_MAX
 #: A frame carries at most 65535 bytes of ciphertext; 16 are the AEAD tag.
-MAX_PLAINTEXT = 65535 - 16
+MAX_PLAINTEXT = PLAINTEXT_MAX
+#: An ``app`` body: a plaintext less what the map around it takes.
+APP_MAX_BODY = APP_BODY_MAX
 
-Kind = Annotated[str, Len(1, MAX_KIND)]
+Kind = KindName
 
 
 @record
@@ -30,17 +34,8 @@ class Message(Record):
     V: ClassVar[int] = 1
 
 
-def message(type_: str, v: int = 1):
-    def wrap(cls: type) -> type:
-        if type_ in MESSAGES:
-            raise TypeError(f"wire message {type_!r} defined twice")
-        cls.TYPE = type_
-        cls.V = v
-        made = record(cls)
-        MESSAGES[type_] = made
-        return made
-
-    return wrap
+#: ``@message(type, v=1)``: a record class, registered by its ``t``.
+message = registry(MESSAGES, "TYPE", "V", V=1)
 
 
 # --- handshake payloads ----------------------------------------------------------------
@@ -55,8 +50,8 @@ class IdentityProof(Record):
     """
 
     v: Annotated[int, Range(1, 1)]
-    key: Annotated[bytes, Len(32, 32)]
-    sig: Annotated[bytes, Len(64, 64)]
+    key: Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]
+    sig: Annotated[bytes, Len(SIG_BYTES, SIG_BYTES)]
 
 
 # --- transport messages --------------------------------------------------------------
@@ -68,9 +63,9 @@ class Hello(Message):
 
     #: Oldest and newest link protocol versions the sender speaks.
     versions: Annotated[tuple[Annotated[int, Range(1, 65535)], ...], Len(2, 2)]
-    nickname: Annotated[str, Len(1, 32)]
-    #: Optional features the sender supports (e.g. "router/1").
-    caps: Annotated[tuple[Annotated[str, Len(1, 32)], ...], Len(0, 32)] = ()
+    nickname: Nickname
+    #: Optional features the sender supports (e.g. "app/1").
+    caps: Annotated[tuple[KindName, ...], Len(0, 32)] = ()
 
 
 @message("ping")
@@ -94,8 +89,8 @@ class Rekey(Message):
 class Close(Message):
     """The sender closes the link; ``reason`` is a reject code (docs/protocol.md)."""
 
-    reason: Annotated[str, Len(1, 48)]
-    message: Annotated[str, Len(0, 200)] = ""
+    reason: RejectCode
+    message: Detail = ""
 
 
 @message("app")
@@ -103,7 +98,7 @@ class App(Message):
     """A payload for a service of the peer (e.g. the router), opaque to the gateway."""
 
     kind: Kind
-    body: Annotated[bytes, Len(0, MAX_PLAINTEXT - 64)]  # = APP_MAX_BODY
+    body: Annotated[bytes, Len(0, APP_BODY_MAX)]
 
 
 def encode_message(msg: Message) -> bytes:
@@ -118,33 +113,23 @@ def decode_message(data: bytes) -> Message:
     return decode_message_obj(codec.unpack(data, MAX_PLAINTEXT))
 
 
-APP_MAX_BODY = MAX_PLAINTEXT - 64
-
-
 def encode_app(kind: str, body: bytes) -> bytes:
-    """``encode_message(App(kind=kind, body=body))`` without building the record (hot path).
-
-    Raises ValueError when ``App`` would reject the fields.
-    """
-    if type(kind) is not str or not 1 <= len(kind) <= MAX_KIND or type(body) is not bytes \
-            or len(body) > APP_MAX_BODY:
-        raise ValueError("app kind must be 1..32 characters and body at most "
-                         f"{APP_MAX_BODY} bytes")
-    return codec.pack({"kind": kind, "body": body, "t": "app", "v": 1})
+    """``encode_message(App(kind=kind, body=body))`` (hot path: the map written out, as
+    ``encode_message`` makes it); raises ``SchemaError`` when ``App`` rejects the fields."""
+    App(kind=kind, body=body)
+    return codec.pack({"kind": kind, "body": body, "t": App.TYPE, "v": App.V})
 
 
 def app_fields(obj: Any) -> tuple[str, bytes] | None:
-    """(kind, body) when ``obj`` is a valid ``app`` message map, else None (hot path).
-
-    Accepts exactly what ``App.from_dict`` accepts (tests/unit/test_link.py checks).
-    """
-    if type(obj) is dict and obj.get("t") == "app":
-        kind = obj.get("kind")
-        body = obj.get("body")
-        v = obj.get("v")
-        if (type(v) is int and v == 1 and type(kind) is str and 1 <= len(kind) <= MAX_KIND
-                and type(body) is bytes and len(body) <= APP_MAX_BODY):
-            return kind, body
+    """(kind, body) when ``obj`` is a valid ``app`` message map, else None (hot path):
+    ``decode_message_obj`` for the one type that every frame of chat is."""
+    if type(obj) is dict and obj.get("t") == "app" and type(obj.get("v")) is int \
+            and obj["v"] == App.V:
+        try:
+            app = App._decode_map(obj)
+        except SchemaError:
+            return None
+        return app.kind, app.body
     return None
 
 

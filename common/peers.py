@@ -27,14 +27,16 @@ from typing import Any, Literal
 
 from .announce import Announcement
 from .errors import TazcomError
-from .events import PeerInfo
+from .events import Nickname, PeerInfo
 from .keys import NodeKey, fingerprint
+from .limits import PEER_ADDRESSES_MAX
 from .mirror import Numbering
+from .schema import clip
 
 LinkState = Literal["none", "connected", "verified"]
 ChangeKind = Literal["peer.discovered", "peer.updated", "peer.lost", "peer.forgotten"]
 PERSIST_VERSION = 1
-MAX_ADDRESSES = 16
+MAX_ADDRESSES = PEER_ADDRESSES_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,18 +268,19 @@ class PeerTable:
         for row in data.get("peers", [])[: self.max_peers]:
             try:
                 key = NodeKey.from_hex(row["key"]).raw
-                nickname = str(row["nickname"])[:32] or fingerprint(key)
+                nickname = clip(Nickname, str(row["nickname"])) or fingerprint(key)
                 addresses = tuple(str(a) for a in row.get("addresses", []))[:MAX_ADDRESSES]
                 last_seen = float(row["last_seen"])
                 alert = row.get("alert")
+                entry = PeerEntry(key=key, nickname=nickname, last_seen=last_seen,
+                                  since=last_seen, addresses=addresses,
+                                  alert=alert if isinstance(alert, str) else None)
+                entry.info(last_seen)  # a row that does not make a valid PeerInfo is dropped
             except (KeyError, TypeError, ValueError, AttributeError, TazcomError):
                 continue
             if key == self.own_key or key in self._peers:
                 continue
-            self._peers[key] = PeerEntry(key=key, nickname=nickname, last_seen=last_seen,
-                                         since=last_seen,
-                                         addresses=addresses,
-                                         alert=alert if isinstance(alert, str) else None)
+            self._peers[key] = entry
             kept += 1
         return kept
 

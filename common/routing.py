@@ -16,71 +16,107 @@ Arrays are compact on purpose: these go over every link for every message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, ClassVar
 
 from . import codec
-from .envelope import ID_BYTES, MAX_HOPS_LIMIT, MAX_SIGNED
-from .errors import RemoteProtocolError
+from .errors import RemoteProtocolError, SchemaError
+from .limits import (
+    BUCKETS_MAX,
+    CUSTODY_MAX,
+    DIGEST_BYTES,
+    ENVS_MAX,
+    HOPS_MAX,
+    ID_BYTES,
+    IDS_MAX,
+    ROUTER_MESSAGE_MAX,
+    SIG_BYTES,
+    SIGNED_MAX,
+)
+from .schema import UINT64_MAX, ArrayRecord, Len, Range, record, registry
 
 KIND = "router"
 R_ENVS, R_CUSTODY, R_SUMMARY, R_IDS = 0, 1, 2, 3
-MAX_ENVS = 64
-MAX_CUSTODY = 1024
-MAX_BUCKETS = 256
-MAX_IDS = 2048
-MAX_BODY = 65000
+MAX_ENVS = ENVS_MAX
+MAX_CUSTODY = CUSTODY_MAX
+MAX_BUCKETS = BUCKETS_MAX
+MAX_IDS = IDS_MAX
+MAX_BODY = ROUTER_MESSAGE_MAX
 
 
 class RoutingError(RemoteProtocolError):
     code = "bad_router_message"
 
 
-@dataclass(frozen=True, slots=True)
-class Envs:
-    entries: list[tuple[int, bytes, bytes]]  # (hops, signed, sig)
+ROUTER_MESSAGES: dict[int, type[RouterMessageBase]] = {}
+#: ``@router_message(type)``: an array record ``[type, ...]``, registered by its type.
+router_message = registry(ROUTER_MESSAGES, "TAG")
+
+Id = Annotated[bytes, Len(ID_BYTES, ID_BYTES)]
+Count = Annotated[int, Range(0, UINT64_MAX)]
+#: One envelope as it travels: ``[hops, signed, sig]`` (hops: links crossed before this one).
+Entry = tuple[Annotated[int, Range(0, HOPS_MAX)], Annotated[bytes, Len(1, SIGNED_MAX)],
+              Annotated[bytes, Len(SIG_BYTES, SIG_BYTES)]]
+#: One catch-up bucket: ``[bucket, count, digest]``.
+Bucket = tuple[Count, Count, Annotated[bytes, Len(DIGEST_BYTES, DIGEST_BYTES)]]
 
 
-@dataclass(frozen=True, slots=True)
-class Custody:
-    ids: list[bytes]
+@record
+class RouterMessageBase(ArrayRecord):
+    """A router message: ``[type, ...]``, built positionally in field order."""
+
+    CODE: ClassVar[str] = "bad_router_message"
 
 
-@dataclass(frozen=True, slots=True)
-class SummaryMsg:
-    buckets: list[tuple[int, int, bytes]]
+@router_message(R_ENVS)
+class Envs(RouterMessageBase):
+    """``[0, [[hops, signed, sig], ...]]``: envelopes."""
+
+    entries: Annotated[tuple[Entry, ...], Len(1, ENVS_MAX)]
 
 
-@dataclass(frozen=True, slots=True)
-class IdsMsg:
-    bucket: int
-    ids: list[bytes]
+@router_message(R_CUSTODY)
+class Custody(RouterMessageBase):
+    """``[1, [id, ...]]``: the sender committed these DMs and receipts and carries them on."""
+
+    ids: Annotated[tuple[Id, ...], Len(1, CUSTODY_MAX)]
+
+
+@router_message(R_SUMMARY)
+class SummaryMsg(RouterMessageBase):
+    """``[2, [[bucket, count, digest], ...]]``: the sender's catch-up summary."""
+
+    buckets: Annotated[tuple[Bucket, ...], Len(0, BUCKETS_MAX)]
+
+
+@router_message(R_IDS)
+class IdsMsg(RouterMessageBase):
+    """``[3, bucket, [id, ...]]``: the ids the sender has in one bucket."""
+
+    bucket: Count
+    ids: Annotated[tuple[Id, ...], Len(0, IDS_MAX)]
 
 
 RouterMessage = Envs | Custody | SummaryMsg | IdsMsg
 
 
+def encode(msg: RouterMessageBase) -> bytes:
+    return codec.pack(msg.to_array())
+
+
 def encode_envs(entries: list[tuple[int, bytes, bytes]]) -> bytes:
-    return codec.pack([R_ENVS, [list(e) for e in entries]])
+    return codec.pack(Envs(entries).to_array())
 
 
 def encode_custody(ids: list[bytes]) -> bytes:
-    return codec.pack([R_CUSTODY, ids])
+    return codec.pack(Custody(ids).to_array())
 
 
 def encode_summary(buckets: list[tuple[int, int, bytes]]) -> bytes:
-    return codec.pack([R_SUMMARY, [list(b) for b in buckets]])
+    return codec.pack(SummaryMsg(buckets).to_array())
 
 
 def encode_ids(bucket: int, ids: list[bytes]) -> bytes:
-    return codec.pack([R_IDS, bucket, ids])
-
-
-def _ids(x: Any, limit: int) -> list[bytes]:
-    if type(x) is not list or len(x) > limit or any(
-            type(i) is not bytes or len(i) != ID_BYTES for i in x):
-        raise RoutingError(f"expected at most {limit} ids of {ID_BYTES} bytes")
-    return x
+    return codec.pack(IdsMsg(bucket, ids).to_array())
 
 
 def decode(body: bytes) -> RouterMessage:
@@ -88,31 +124,10 @@ def decode(body: bytes) -> RouterMessage:
     obj = codec.unpack(body, MAX_BODY)
     if type(obj) is not list or not obj or type(obj[0]) is not int:
         raise RoutingError("a router message is an array starting with its type")
-    t = obj[0]
-    if t == R_ENVS and len(obj) == 2 and type(obj[1]) is list and 1 <= len(obj[1]) <= MAX_ENVS:
-        entries = []
-        for e in obj[1]:
-            if (type(e) is not list or len(e) != 3 or type(e[0]) is not int
-                    or not 0 <= e[0] <= MAX_HOPS_LIMIT or type(e[1]) is not bytes
-                    or not 0 < len(e[1]) <= MAX_SIGNED or type(e[2]) is not bytes
-                    or len(e[2]) != 64):
-                raise RoutingError("an envelope entry is [hops, signed, sig]")
-            entries.append((e[0], e[1], e[2]))
-        return Envs(entries)
-    if t == R_CUSTODY and len(obj) == 2:
-        ids = _ids(obj[1], MAX_CUSTODY)
-        if not ids:
-            raise RoutingError("empty custody")
-        return Custody(ids)
-    if t == R_SUMMARY and len(obj) == 2 and type(obj[1]) is list and len(obj[1]) <= MAX_BUCKETS:
-        buckets = []
-        for b in obj[1]:
-            if (type(b) is not list or len(b) != 3 or type(b[0]) is not int or b[0] < 0
-                    or type(b[1]) is not int or b[1] < 0 or type(b[2]) is not bytes
-                    or len(b[2]) != 16):
-                raise RoutingError("a bucket is [bucket, count, digest]")
-            buckets.append((b[0], b[1], b[2]))
-        return SummaryMsg(buckets)
-    if t == R_IDS and len(obj) == 3 and type(obj[1]) is int and obj[1] >= 0:
-        return IdsMsg(obj[1], _ids(obj[2], MAX_IDS))
-    raise RoutingError(f"unknown or malformed router message type {t!r}")
+    cls = ROUTER_MESSAGES.get(obj[0])
+    if cls is None:
+        raise RoutingError(f"unknown router message type {obj[0]!r}")
+    try:
+        return cls.from_array(obj)  # type: ignore[return-value]
+    except SchemaError as e:
+        raise RoutingError(f"{cls.__name__}: {e.message}") from None

@@ -16,21 +16,39 @@ from . import codec
 from .errors import RequestFailed, SchemaError
 from .events import (
     Address,
+    ChatText,
+    Detail,
     Epoch,
     Fingerprint,
     HexKey,
+    Hops,
+    KindName,
     Nickname,
     PeerInfo,
     Seq,
     ServiceHealth,
     ServiceName,
+    UnixTime,
 )
-from .schema import Len, Match, Range, Record, record
+from .limits import (
+    APP_BODY_MAX,
+    DM_BODY_MAX,
+    ERROR_MESSAGE_MAX,
+    HOPS_MAX,
+    ID_BYTES,
+    KEY_BYTES,
+    SIG_BYTES,
+    SIGNED_MAX,
+    TEXT_MAX,
+)
+from .schema import Clip, Len, Match, Range, Record, record, registry
+from .status import StatusOrNone
 
 ENVELOPE_V = 1
 REQUESTS: dict[str, type[Request]] = {}
 RequestId = Annotated[int, Range(0, 2**63 - 1)]
 ErrorCode = Annotated[str, Match(r"[a-z][a-z0-9_]{0,47}")]
+Sig = Annotated[bytes, Len(SIG_BYTES, SIG_BYTES)]
 
 
 @record
@@ -41,19 +59,8 @@ class Request(Record):
     REPLY: ClassVar[type[Record]]
 
 
-def request(op: str, reply: type[Record]):
-    """Declare a request class, registered by ``op``, answered by ``reply``."""
-
-    def wrap(cls: type) -> type:
-        if op in REQUESTS:
-            raise TypeError(f"request {op!r} defined twice")
-        cls.OP = op
-        cls.REPLY = reply
-        made = record(cls)
-        REQUESTS[op] = made
-        return made
-
-    return wrap
+#: ``@request(op, reply)``: a record class, registered by ``op``, answered by ``reply``.
+request = registry(REQUESTS, "OP", "REPLY")
 
 
 # --- replies -------------------------------------------------------------------------
@@ -62,6 +69,15 @@ def request(op: str, reply: type[Record]):
 @record
 class Empty(Record):
     """A reply with no fields."""
+
+
+@record
+class ErrorReply(Record):
+    """The fields of a failed request's reply (``ok`` false)."""
+
+    error: ErrorCode
+    #: For people; a longer one is cut.
+    message: Annotated[str, Len(0, ERROR_MESSAGE_MAX), Clip()] = ""
 
 
 @record
@@ -84,17 +100,17 @@ class IdentityInfo(Record):
 class Opened(Record):
     """One plaintext per box, in order; None where the box did not open."""
 
-    items: Annotated[tuple[Annotated[bytes, Len(0, 8192)] | None, ...], Len(0, 256)]
+    items: Annotated[tuple[Annotated[bytes, Len(0, DM_BODY_MAX)] | None, ...], Len(0, 256)]
 
 
 @record
 class Signature(Record):
-    sig: Annotated[bytes, Len(64, 64)]
+    sig: Sig
 
 
 @record
 class Signatures(Record):
-    sigs: Annotated[tuple[Annotated[bytes, Len(64, 64)], ...], Len(0, 1024)]
+    sigs: Annotated[tuple[Sig, ...], Len(0, 1024)]
 
 
 @record
@@ -119,7 +135,7 @@ class LinkInfo(Record):
     address: Address
     direction: Literal["in", "out"]
     state: Literal["handshake", "open"]
-    since: Annotated[float, Range(0, 2**40)]
+    since: UnixTime
     key: HexKey | None = None
     nickname: Nickname | None = None
     version: Annotated[int, Range(1, 65535)] | None = None
@@ -147,11 +163,11 @@ class StatusReport(Record):
 
 # --- store records ----------------------------------------------------------------------
 
-Id16 = Annotated[bytes, Len(16, 16)]
-Key32 = Annotated[bytes, Len(32, 32)]
+Id16 = Annotated[bytes, Len(ID_BYTES, ID_BYTES)]
+Key32 = Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]
 Millis = Annotated[int, Range(0, 2**53)]
 KindNum = Annotated[int, Range(1, 4)]
-MessageStatus = Literal["", "queued", "sent", "relayed", "delivered", "failed"]
+Signed = Annotated[bytes, Len(1, SIGNED_MAX)]
 
 
 @record
@@ -164,16 +180,16 @@ class StoredMessage(Record):
     seq: Annotated[int, Range(0, 2**63 - 1)]
     ts: Millis
     to: Key32 | None = None
-    signed: Annotated[bytes, Len(1, 8192)]
-    sig: Annotated[bytes, Len(64, 64)]
-    hops: Annotated[int, Range(0, 16)] = 0
+    signed: Signed
+    sig: Sig
+    hops: Hops = 0
     #: The conversation it belongs to: the other party's key for DMs we sent or
     #: received; None for the room and for messages we only relay.
     conv: Key32 | None = None
     #: Plain text, only for room messages and DMs we sent or received.
-    text: Annotated[str, Len(0, 4096)] | None = None
-    status: MessageStatus = ""
-    reason: Annotated[str, Len(0, 200)] = ""
+    text: ChatText | None = None
+    status: StatusOrNone = ""
+    reason: Detail = ""
     own: bool = False
     #: Kept for store-and-forward (and offered in catch-up) until released.
     held: bool = False
@@ -195,16 +211,16 @@ class PutResult(Record):
 @record
 class StatusUpdate(Record):
     id: Id16
-    status: MessageStatus
-    reason: Annotated[str, Len(0, 200)] = ""
+    status: StatusOrNone
+    reason: Detail = ""
 
 
 @record
 class WireEnvelope(Record):
     id: Id16
-    signed: Annotated[bytes, Len(1, 8192)]
-    sig: Annotated[bytes, Len(64, 64)]
-    hops: Annotated[int, Range(0, 16)]
+    signed: Signed
+    sig: Sig
+    hops: Hops
 
 
 @record
@@ -219,9 +235,9 @@ class HistoryEntry(Record):
     origin: Key32
     to: Key32 | None
     ts: Millis
-    text: str | None
-    status: MessageStatus
-    reason: Annotated[str, Len(0, 200)] = ""
+    text: ChatText | None
+    status: StatusOrNone
+    reason: Detail = ""
     own: bool = False
 
 
@@ -252,10 +268,10 @@ class OwnMessage(Record):
     kind: KindNum
     to: Key32 | None
     ts: Millis
-    status: MessageStatus
-    text: str | None = None
-    signed: Annotated[bytes, Len(0, 8192)] = b""
-    sig: Annotated[bytes, Len(0, 64)] = b""
+    status: StatusOrNone
+    text: ChatText | None = None
+    signed: Annotated[bytes, Len(0, SIGNED_MAX)] = b""
+    sig: Annotated[bytes, Len(0, SIG_BYTES)] = b""
 
 
 @record
@@ -266,10 +282,10 @@ class Outbox(Record):
 @record
 class ProfileInfo(Record):
     key: Key32
-    nickname: Annotated[str, Len(1, 32)]
+    nickname: Nickname
     enc_key: Key32
     ts: Millis
-    hops: Annotated[int, Range(0, 16)]
+    hops: Hops
 
 
 @record
@@ -280,8 +296,8 @@ class Profiles(Record):
 @record
 class PostResult(Record):
     message_id: Id16
-    status: MessageStatus
-    reason: Annotated[str, Len(0, 200)] = ""
+    status: StatusOrNone
+    reason: Detail = ""
     #: False when this client_id was posted before (this is the original message).
     new: bool = True
 
@@ -306,7 +322,7 @@ class MeshEntry(Record):
 
     key: HexKey
     nickname: Nickname
-    hops: Annotated[int, Range(1, 17)]
+    hops: Annotated[int, Range(1, HOPS_MAX + 1)]
     enc_key: HexKey
 
 
@@ -373,7 +389,7 @@ class SetNickname(Request):
 class OpenSealed(Request):
     """Open sealed boxes (DMs) addressed to this node's encryption key."""
 
-    boxes: Annotated[tuple[Annotated[bytes, Len(48, 8192)], ...], Len(1, 256)]
+    boxes: Annotated[tuple[Annotated[bytes, Len(48, DM_BODY_MAX)], ...], Len(1, 256)]
 
 
 @request("discovery.snapshot", PeerSnapshot)
@@ -391,8 +407,8 @@ class SendToPeer(Request):
     """Send an ``app`` message to a verified peer. Errors: no_link, too_large."""
 
     key: HexKey
-    kind: Annotated[str, Len(1, 32)]
-    body: Annotated[bytes, Len(0, 65000)]
+    kind: KindName
+    body: Annotated[bytes, Len(0, APP_BODY_MAX)]
 
 
 @request("gateway.links", LinkList)
@@ -424,7 +440,7 @@ class Post(Request):
 
     client_id: Annotated[bytes, Len(8, 32)]
     to: Key32 | None = None
-    text: Annotated[str, Len(1, 4096)]
+    text: Annotated[str, Len(1, TEXT_MAX, utf8=True)]
 
 
 @request("router.stats", RouterStats)
@@ -450,8 +466,9 @@ class StorePut(Request):
 
 @request("store.set_status", Empty)
 class StoreSetStatus(Request):
-    """Move our own messages forward: queued < sent < relayed < delivered; failed is final.
-    A status never goes back."""
+    """Move our own messages forward, as ``common.status.advance`` allows: queued < sent <
+    relayed < failed < delivered (a receipt after ``failed`` still proves delivery);
+    delivered is final. A status never goes back."""
 
     updates: Annotated[tuple[StatusUpdate, ...], Len(1, 1024)]
 
@@ -511,7 +528,7 @@ class StoreRecentIds(Request):
     """Ids of messages received since ``since`` (unix seconds), newest first, at most
     ``limit``: the router's seen-set after a restart."""
 
-    since: Annotated[float, Range(0, 2**40)]
+    since: UnixTime
     limit: Annotated[int, Range(1, 100_000)] = 100_000
 
 
@@ -556,9 +573,8 @@ def encode_reply(req_id: int, reply: Record) -> bytes:
 
 
 def encode_error(req_id: int | None, code: str, message: str) -> bytes:
-    return codec.pack(
-        {"v": ENVELOPE_V, "id": req_id, "ok": False, "error": code, "message": message[:500]}
-    )
+    body = ErrorReply(error=code, message=message).to_dict()
+    return codec.pack({"v": ENVELOPE_V, "id": req_id, "ok": False, **body})
 
 
 def peek_reply_id(data: Any) -> int | None:

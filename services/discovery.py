@@ -123,8 +123,7 @@ class Discovery:
 
     def reject(self, name: str, address: str, reason: str, detail: str) -> None:
         if self.rejects.reject(f"mDNS record {name!r} from {address or '?'}", reason, detail):
-            self.rt.bus.emit(DiscoveryRejected, name=name[:255], address=address[:64],
-                             reason=reason)
+            self.rt.bus.emit(DiscoveryRejected, name=name, address=address, reason=reason)
 
     # -- announcing ----------------------------------------------------------------------
 
@@ -138,8 +137,7 @@ class Discovery:
         path = self.config.paths.announce_file
         with contextlib.suppress(OSError):
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"key": self.own_key.hex(), "txt": {
-                k.decode("latin-1"): v.decode("latin-1") for k, v in txt.items()}}))
+            tmp.write_text(announce.announce_file(self.own_key, txt))
             os.replace(tmp, path)
         return self._info(self.own_key, self.port, txt)
 
@@ -152,9 +150,7 @@ class Discovery:
         """
         path = self.config.paths.announce_file
         try:
-            data = json.loads(path.read_text())
-            txt = {k.encode(): v.encode("latin-1") for k, v in data["txt"].items()}
-            key = bytes.fromhex(data["key"])
+            key, txt = announce.read_announce_file(path.read_text())
             name = f"{announce.instance_label(key)}.{self.config.service_type}"
             ann = announce.validate(name=name, properties=txt, srv_port=None,
                                     addresses=self.ips)

@@ -172,7 +172,7 @@ class Runtime:
 
     def _heartbeat_now(self) -> None:
         self.bus.emit(ServiceHeartbeat, service=self.name, pid=os.getpid(), state=self.state,
-                      uptime=time.monotonic() - self.started_at, detail=self.detail[:200],
+                      uptime=time.monotonic() - self.started_at, detail=self.detail,
                       tables=tuple(TableVersion(name=name, epoch=n.epoch, seq=n.seq)
                                    for name, n in self._owned.items()))
 

@@ -37,6 +37,7 @@ from typing import Any
 from tazcom.common import envelope, rpc
 from tazcom.common.errors import RemoteProtocolError, RequestFailed, TazcomError
 from tazcom.common.events import ChatStatus
+from tazcom.common.status import RANK
 
 from .runtime import FatalError, Runtime, run
 
@@ -53,7 +54,6 @@ MAX_LIST = 100_000
 #: Ids per ``IN (...)`` query, well under SQLite's variable limit.
 CHUNK = 500
 
-STATUS_RANK = {"": 0, "queued": 1, "sent": 2, "relayed": 3, "delivered": 4}
 PENDING = ("queued", "sent", "relayed")
 
 MESSAGE_COLUMNS = ("id", "kind", "origin", "seq", "ts", "to", "signed", "sig", "hops", "conv",
@@ -108,8 +108,9 @@ _NEWEST_PROFILES = (
 
 _PENDING_SQL = "own = 1 AND status IN ('queued', 'sent', 'relayed')"
 
-_RANK_SQL = ("CASE status WHEN '' THEN 0 WHEN 'queued' THEN 1 WHEN 'sent' THEN 2 "
-             "WHEN 'relayed' THEN 3 WHEN 'delivered' THEN 4 ELSE 5 END")
+#: A row's ``status.RANK`` (the one rule of change, common/status.py), in SQL.
+_RANK_SQL = ("CASE status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in RANK.items())
+             + f" ELSE {len(RANK)} END")
 
 
 def _chunks(seq: Sequence[bytes], n: int = CHUNK) -> Iterator[Sequence[bytes]]:
@@ -173,17 +174,12 @@ class Store:
         raise RuntimeError(f"insert of {m.id.hex()} ignored without a conflicting row")
 
     def set_status(self, req: rpc.StoreSetStatus) -> rpc.Empty:
+        """Each update applies where ``status.advance`` allows it (forward only)."""
         with self._tx() as cur:
-            for u in req.updates:
-                if u.status == "failed":
-                    # final, and replaces anything but delivered
-                    cur.execute("UPDATE messages SET status = 'failed', reason = ? "
-                                "WHERE id = ? AND status NOT IN ('delivered', 'failed')",
-                                (u.reason, u.id))
-                elif STATUS_RANK[u.status] > 0:
-                    cur.execute(f"UPDATE messages SET status = ?, reason = ? "
-                                f"WHERE id = ? AND {_RANK_SQL} < ?",
-                                (u.status, u.reason, u.id, STATUS_RANK[u.status]))
+            cur.executemany(f"UPDATE messages SET status = ?, reason = ? "
+                            f"WHERE id = ? AND {_RANK_SQL} < ?",
+                            [(u.status, u.reason, u.id, RANK[u.status])
+                             for u in req.updates if u.status])
         return rpc.Empty()
 
     def lower_hops(self, distances: dict[bytes, int]) -> None:

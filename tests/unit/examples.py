@@ -45,11 +45,14 @@ def example(tp: Any) -> Any:
         return example(Annotated[inner, *extra] if extra else inner)
     if origin is Literal:
         return get_args(base)[0]
+    if origin is tuple and Ellipsis not in get_args(base):  # tuple[A, B, C]
+        return tuple(example(a) for a in get_args(base))
     if origin in (tuple, list):
         n = max(1, length.lo) if length else 1
         return tuple(example(get_args(base)[0]) for _ in range(n))
     if origin is dict:
-        return {}
+        kt, vt = get_args(base)
+        return {example(kt): example(vt)} if length and length.lo > 0 else {}
     if isinstance(base, type) and issubclass(base, Record):
         return build(base)
     if base is str:
@@ -85,9 +88,14 @@ def invalid_values(tp: Any) -> list[Any]:
     if optional:
         base = next(a for a in get_args(base) if a is not type(None))
         origin = get_origin(base)
-    out: list[Any] = [{"not": "this"}] if base is not dict else []
+    out: list[Any] = [{"not": "this"}] if origin is not dict else ["a map?", [1], {7: 7}]
     if origin is Literal:
         out += ["surely-not-a-member", 12345]
+    elif origin is tuple and Ellipsis not in get_args(base):
+        out += ["a string", 7, [], [example(a) for a in get_args(base)] * 2]
+        item_bad = invalid_values(get_args(base)[0])
+        if item_bad:
+            out.append([item_bad[0], *(example(a) for a in get_args(base)[1:])])
     elif origin in (tuple, list):
         out += ["a string", 7]
         if length and length.hi < 100000:

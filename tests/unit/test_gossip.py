@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from tazcom.common import catchup, gossip, routing
+from tazcom.common import catchup, codec, gossip, routing
 from tazcom.common.envelope import KIND_DM, KIND_PROFILE, KIND_RECEIPT, KIND_ROOM
-from tazcom.common.errors import RemoteProtocolError
+from tazcom.common.errors import RemoteProtocolError, SchemaError
 
 A, B, C, D, E = (bytes([i]) * 32 for i in range(1, 6))
 
@@ -148,10 +148,11 @@ def test_router_messages_round_trip_and_reject_junk() -> None:
     buckets = [(1, 2, b"d" * 16)]
     assert routing.decode(routing.encode_summary(buckets)) == routing.SummaryMsg(buckets)
     assert routing.decode(routing.encode_ids(7, ids)) == routing.IdsMsg(7, ids)
-    for junk in [b"", b"\xc1", routing.encode_custody([]), routing.encode_envs([]),
-                 routing.encode_envs([(17, b"s", b"s" * 64)]),
-                 routing.encode_envs([(0, b"s", b"s" * 63)]),
-                 routing.encode_ids(-1, []), routing.encode_summary([(1, 2, b"short")]),
-                 b"\x92\x09\x90", routing.encode_custody([b"x" * 15])]:
+    pack = codec.pack  # what the encoders refuse to build, packed by hand
+    for junk in [b"", b"\xc1", pack([1, []]), pack([0, []]), pack([0, [[17, b"s", b"s" * 64]]]),
+                 pack([0, [[0, b"s", b"s" * 63]]]), pack([3, -1, []]),
+                 pack([2, [[1, 2, b"short"]]]), b"\x92\x09\x90", pack([1, [b"x" * 15]])]:
         with pytest.raises(RemoteProtocolError):
             routing.decode(junk)
+    with pytest.raises(SchemaError):  # an invalid message cannot be built
+        routing.encode_envs([(17, b"s", b"s" * 64)])

@@ -14,7 +14,7 @@ from typing import Any
 import nacl.signing
 import pytest
 
-from tazcom.common import envelope, rpc
+from tazcom.common import envelope, rpc, status
 from tazcom.common.errors import RequestFailed
 from tazcom.common.keys import DOMAIN_ENVELOPE
 from tazcom.common.schema import Record
@@ -165,16 +165,19 @@ def test_put_256_items_timing(store: Store) -> None:
 
 # -- status -------------------------------------------------------------------------------
 
-ORDER = ["", "queued", "sent", "relayed", "delivered"]
-STATUSES = [*ORDER, "failed"]
+#: docs/protocol.md, "Delivery status": failed ends the climb, but a receipt after it is
+#: proof of delivery, so delivered still replaces it; delivered is final (common.status).
+ORDER = ["", "queued", "sent", "relayed", "failed", "delivered"]
+STATUSES = ORDER
 
 
 def expected_after(old: str, new: str) -> str:
-    if old == "failed":
-        return "failed"  # final
-    if new == "failed":
-        return "delivered" if old == "delivered" else "failed"
     return new if ORDER.index(new) > ORDER.index(old) else old
+
+
+def test_the_store_follows_the_one_rule() -> None:
+    assert all(status.advance(old, new) == (expected_after(old, new) != old)
+               for old in STATUSES for new in STATUSES)
 
 
 @pytest.mark.parametrize("old", STATUSES)
@@ -193,7 +196,8 @@ def test_status_sequence_and_unknown_ids(store: Store) -> None:
     m = mk(own=True, status="queued")
     put(store, m)
     steps = [("sent", "sent"), ("queued", "sent"), ("relayed", "relayed"), ("sent", "relayed"),
-             ("delivered", "delivered"), ("failed", "delivered"), ("queued", "delivered")]
+             ("failed", "failed"), ("relayed", "failed"), ("delivered", "delivered"),
+             ("failed", "delivered"), ("queued", "delivered")]
     for new, want in steps:
         store.set_status(rpc.StoreSetStatus(updates=(
             rpc.StatusUpdate(id=m.id, status=new), rpc.StatusUpdate(id=mid(999999), status=new))))
@@ -282,7 +286,8 @@ def test_history_paging(store: Store) -> None:
 
 def test_put_batch_is_one_transaction(store: Store) -> None:
     good = mk()
-    broken = rpc.StoredMessage(**{**mk().__dict__, "signed": None})  # NOT NULL violation
+    broken = mk()  # a record with a bad field cannot be built: break one to fail the INSERT
+    broken.__dict__["signed"] = None  # NOT NULL violation
     with pytest.raises(sqlite3.IntegrityError):
         store.put(rpc.StorePut(items=(good, broken)))
     assert store.count() == 0
