@@ -533,6 +533,8 @@ def _build(cls: type[Record]) -> None:
     """Compile ``cls``'s constructor, decoder and encoder (once, on first use)."""
     if cls.__dict__.get("_built"):
         return
+    if cls in (Record, ArrayRecord):
+        raise TypeError(f"{cls.__name__} is a base: make a record of a subclass")
     hints = typing.get_type_hints(cls, include_extras=True)
     flds = tuple(dataclasses.replace(f, key=_Parts(hints[f.name]).key or f.name)
                  for f in cls.__record_fields__)
@@ -697,24 +699,15 @@ class Record:
     ARRAY: ClassVar[bool] = False
     _built: ClassVar[bool] = False
 
+    # Until ``_build`` replaces them for a class, these compile it and call on.
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        cls = type(self)
-        _build(cls)
-        cls.__init__(self, *args, **kwargs)  # type: ignore[misc]
+        _lazy_init(self, *args, **kwargs)
 
-    @classmethod
-    def _decode_map(cls, data: dict[Any, Any]) -> Any:  # replaced per class by _build
-        _build(cls)
-        return cls._decode_map(data)
-
-    @classmethod
-    def _decode_seq(cls, data: list[Any]) -> Any:  # replaced per class by _build
-        _build(cls)
-        return cls._decode_seq(data)
+    _decode_map = classmethod(lambda cls, data: _lazy_decode_map(cls, data))
+    _decode_seq = classmethod(lambda cls, data: _lazy_decode_seq(cls, data))
 
     def _wire(self) -> Any:
-        _build(type(self))
-        return self._wire()
+        return _lazy_wire(self)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -814,12 +807,33 @@ def record(cls: type) -> type:
             found[name] = Field(name=name, default=default, key=name)
     cls.__record_fields__ = tuple(found.values())
     # compiled on first use (_build); until then these compile and call on
-    cls.__init__ = Record.__init__
-    cls._decode_map = Record.__dict__["_decode_map"]
-    cls._decode_seq = Record.__dict__["_decode_seq"]
-    cls._wire = Record._wire
+    cls.__init__ = _lazy_init
+    cls._decode_map = classmethod(_lazy_decode_map)
+    cls._decode_seq = classmethod(_lazy_decode_seq)
+    cls._wire = _lazy_wire
     cls._built = False
     return cls
+
+
+def _lazy_init(self: Record, *args: Any, **kwargs: Any) -> None:
+    cls = type(self)
+    _build(cls)
+    cls.__init__(self, *args, **kwargs)  # type: ignore[misc]
+
+
+def _lazy_decode_map(cls: type[Record], data: dict[Any, Any]) -> Any:
+    _build(cls)
+    return cls._decode_map(data)
+
+
+def _lazy_decode_seq(cls: type[Record], data: list[Any]) -> Any:
+    _build(cls)
+    return cls._decode_seq(data)
+
+
+def _lazy_wire(self: Record) -> Any:
+    _build(type(self))
+    return self._wire()
 
 
 def registry(table: dict[Any, type], key_attr: str, *attrs: str,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tazcom import cli
-from tazcom.common import events, rpc
+from tazcom.common import announce, envelope, events, messages, routing, rpc
 from tazcom.common.events import PeerInfo
 from tazcom.common.keys import SIGNING_DOMAINS
 from tazcom.common.schema import fields as schema_fields
@@ -282,3 +282,215 @@ def test_cli_history_row_values() -> None:
     assert row["ts"] == 1_700_000_123.456
     assert row["to"] == "*" and row["kind"] == "room" and row["status"] == "received"
     assert row["from"] == entry.origin.hex()
+
+
+# -- every family: fields, types and limits ----------------------------------------------------
+#
+# For each record of each family the document names every field (its key on the wire) where
+# the record is described, with its type and every bound of its Len and Range: a limit
+# changed in common/limits.py without the document fails here.
+
+
+def region(title: str) -> str:
+    """The text under the heading ``title`` (any level) up to the next heading."""
+    m = re.search(rf"^#+ {title}.*?$(.*?)(?=^#+ |\Z)", DOC, re.M | re.S)
+    assert m, f"docs/protocol.md has no heading '{title}'"
+    return m.group(1)
+
+
+def paragraph(text: str, start: str) -> str:
+    """The bullet or paragraph of ``text`` that begins with ``start``."""
+    m = re.search(rf"^{re.escape(start)}.*?(?=^- |^\n|\Z)", text, re.M | re.S)
+    assert m, f"docs/protocol.md has no paragraph starting {start!r}"
+    return m.group(0)
+
+
+def renderings(n: float) -> list[str]:
+    """How the document may write bound ``n``: 65455, 65,455, 2^40, 2^63-1."""
+    n = int(n)
+    out = [str(n), f"{n:,}"]
+    for k in range(8, 65):
+        if n == 2**k:
+            out.append(f"2^{k}")
+        if n == 2**k - 1:
+            out += [f"2^{k}-1", f"2^{k} - 1"]
+    return out
+
+
+def shows(line: str, n: float) -> bool:
+    return any(re.search(rf"(?<![\d^])(?<!\d,){re.escape(r)}(?![\d^]|,\d)", line)
+               for r in renderings(n))
+
+
+def type_of(tp: Any) -> tuple[str, list[float], bool]:
+    """The document's word for annotation ``tp``, its bounds, and whether nil is allowed."""
+    import types
+    import typing
+
+    from tazcom.common.schema import INT64_MIN, UINT64_MAX, Len, Range, Record
+
+    extra: list[Any] = []
+    if typing.get_origin(tp) is typing.Annotated:
+        tp, *extra = typing.get_args(tp)
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        optional = True
+        if typing.get_origin(tp) is typing.Annotated:
+            tp, *more = typing.get_args(tp)
+            extra += more
+    bounds: list[float] = []
+    for c in extra:
+        if isinstance(c, Len):
+            bounds += [b for b in (c.lo, c.hi) if b > 0]
+        if isinstance(c, Range):
+            bounds += [b for b in (c.lo, c.hi) if b not in (0, INT64_MIN, UINT64_MAX)]
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        word = "str" if isinstance(typing.get_args(tp)[0], str) else "int"
+    elif origin in (tuple, list):
+        word = "["
+    elif origin is dict:
+        word = "{"
+    elif isinstance(tp, type) and issubclass(tp, Record):
+        word = tp.__name__
+    else:
+        word = {str: "str", int: "int", float: "float", bool: "bool", bytes: "bytes"}[tp]
+    return word, bounds, optional
+
+
+def nested(tp: Any) -> list[type]:
+    """Records inside annotation ``tp``."""
+    import typing
+
+    from tazcom.common.schema import Record
+
+    if isinstance(tp, type) and issubclass(tp, Record):
+        return [tp]
+    return [r for a in typing.get_args(tp) for r in nested(a)]
+
+
+def field_problems(cls: type, text: str, *, row: str | None = None, skip: frozenset = ENVELOPE,
+                   names: bool = True, typed: bool = True,
+                   scale: Callable[[Any, float], float] = lambda f, b: b) -> list[str]:
+    """What ``text`` (or, for every field, the line ``row``) fails to say about ``cls``."""
+    import typing
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    problems = []
+    for f in schema_fields(cls):
+        if f.name in skip:
+            continue
+        word, bounds, _ = type_of(hints[f.name])
+        if row is not None:
+            line = row
+        else:
+            found = [ln for ln in text.splitlines() if ln.startswith(f"| `{f.key}` |")] or [
+                ln for ln in text.splitlines() if f"`{f.key}`" in ln]
+            if not found:
+                problems.append(f"{cls.__name__}.{f.key}: not documented")
+                continue
+            line = found[0]
+        if names and row is not None and not re.search(rf"\b{re.escape(f.key)}\b", line):
+            problems.append(f"{cls.__name__}.{f.key}: not named in {line.strip()!r}")
+        if typed and line.lstrip().startswith("|") and word not in line:
+            problems.append(f"{cls.__name__}.{f.key}: type {word} not in {line.strip()!r}")
+        for b in bounds:
+            if not shows(line, scale(f, b)):
+                problems.append(f"{cls.__name__}.{f.key}: limit {scale(f, b):g} not in "
+                                f"{line.strip()!r}")
+    return problems
+
+
+def record_problems(cls: type, text: str, seen: set[type] | None = None) -> list[str]:
+    """``field_problems`` of ``cls`` and of every record inside it: in its own ``Record X``
+    section when the document has one, else in ``text``."""
+    import typing
+
+    seen = set() if seen is None else seen
+    if cls in seen:
+        return []
+    seen.add(cls)
+    problems = field_problems(cls, text)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for tp in (hints[f.name] for f in schema_fields(cls)):
+        for inner in nested(tp):
+            own = re.search(rf"^#+ Record {inner.__name__}\b", DOC, re.M)
+            problems += record_problems(inner, region(f"Record {inner.__name__}") if own
+                                        else text, seen)
+    return problems
+
+
+@pytest.mark.parametrize("topic", sorted(events.EVENTS))
+def test_event_fields_types_and_limits(topic: str) -> None:
+    assert record_problems(events.EVENTS[topic], region(f"`{re.escape(topic)}`")) == []
+
+
+@pytest.mark.parametrize("op", sorted(rpc.REQUESTS))
+def test_request_fields_types_and_limits(op: str) -> None:
+    cls = rpc.REQUESTS[op]
+    text = region(f"`{re.escape(op)}`")
+    assert record_problems(cls, text) + record_problems(cls.REPLY, text) == []
+
+
+def test_error_reply_documented() -> None:
+    assert field_problems(rpc.ErrorReply, region(r"4\. Requests")) == []
+
+
+@pytest.mark.parametrize("t", sorted(messages.MESSAGES))
+def test_link_message_fields_types_and_limits(t: str) -> None:
+    text = region("Link messages")
+    rows = [ln for ln in text.splitlines() if ln.startswith(f"| `{t}` |")]
+    assert rows, f"link message {t} has no row"
+    assert field_problems(messages.MESSAGES[t], text, row=rows[0]) == []
+
+
+def test_identity_proof_documented() -> None:
+    assert field_problems(messages.IdentityProof, region("Handshake")) == []
+
+
+@pytest.mark.parametrize("tag", sorted(routing.ROUTER_MESSAGES))
+def test_router_message_fields_types_and_limits(tag: int) -> None:
+    """A router message's row names its fields and states every limit, those of the
+    arrays inside it included (``[hops, signed, sig]``)."""
+    import typing
+
+    cls = routing.ROUTER_MESSAGES[tag]
+    rows = [ln for ln in region("Router messages").splitlines() if ln.startswith(f"| {tag} |")]
+    assert rows, f"router message {tag} has no row"
+    problems = field_problems(cls, "", row=rows[0], typed=False)
+    for f in schema_fields(cls):
+        for item in typing.get_args(typing.get_type_hints(cls, include_extras=True)[f.name]):
+            for part in typing.get_args(item):  # tuple[tuple[A, B, C], ...] -> A, B, C
+                for b in type_of(part)[1] if part is not Ellipsis else []:
+                    if not shows(rows[0], b):
+                        problems.append(f"{cls.__name__}.{f.name}: limit {b:g} not in row")
+    assert problems == []
+
+
+def test_envelope_and_bodies_documented() -> None:
+    text = region("Envelopes")
+    problems = field_problems(envelope.SignedFields, text)
+    bodies = {envelope.RoomBody: "- **room**", envelope.DmInner: "- **dm**",
+              envelope.ReceiptBody: "- **receipt**", envelope.ProfileBody: "- **profile**"}
+    for cls, start in bodies.items():
+        para = paragraph(text, start)
+        positional = cls in (envelope.RoomBody, envelope.ReceiptBody)
+        problems += field_problems(cls, para, row=" ".join(para.split()), names=not positional,
+                                   typed=not positional)
+    assert problems == []
+
+
+def test_mdns_record_documented() -> None:
+    # TXT values are text: bytes are written in hex, two digits a byte.
+    def hex_digits(f: Any, b: float) -> float:
+        return 2 * b if f.name in ("k", "s") else b
+
+    assert field_problems(announce.TxtRecord, region(r"5\. The mDNS record"), typed=False,
+                          scale=hex_digits) == []
+
+
+def test_announce_json_documented() -> None:
+    para = paragraph(region(r"1\. A node"), "**`announce.json`**")
+    assert field_problems(announce.AnnounceFile, para, row=" ".join(para.split()),
+                          typed=False) == []
