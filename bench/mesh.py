@@ -132,14 +132,13 @@ def latency(n: int) -> list[Figure]:
 
 
 def flood(nodes: int, n: int) -> list[Figure]:
+    from bench.sim.topology import segment_membership
+
     rng = random.Random(7)
-    bridges = max(4, nodes // 3)
     hosts = [f"h{i:02d}" for i in range(nodes)]
-    links: dict[str, list[int]] = {}
-    for i, h in enumerate(hosts):
-        first = i % bridges  # every bridge has members, and the whole is connected
-        links[h] = sorted({first, (first + 1) % bridges} if i < bridges else
-                          {first, rng.randrange(bridges)})
+    # the same segments as ``python -m bench.sim --topology segments``
+    links = dict(zip(hosts, segment_membership(nodes), strict=True))
+    bridges = max(4, nodes // 3)
     members = {b: [h for h in hosts if b in links[h]] for b in range(bridges)}
     pairs = {tuple(sorted((x, y))) for m in members.values() for x in m for y in m if x != y}
     with lab(links) as mesh:

@@ -141,7 +141,7 @@ class Recent:
 def relay_targets(*, kind: int, to: bytes | None, origin: bytes, came_from: bytes | None,
                   links: Iterable[bytes]) -> list[bytes]:
     """Which neighbours get a copy of an accepted envelope."""
-    links = list(links)
+    links = sorted(links)  # the same order in every run (the simulator is deterministic)
     if kind in (KIND_DM, KIND_RECEIPT) and to is not None and to in links:
         return [] if to == came_from else [to]
     return [k for k in links if k != came_from and k != origin]

@@ -43,6 +43,8 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import nacl.exceptions
+
 from . import catchup, envelope, gossip, routing, rpc, status
 from .envelope import KIND_DM, KIND_PROFILE, KIND_RECEIPT, KIND_ROOM, Envelope, EnvelopeError
 from .errors import RemoteProtocolError
@@ -282,7 +284,7 @@ class RouterCore:
         self.awaiting: dict[bytes, Awaiting] = {}
         self.seq_next = self.seq_end = 0
         self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0,
-                       "shorter": 0, "path": 0, "fallback": 0}
+                       "shorter": 0, "path": 0, "no_path": 0, "fallback": 0}
         self.recompute_at: float | None = None
         #: When our next profile goes out (monotonic); the first one at start.
         self.profile_at: float | None = 0.0
@@ -306,6 +308,8 @@ class RouterCore:
                 env = envelope.parse(e.signed, e.sig)
             except EnvelopeError:
                 continue
+            if env.origin == self.own_key:
+                self.last_profile = env  # so that our next one replaces it in catch-up
             self.on_profile(env, e.hops, now)
         for msg_id, st, to in outbox:
             self.own_status[msg_id] = (st, to)
@@ -336,7 +340,8 @@ class RouterCore:
         for msg_id in late:
             yield from self.fall_back(self.awaiting.pop(msg_id), mono)
         if self.profile_at is not None and mono >= self.profile_at:
-            self.profile_at = mono + self.settings.profile_every
+            # a little early, at random: nodes started together do not refresh together
+            self.profile_at = mono + self.settings.profile_every * self.relay.rng.uniform(0.9, 1)
             yield from self.publish_profile(now, mono)
         if self.summary_at is not None and mono >= self.summary_at:
             yield from self.anti_entropy(now, mono)
@@ -348,7 +353,10 @@ class RouterCore:
                           keep=[i for i, (_, to) in self.own_status.items() if to])
         for key in sorted(self.links):
             yield self.summary(key)
-        yield from self.recompute(now)  # profiles not refreshed in time: their node is gone
+        expires = self.settings.profile_expires
+        if any(now - d.received_at > expires and d.published[0] is not None
+               for d in self.directory.values()):
+            yield from self.recompute(now)  # profiles not refreshed in time: their node is gone
 
     # -- links and identity ----------------------------------------------------------------
 
@@ -435,12 +443,15 @@ class RouterCore:
                     per_target[t].append(entry)
                 sent_ids.add(env.id)
                 continue
+            if env.kind in (KIND_DM, KIND_RECEIPT) and env.to not in self.links:
+                self.counts["no_path"] += 1
             targets = gossip.relay_targets(kind=env.kind, to=env.to, origin=env.origin,
                                            came_from=came_from, links=self.links)
             if not targets:
                 continue
             self.counts["relayed"] += 1
-            if self.relay.schedule(env.id, targets, mono, hops, entry) is None:
+            # our own go at once: nobody can have them yet, and they are then ``sent``
+            if hops == 0 or self.relay.schedule(env.id, targets, mono, hops, entry) is None:
                 for t in targets:
                     per_target[t].append(entry)
                 sent_ids.add(env.id)
@@ -842,7 +853,11 @@ class RouterCore:
                 return PostRefused(
                     "no_key", f"no encryption key for {fingerprint(to)} yet: its profile has "
                     "not reached us (it appears once the peer is linked or known via the mesh)")
-        if len(text.encode()) > envelope.MAX_TEXT_BYTES:
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            return PostRefused("bad_message", "text is not valid Unicode (a lone surrogate)")
+        if size > envelope.MAX_TEXT_BYTES:
             return PostRefused("too_large", f"text over {envelope.MAX_TEXT_BYTES} bytes")
         return None
 
@@ -883,8 +898,13 @@ class RouterCore:
             if p.to is None:
                 specs.append((KIND_ROOM, None, p.text.encode()))
             else:
-                body = envelope.seal_dm(origin=self.own_key, text=p.text,
-                                        recipient_enc_key=self.directory[p.to].enc_key)
+                try:
+                    body = envelope.seal_dm(origin=self.own_key, text=p.text,
+                                            recipient_enc_key=self.directory[p.to].enc_key)
+                except nacl.exceptions.CryptoError:  # its profile's key is a low-order point
+                    answers[i] = PostRefused("no_key", f"the encryption key in the profile of "
+                                             f"{fingerprint(p.to)} is not usable")
+                    continue
                 specs.append((KIND_DM, p.to, body))
             ready.append(i)
         if not ready:

@@ -37,8 +37,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--hop-limit", type=int, default=8)
     p.add_argument("--room", type=int, default=50, help="room messages")
+    p.add_argument("--gap-ms", type=float, default=20.0, help="between room messages")
     p.add_argument("--dms", type=int, default=50)
-    p.add_argument("--idle", type=float, default=300.0, help="idle seconds measured")
+    p.add_argument("--idle", type=float, default=3600.0,
+                   help="idle seconds measured (at least one profile period)")
     p.add_argument("--churn", type=int, default=2, help="rounds of leave, silent leave, join")
     p.add_argument("--real-signatures", action="store_true",
                    help="sign and verify with Ed25519 (default: counted and skipped)")
@@ -48,7 +50,8 @@ def main() -> None:
     fig = run(Options(nodes=a.nodes, topology=a.topology, degree=a.degree, loss=a.loss,
                       latency=a.latency_ms / 1000, seed=a.seed, hop_limit=a.hop_limit,
                       room=a.room, dms=a.dms, idle=a.idle, churn=a.churn,
-                      real_signatures=a.real_signatures, flood_dms=a.flood_dms))
+                      real_signatures=a.real_signatures, flood_dms=a.flood_dms,
+                      gap=a.gap_ms / 1000))
     if a.json:
         print(json.dumps(fig), flush=True)
         return

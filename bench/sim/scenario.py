@@ -26,10 +26,11 @@ class Options:
     hop_limit: int = 8
     room: int = 50
     dms: int = 50
-    idle: float = 300.0
+    idle: float = routercore.PROFILE_EVERY
     churn: int = 2
     real_signatures: bool = False
     flood_dms: bool = False
+    gap: float = 0.02
 
 
 def _settle(net: Net, since: float, quiet: float = 2.0, most: float = 120.0,
@@ -106,7 +107,7 @@ def run(o: Options) -> dict:
         if msg_id is not None:
             room.append((msg_id, _reach(net, origin)))
             net.tracked.add(msg_id)
-        net.loop.run_until(net.loop.now + 0.02)
+        net.loop.run_until(net.loop.now + o.gap)
     net.loop.run_until(net.loop.now + 5.0)
     first_pass = sum(sum(1 for i in want if msg in net.nodes[i].shown) for msg, want in room)
     bytes_flood = sum(n.sent_bytes for n in net.nodes) - bytes0
@@ -142,6 +143,9 @@ def run(o: Options) -> dict:
     dm_copies = sum(net.copies[m] for m, _, _ in dm_ids)
     _quiesce(net, 2)
     n_dm = len(dm_ids) or 1
+    # catch-up offers held DMs to every neighbour until a receipt releases them (unchanged)
+    fig["dm_transmissions_incl_catchup"] = round(sum(net.copies[m] for m, _, _ in dm_ids)
+                                                 / n_dm, 1)
     fig["delivery_dm"] = sum(1 for m, _, b in dm_ids if m in b.shown) / n_dm
     fig["delivery_dm_first_pass"] = dm_first / n_dm
     fig["dm_delivered_status"] = sum(1 for m, a, _ in dm_ids
@@ -183,6 +187,7 @@ def run(o: Options) -> dict:
     fig["signatures_counted"] = net.verified
     fig["path_sends"] = sum(n.core.counts["path"] for n in net.nodes)
     fig["path_fallbacks"] = sum(n.core.counts["fallback"] for n in net.nodes)
+    fig["path_unknown"] = sum(n.core.counts["no_path"] for n in net.nodes)
     return fig
 
 

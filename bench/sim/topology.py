@@ -119,17 +119,27 @@ def clusters(n: int, rng: random.Random, size: int = 20, degree: float = 6,
     return edges
 
 
-def segments(n: int, seed: int = 7) -> Edges:
-    """The LAN segments of ``bench.mesh flood``: every host on one or two segments, all hosts
-    of a segment linked pairwise (a LAN), so the same topology runs real and simulated."""
+def segment_membership(n: int, seed: int = 7) -> list[list[int]]:
+    """The LAN segments each host of ``bench.mesh flood`` is on: one or two each, every
+    segment with members, the whole connected."""
     rng = random.Random(seed)
     nbridges = max(4, n // 3)
     on: list[list[int]] = []
     for i in range(n):
-        first = i % nbridges  # every segment has members, and the whole is connected
+        first = i % nbridges
         on.append(sorted({first, (first + 1) % nbridges} if i < nbridges else
                          {first, rng.randrange(nbridges)}))
-    members = {b: [h for h in range(n) if b in on[h]] for b in range(nbridges)}
+    return on
+
+
+def segments(n: int, seed: int = 7) -> Edges:
+    """The links of ``bench.mesh flood``: all hosts of a segment are linked pairwise (a
+    LAN), so the same topology runs real and simulated."""
+    on = segment_membership(n, seed)
+    members: dict[int, list[int]] = {}
+    for h, segs in enumerate(on):
+        for b in segs:
+            members.setdefault(b, []).append(h)
     return {_edge(x, y) for m in members.values() for x in m for y in m if x != y}
 
 
