@@ -563,25 +563,28 @@ def _build(cls: type[Record]) -> None:
     src = [f"def __init__(self{', ' if sig else ''}{sig}):", *body]
 
     # decoder: a map (or an array) already unpacked, checked the same way, no clipping
-    src.append("def _decode(d):")
+    checks: list[str] = []
     if cls.ARRAY:
-        src += _array_head(cls, flds, hints, gen)
+        checks += _array_head(cls, flds, hints, gen)
     for i, f in enumerate(flds):
         var = f"x{i}"
         if cls.ARRAY:
-            src += gen.checks(hints[f.name], var, f.name, "    ", ctor=False)
+            checks += gen.checks(hints[f.name], var, f.name, "    ", ctor=False)
             continue
-        src.append(f"    {var} = d.get({f.key!r}, _MISSING)")
-        src.append(f"    if {var} is _MISSING:")
+        checks.append(f"    {var} = d.get({f.key!r}, _MISSING)")
+        checks.append(f"    if {var} is _MISSING:")
         if f.required:
-            src.append(f"        raise _missing({f.name!r})")
+            checks.append(f"        raise _missing({f.name!r})")
         else:
-            src.append(f"        {var} = {gen.name(f.default, '_d')}")
-        src.append("    else:")
-        src += gen.checks(hints[f.name], var, f.name, "        ", ctor=False)
-    src += ["    o = _new(_cls)", "    od = o.__dict__"]
+            checks.append(f"        {var} = {gen.name(f.default, '_d')}")
+        checks.append("    else:")
+        checks += gen.checks(hints[f.name], var, f.name, "        ", ctor=False)
+    src += ["def _decode(d):", *checks, "    o = _new(_cls)", "    od = o.__dict__"]
     src += [f"    od[{f.name!r}] = x{i}" for i, f in enumerate(flds)]
     src.append("    return o")
+    # the same checks, giving the values alone (a hot path that needs no record)
+    src += ["def _values(d):", *checks,
+            f"    return ({''.join(f'x{i}, ' for i in range(len(flds)))})"]
 
     # encoder: nested records become maps or arrays, tuples pack as arrays already
     src.append("def _wire(self):")
@@ -609,6 +612,7 @@ def _build(cls: type[Record]) -> None:
         cls._decode_seq = staticmethod(gen.env["_decode"])  # type: ignore[assignment]
     else:
         cls._decode_map = staticmethod(gen.env["_decode"])  # type: ignore[assignment]
+    cls._values_of = staticmethod(gen.env["_values"])  # type: ignore[attr-defined]
     cls._wire = gen.env["_wire"]  # type: ignore[method-assign]
     cls._built = True
 
@@ -746,6 +750,18 @@ class Record:
         return e
 
     @classmethod
+    def values_of(cls, data: Any) -> tuple[Any, ...]:
+        """The field values of a decoded map (array for an ``ArrayRecord``), checked exactly
+        as ``from_dict`` checks them, without building the record (for hot paths)."""
+        _build(cls)
+        try:
+            if not isinstance(data, list | tuple if cls.ARRAY else dict):
+                _fail(cls.__name__, "must be an array" if cls.ARRAY else "must be a map")
+            return cls._values_of(data)  # type: ignore[attr-defined]
+        except SchemaError as e:
+            raise cls._recode(e) from None
+
+    @classmethod
     def from_dict(cls, data: Any) -> typing.Self:
         """Validate a decoded map and build the record; raises ``SchemaError``."""
         try:
@@ -810,6 +826,7 @@ def record(cls: type) -> type:
     cls.__init__ = _lazy_init
     cls._decode_map = classmethod(_lazy_decode_map)
     cls._decode_seq = classmethod(_lazy_decode_seq)
+    cls._values_of = classmethod(_lazy_values_of)
     cls._wire = _lazy_wire
     cls._built = False
     return cls
@@ -829,6 +846,11 @@ def _lazy_decode_map(cls: type[Record], data: dict[Any, Any]) -> Any:
 def _lazy_decode_seq(cls: type[Record], data: list[Any]) -> Any:
     _build(cls)
     return cls._decode_seq(data)
+
+
+def _lazy_values_of(cls: type[Record], data: Any) -> Any:
+    _build(cls)
+    return cls._values_of(data)  # type: ignore[attr-defined]
 
 
 def _lazy_wire(self: Record) -> Any:
