@@ -172,7 +172,7 @@ Signed = Annotated[bytes, Len(1, SIGNED_MAX)]
 
 @record
 class StoredMessage(Record):
-    """One envelope as the store keeps it (docs/protocol.md, "store.put")."""
+    """One envelope as the store keeps it (docs/protocol.md, "Store records")."""
 
     id: Id16
     kind: KindNum
@@ -455,8 +455,13 @@ class GetMesh(Request):
     missed some asks for it)."""
 
 
-@request("store.put", PutResult)
-class StorePut(Request):
+# -- the router's calls into its store (services/store.py ``Store``, in-process) ----------------
+# The router is the one writer of store.sqlite: these are arguments of ``Store`` methods,
+# not requests; only ``store.history`` crosses a process boundary.
+
+
+@record
+class StorePut(Record):
     """Insert messages, idempotent on ``id`` (and on ``client_id`` for our own); one
     transaction, committed before the reply. ``new`` is False for a message already held
     (then ``id`` is the stored one: for a repeated ``client_id``, the original's id)."""
@@ -464,8 +469,8 @@ class StorePut(Request):
     items: Annotated[tuple[StoredMessage, ...], Len(1, 512)]
 
 
-@request("store.set_status", Empty)
-class StoreSetStatus(Request):
+@record
+class StoreSetStatus(Record):
     """Move our own messages forward, as ``common.status.advance`` allows: queued < sent <
     relayed < failed < delivered (a receipt after ``failed`` still proves delivery);
     delivered is final. A status never goes back."""
@@ -473,15 +478,15 @@ class StoreSetStatus(Request):
     updates: Annotated[tuple[StatusUpdate, ...], Len(1, 1024)]
 
 
-@request("store.release", Empty)
-class StoreRelease(Request):
+@record
+class StoreRelease(Record):
     """Stop holding these messages for store-and-forward (delivered, or expired)."""
 
     ids: Annotated[tuple[Id16, ...], Len(1, 4096)]
 
 
-@request("store.get", Envelopes)
-class StoreGet(Request):
+@record
+class StoreGet(Record):
     """The envelopes with these ids that the store has (to send them to a peer)."""
 
     ids: Annotated[tuple[Id16, ...], Len(1, 4096)]
@@ -497,34 +502,34 @@ class StoreHistory(Request):
     before: Millis | None = None
 
 
-@request("store.sync_set", SyncSet)
-class StoreSyncSet(Request):
+@record
+class StoreSyncSet(Record):
     """What catch-up offers: room messages and latest profiles since ``since``, and every
     held DM and receipt."""
 
     since: Millis
 
 
-@request("store.outbox", Outbox)
-class StoreOutbox(Request):
+@record
+class StoreOutbox(Record):
     """Our own messages not yet delivered (status queued, sent or relayed)."""
 
 
-@request("store.profiles", Profiles)
-class StoreProfiles(Request):
+@record
+class StoreProfiles(Record):
     """The newest profile of every origin."""
 
 
-@request("store.reserve_seq", SeqBlock)
-class StoreReserveSeq(Request):
+@record
+class StoreReserveSeq(Record):
     """Reserve ``count`` sequence numbers for our own envelopes; never hands one out twice,
     across restarts."""
 
     count: Annotated[int, Range(1, 1_000_000)]
 
 
-@request("store.recent_ids", IdList)
-class StoreRecentIds(Request):
+@record
+class StoreRecentIds(Record):
     """Ids of messages received since ``since`` (unix seconds), newest first, at most
     ``limit``: the router's seen-set after a restart."""
 

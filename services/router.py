@@ -40,7 +40,7 @@ from tazcom.common.rejects import RejectLog
 
 from .busclient import Readable, tune
 from .runtime import Runtime, run
-from .store import Store
+from .store import MAINTENANCE_INTERVAL, Store
 
 MAX_BATCH = 1024
 #: Bytes per identity request, well under rpc.max_request_bytes (256 KiB).
@@ -72,7 +72,7 @@ class Router:
         self._posts: list[tuple[core.PostSpec, asyncio.Future]] = []
         self._post_wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
-        # WAL: the store service reads the same file meanwhile (history) without blocking us.
+        # The one writer of store.sqlite; the store service reads it (history) meanwhile (WAL).
         self.db = Store(rt.config.paths.store_file)
         self.identity = rt.client("identity")
         self.inbox = rt.ctx.socket(zmq.PULL)
@@ -294,6 +294,20 @@ class Router:
                 else:
                     fut.set_result(answer)
 
+    async def maintenance_loop(self) -> None:
+        """Expiry in the store (the router is its one writer); own messages given up on
+        become ``failed`` through the core."""
+        while True:
+            try:
+                expired = self.db.maintain(time.time())
+            except sqlite3.OperationalError as e:  # disk full, locked: next time
+                self.rt.log.warning("store maintenance failed: %s", e)
+                expired = []
+            if expired:
+                self.run_now(self.c.expired([(i, reason) for i, _to, reason in expired]))
+                self.rt.log.info("%d undelivered message(s) expired", len(expired))
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+
     def close(self) -> None:
         self.db.close()
         self.inbox.close(linger=0)
@@ -310,6 +324,7 @@ async def main(rt: Runtime) -> None:
         rt.bus.subscribe("identity.changed", router.on_identity)
         rt.spawn(router.inbox_loop(), "inbox")
         rt.spawn(router.post_loop(), "post")
+        rt.spawn(router.maintenance_loop(), "maintenance")
         rt.ready(f"hop limit {router.settings.hop_limit}")
         await router.timer_loop()
     finally:

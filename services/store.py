@@ -1,20 +1,24 @@
-"""The store service: the only process that opens ``store.sqlite``.
+"""The node's message store (``store.sqlite``) and the store service that reads it.
 
-It keeps every envelope the node has seen (one row per envelope id), our own
-messages' delivery status, the sequence counter of our own envelopes, and
-what is held for store-and-forward; other processes reach it with the
-``store.*`` requests (docs/protocol.md, "Requests"). ``Store`` is plain,
-synchronous SQLite (no asyncio, no zmq) so it can be tested directly; ``main``
-serves it. Requests are handled in arrival order on the event loop: each one
-is a few SQLite statements, and every write is one transaction, committed
-before the reply goes out.
+One owner: the **router** is the only process that writes ``store.sqlite``. It
+opens it with ``Store(path)`` (which creates and checks the schema), commits
+every envelope, status and release in its own transactions, reserves our
+sequence numbers and runs the maintenance (``Store.maintain``). The **store
+service** opens the same file with ``Store(path, reader=True)``: read-only
+(``PRAGMA query_only``), never creating anything, and serves ``store.history``
+to the CLI and the chat app (docs/protocol.md §1 and §4). In WAL mode its
+reads never wait for the router's writes, nor the writes for the reads.
+
+``Store`` is plain, synchronous SQLite (no asyncio, no zmq) so it can be tested
+directly; every write is one transaction, committed before the router acts on
+it (shows, relays, acknowledges).
 
 Durability: the database runs in WAL mode with ``synchronous=NORMAL``. A
-committed transaction is in the WAL file (the OS page cache) before the reply
-is sent, so it survives the store process being killed at any moment, which
+committed transaction is in the WAL file (the OS page cache) before the
+router acts on it, so it survives any process being killed at any moment, which
 is the failure we defend against; only a power cut or kernel crash may lose
 the last transactions (never the consistency of the file). ``FULL`` would add
-an fsync per request for that case.
+an fsync per transaction for that case.
 
 A file that is not a SQLite database, or is another program's database, or
 one written by a newer schema, stops the service with one log line (exit 78);
@@ -36,7 +40,6 @@ from typing import Any
 
 from tazcom.common import envelope, rpc
 from tazcom.common.errors import RemoteProtocolError, RequestFailed, TazcomError
-from tazcom.common.events import ChatStatus
 from tazcom.common.status import RANK
 
 from .runtime import FatalError, Runtime, run
@@ -121,13 +124,22 @@ def _chunks(seq: Sequence[bytes], n: int = CHUNK) -> Iterator[Sequence[bytes]]:
 class Store:
     """The message database. Methods take and return the records of common/rpc.py."""
 
-    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time,
+                 reader: bool = False) -> None:
         self.path = Path(path)
         self._clock = clock
-        self._db = _open(self.path)
+        self.reader = reader
+        self._conn: sqlite3.Connection | None = None if reader else _open(self.path)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:  # a reader: the router creates the file; until then, empty
+            self._conn = _open_reader(self.path)
+        return self._conn
 
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
@@ -241,6 +253,12 @@ class Store:
         return rpc.Envelopes(items=tuple(items))
 
     def history(self, req: rpc.StoreHistory) -> rpc.History:
+        try:
+            return self._history(req)
+        except NotYetCreated:
+            return rpc.History(messages=())
+
+    def _history(self, req: rpc.StoreHistory) -> rpc.History:
         # The room is kind 1 with conv NULL (StoredMessage: conv is None for the room).
         where = "conv IS NULL AND kind = 1" if req.conv is None else "conv = ? AND kind = 2"
         args: list[Any] = [] if req.conv is None else [req.conv]
@@ -332,6 +350,32 @@ def _open(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the router's database, once it has made it."""
+    if not path.exists():
+        raise NotYetCreated(f"{path}: not created yet (the router creates it)")
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=2.0)
+    try:
+        db.execute("PRAGMA query_only = ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        db.close()
+        raise FatalError(f"{path}: not a usable TAZCOM store ({e}); leaving it untouched"
+                         ) from None
+    if app_id != APPLICATION_ID or version != SCHEMA_VERSION:
+        db.close()
+        if app_id in (0, APPLICATION_ID) and version == 0:
+            raise NotYetCreated(f"{path}: schema not created yet (the router creates it)")
+        raise FatalError(f"{path}: not a TAZCOM store of schema v{SCHEMA_VERSION}; "
+                         "leaving it untouched")
+    return db
+
+
+class NotYetCreated(Exception):
+    """The router has not created the database yet: a reader sees it empty."""
+
+
 def _check_and_create_retrying(db: sqlite3.Connection, path: Path) -> None:
     """The router opens the same database at the same moment (it writes envelopes
     itself); switching to WAL or creating the schema can then find it locked, which
@@ -420,43 +464,12 @@ def _guarded(rt: Runtime, store: Store, fn: Callable[[Any], Any]) -> Callable[[A
     return handler
 
 
-async def _maintenance(rt: Runtime, store: Store) -> None:
-    while True:
-        try:
-            expired = store.maintain(time.time())
-        except sqlite3.DatabaseError as e:
-            failure = _db_failure(e, store.path)
-            if failure is None or isinstance(failure, FatalError):
-                raise failure or e from None
-            rt.log.warning("maintenance failed: %s", e)
-            expired = []
-        for msg_id, to, reason in expired:
-            rt.bus.emit(ChatStatus, id=msg_id.hex(), status="failed", reason=reason,
-                        to=to.hex() if to is not None else None)
-        if expired:
-            rt.log.info("%d undelivered message(s) expired", len(expired))
-        await asyncio.sleep(MAINTENANCE_INTERVAL)
-
-
 async def main(rt: Runtime) -> None:
     path = rt.config.paths.store_file
-    store = Store(path)
+    store = Store(path, reader=True)
     try:
-        handlers = {
-            rpc.StorePut: store.put,
-            rpc.StoreSetStatus: store.set_status,
-            rpc.StoreRelease: store.release,
-            rpc.StoreGet: store.get,
-            rpc.StoreHistory: store.history,
-            rpc.StoreSyncSet: store.sync_set,
-            rpc.StoreOutbox: store.outbox,
-            rpc.StoreProfiles: store.profiles,
-            rpc.StoreReserveSeq: store.reserve_seq,
-            rpc.StoreRecentIds: store.recent_ids,
-        }
-        rt.serve({cls: _guarded(rt, store, fn) for cls, fn in handlers.items()})
-        rt.ready(f"{path} ({store.count()} messages)")
-        rt.spawn(_maintenance(rt, store), "maintenance")
+        rt.serve({rpc.StoreHistory: _guarded(rt, store, store.history)})
+        rt.ready(f"{path} (read-only; the router writes it)")
         await asyncio.Event().wait()
     finally:
         store.close()

@@ -518,3 +518,30 @@ def test_two_processes_opening_a_new_store_at_once(tmp_path: Path) -> None:
 def _open_and_close(path: str, start: Any) -> None:
     start.wait(10)
     Store(Path(path)).close()
+
+
+def test_the_store_service_only_reads_what_the_router_writes(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    reader = Store(path, reader=True)
+    assert reader.history(rpc.StoreHistory()).messages == ()  # not created yet: empty
+    assert not path.exists()  # and the reader did not create it
+    writer = Store(path)
+    room = mk(id=mid(1), text="hello")
+    writer.put(rpc.StorePut(items=(room,)))
+    assert [m.text for m in reader.history(rpc.StoreHistory()).messages] == ["hello"]
+    with pytest.raises(sqlite3.OperationalError):
+        reader._db.execute("DELETE FROM messages")
+    assert writer.count() == 1
+    reader.close()
+    writer.close()
+
+
+def test_a_reader_refuses_a_foreign_database(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE other (x)")
+    db.execute("PRAGMA application_id = 42")
+    db.commit()
+    db.close()
+    with pytest.raises(FatalError):
+        Store(path, reader=True).history(rpc.StoreHistory())
