@@ -52,7 +52,7 @@ from .events import ChatMessage, ChatStatus, MeshPeer
 from .keys import fingerprint
 from .mirror import Numbering
 
-#: A frame of envelopes stays under this many bytes (router messages are <= 65000).
+#: A frame of envelopes stays under this many bytes (router messages are <= 65455).
 FRAME_BUDGET = 60_000
 ANTI_ENTROPY = 60.0
 #: Our profile is flooded again this often even when nothing changed (it changes with our
@@ -350,7 +350,8 @@ class RouterCore:
         self.summary_at = mono + self.settings.anti_entropy
         self.seen.expire(now)
         self.index.expire(int(now * 1000) - gossip.MAX_AGE_MS,
-                          keep=[i for i, (_, to) in self.own_status.items() if to])
+                          keep=[i for i, (st, to) in self.own_status.items()
+                                if to and st != "failed"])
         for key in sorted(self.links):
             yield self.summary(key)
         expires = self.settings.profile_expires
@@ -696,8 +697,11 @@ class RouterCore:
             elif env.kind == KIND_DM and mine:
                 yield self.message(env, a.text or "", a.hops)
             elif env.kind == KIND_RECEIPT and mine:
+                # held like every receipt, so catch-up with the neighbours that have it
+                # finds nothing to send again
+                self.index.add(env.id, env.ts, env.to)
                 for msg_id in envelope.receipt_ids(env.body):
-                    if self.index.recipient(msg_id) == env.origin:
+                    if self.own_status.get(msg_id, ("", None))[1] == env.origin:
                         updates.append((msg_id, "delivered"))
             else:  # a DM or receipt for someone else: hold it, relay it, take custody
                 self.index.add(env.id, env.ts, env.to)
@@ -838,9 +842,8 @@ class RouterCore:
     def expired(self, ids: list[tuple[bytes, str]]) -> Step:
         """Own messages the store gave up on (too old to deliver)."""
         for msg_id, reason in ids:
+            # still known as failed: a receipt that comes later proves delivery
             yield from self.set_status([(msg_id, "failed")], reason)
-            if msg_id in self.own_status and self.own_status[msg_id][0] == "failed":
-                del self.own_status[msg_id]
 
     # -- posting ---------------------------------------------------------------------------
 

@@ -436,9 +436,6 @@ def test_a_status_only_moves_forward() -> None:
     assert net.violations == []
 
 
-@pytest.mark.xfail(strict=True, reason="common/status.py and docs say a receipt after "
-                   "`failed` still makes it `delivered`; the core forgets a failed message, so "
-                   "the receipt changes nothing (reported to the author)")
 def test_a_receipt_after_failed_still_makes_it_delivered() -> None:
     net, a, b = pair()
     b.silent = True
@@ -710,9 +707,6 @@ def test_a_crash_right_after_a_receipt_commit_still_ends_delivered() -> None:
     assert a.store.rows[dm].status == "delivered"
 
 
-@pytest.mark.xfail(strict=True, reason="the author of a DM does not offer its receipt in "
-                   "catch-up, so every round its neighbours list and send it again "
-                   "(reported to the author)")
 def test_catch_up_goes_quiet_after_a_dm_is_delivered() -> None:
     net, a, b = pair()
     dm = a.post("dm", b).message_id
