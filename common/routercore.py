@@ -954,5 +954,4 @@ class RouterCore:
 
     def stats(self) -> rpc.RouterStats:
         return rpc.RouterStats(links=len(self.links), pending_relays=len(self.relay),
-                               **{k: v for k, v in self.counts.items()
-                                  if k in rpc.RouterStats.__dataclass_fields__})
+                               **self.counts)

@@ -314,6 +314,9 @@ class RouterStats(Record):
     links: Annotated[int, Range(0, 65535)]
     pending_relays: Annotated[int, Range(0, 2**31)]
     shorter: Annotated[int, Range(0, 2**63 - 1)] = 0
+    path: Annotated[int, Range(0, 2**63 - 1)] = 0
+    no_path: Annotated[int, Range(0, 2**63 - 1)] = 0
+    fallback: Annotated[int, Range(0, 2**63 - 1)] = 0
 
 
 @record

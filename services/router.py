@@ -197,8 +197,7 @@ class Router:
 
     def rejected(self, r: core.Rejected) -> None:
         if self.rejects.reject(r.source, r.reason, r.detail):
-            self.rt.bus.emit(RouterDropped, source=r.source[:80], reason=r.reason[:48],
-                             detail=r.detail[:200])
+            self.rt.bus.emit(RouterDropped, source=r.source, reason=r.reason, detail=r.detail)
 
     # -- inputs --------------------------------------------------------------------------
 

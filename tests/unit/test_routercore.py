@@ -1084,3 +1084,12 @@ def test_fuzz_odd_posts(fuzz_net, to, text) -> None:
     if isinstance(answer, rc.PostRefused):
         assert answer.code in POST_CODES and not rec.of(rc.Commit)
     assert fuzz_net.violations == []
+
+
+def test_stats_answer_with_every_counter() -> None:
+    net, a, b = pair()
+    a.post("hello", None)
+    net.settle()
+    stats = b.core.stats()
+    assert stats.accepted >= 1 and stats.links == 1
+    assert type(stats).from_dict(stats.to_dict()) == stats
