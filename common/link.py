@@ -13,9 +13,14 @@ tested without sockets (docs/protocol.md, "Links").
    ``IdentityProof``: the sender's Ed25519 key and its signature of
    ``"tazcom-noise-static:" || the sender's Noise static key``. Noise proves the
    sender holds that static key; the signature binds it to the identity. A
-   dialer that expected a given key rejects any other (``wrong_key``).
+   dialer that expected a given key rejects any other (``wrong_key``); a
+   proof of another ``v`` than 1 is refused with ``bad_version``. Until the
+   handshake completes there is no cipher to say why, so a failed handshake
+   ends with a bare TCP close; from then on ``close`` carries the reject code.
 2. HELLO: each side's first transport message. Versions are negotiated
    (highest common); none in common closes with ``unsupported_version``.
+   While waiting for the peer's HELLO a side answers ``ping`` and takes
+   ``pong``, ``rekey`` and ``close``; ``app`` or a second HELLO is ``bad_state``.
 3. OPEN: ``app`` messages flow both ways; ``ping``/``pong`` keep the link
    alive; each side rekeys its sending cipher after ``rekey`` signalling.
 
@@ -369,7 +374,15 @@ class Link:
             raise RemoteProtocolError(f"unexpected frame in {state.value}", code="bad_state")
 
     def _check_proof(self, payload: bytes) -> None:
-        proof = decode_proof(payload)
+        try:
+            proof = decode_proof(payload)
+        except SchemaError:
+            obj = codec.unpack(payload, HANDSHAKE_MAX_FRAME)  # it decoded once: cannot fail
+            v = obj.get("v") if isinstance(obj, dict) else None
+            if type(v) is int and v != 1:  # a newer proof: say so, not "bad message"
+                raise RemoteProtocolError(f"identity proof version {v}; we speak 1",
+                                          code="bad_version") from None
+            raise
         remote_static = self._hs.remote_static
         assert remote_static is not None
         try:
