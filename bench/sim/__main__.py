@@ -35,6 +35,11 @@ def main() -> None:
     p.add_argument("--loss", type=float, default=0.0, help="loss per link, 0..1")
     p.add_argument("--latency-ms", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--per-frame-ms", type=float, default=0.1, help="CPU per frame at a node")
+    p.add_argument("--hop-delay-ms", type=float, default=0.0,
+                   help="fixed delay through a node (a real node: ~2 ms, bench.mesh latency)")
+    p.add_argument("--hop-jitter-ms", type=float, default=0.0,
+                   help="plus a uniform random delay up to this (a real node: p99-p50 ~1.6 ms)")
     p.add_argument("--hop-limit", type=int, default=8)
     p.add_argument("--room", type=int, default=50, help="room messages")
     p.add_argument("--gap-ms", type=float, default=20.0, help="between room messages")
@@ -51,7 +56,8 @@ def main() -> None:
                       latency=a.latency_ms / 1000, seed=a.seed, hop_limit=a.hop_limit,
                       room=a.room, dms=a.dms, idle=a.idle, churn=a.churn,
                       real_signatures=a.real_signatures, flood_dms=a.flood_dms,
-                      gap=a.gap_ms / 1000))
+                      gap=a.gap_ms / 1000, per_frame=a.per_frame_ms / 1000,
+                      hop_delay=a.hop_delay_ms / 1000, hop_jitter=a.hop_jitter_ms / 1000))
     if a.json:
         print(json.dumps(fig), flush=True)
         return

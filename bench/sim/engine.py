@@ -114,13 +114,17 @@ class Net:
 
     def __init__(self, *, hop_limit: int = envelope.DEFAULT_HOP_LIMIT, seed: int = 1,
                  params: LinkParams | None = None, real_signatures: bool = False,
-                 per_frame: float = 0.0001, settings: routercore.RouterSettings | None = None
-                 ) -> None:
+                 per_frame: float = 0.0001, hop_delay: float = 0.0,
+                 settings: routercore.RouterSettings | None = None) -> None:
         self.loop = Loop()
         self.rng = random.Random(seed)
         self.params = params or LinkParams()
         self.real = real_signatures
         self.per_frame = per_frame
+        #: Fixed delay between a frame's processing and what it sends leaving the node (the
+        #: gateway -> router -> gateway hand-offs of a real node: ~2 ms per hop, bench.mesh).
+        self.hop_delay = hop_delay
+        self.hop_jitter = 0.0  # plus a uniform random part per transmission
         self.settings = settings or routercore.RouterSettings(hop_limit=hop_limit)
         self.nodes: list[Node] = []
         self.by_key: dict[bytes, Node] = {}
@@ -249,6 +253,8 @@ class Net:
         if self.track_wire:
             self._track(body)
         direction = (node.index, peer.index)
+        if self.hop_jitter:  # each write of a real gateway is its own moment
+            t += self.rng.uniform(0, self.hop_jitter)
         start = max(t, self.link_free.get(direction, 0.0))
         done = start + size / self.params.bandwidth
         self.link_free[direction] = done
@@ -286,7 +292,7 @@ class Net:
         now = self.loop.now
         done = now + self.per_frame * len(frames)
         node.busy_until = done
-        self.step(node, node.core.receive(frames, EPOCH + now, now), t=done)
+        self.step(node, node.core.receive(frames, EPOCH + now, now), t=done + self.hop_delay)
 
     def connect(self, a: Node, b: Node, delay: float | None = None) -> None:
         """Bring the link a-b up after the handshake (both must be up then)."""

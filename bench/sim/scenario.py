@@ -31,6 +31,9 @@ class Options:
     real_signatures: bool = False
     flood_dms: bool = False
     gap: float = 0.02
+    per_frame: float = 0.0001
+    hop_delay: float = 0.0
+    hop_jitter: float = 0.0
 
 
 def _settle(net: Net, since: float, quiet: float = 2.0, most: float = 120.0,
@@ -73,7 +76,9 @@ def run(o: Options) -> dict:
         settings.path_fanout = 0
     net = Net(seed=o.seed, params=LinkParams(latency=o.latency, loss=o.loss,
                                              bandwidth=o.bandwidth),
-              real_signatures=o.real_signatures, settings=settings)
+              real_signatures=o.real_signatures, settings=settings, per_frame=o.per_frame,
+              hop_delay=o.hop_delay)
+    net.hop_jitter = o.hop_jitter
     for _ in range(o.nodes):
         net.add_node()
     edges = topology.build(o.topology, o.nodes, o.degree, rng)
