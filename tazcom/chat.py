@@ -154,7 +154,17 @@ class MessageView(ScrollView, can_focus=True):
             return False
         msg = self.messages[i]
         msg.status, msg.reason = status, reason
-        self._rewrap()  # the line count may change; cheap enough for one status
+        # re-wrap this message only: a burst of statuses over thousands of messages must
+        # not re-wrap the whole view each time
+        start = self._first_line[i]
+        end = self._first_line[i + 1] if i + 1 < len(self._first_line) else len(self._lines)
+        lines = self._wrap(msg)
+        self._lines[start:end] = lines
+        delta = len(lines) - (end - start)
+        if delta:
+            for j in range(i + 1, len(self._first_line)):
+                self._first_line[j] += delta
+        self._resize()
         return True
 
     def refresh_names(self) -> None:
