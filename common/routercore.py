@@ -282,6 +282,7 @@ class RouterCore:
         self.eccentricity = 0
         self.own_status: dict[bytes, tuple[str, bytes | None]] = {}  # id -> (status, to)
         self.awaiting: dict[bytes, Awaiting] = {}
+        self._delivered: list[bytes] = []  # found at load, applied by the first tick
         self.seq_next = self.seq_end = 0
         self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0,
                        "shorter": 0, "path": 0, "no_path": 0, "fallback": 0}
@@ -296,9 +297,11 @@ class RouterCore:
     def load(self, *, seen: Iterable[bytes], sync: Iterable[rpc.SyncItem],
              profiles: Iterable[rpc.WireEnvelope], outbox: Iterable[tuple[bytes, str,
                                                                              bytes | None]],
-             now: float) -> None:
+             now: float, receipts: Iterable[rpc.WireEnvelope] = ()) -> None:
         """What the store holds: seen ids (oldest first), the catch-up set, the stored
-        profiles and our undelivered messages."""
+        profiles, our undelivered messages and the receipts addressed to us (a crash
+        between a receipt's commit and its status must not leave a DM short of
+        ``delivered``: the first ``tick`` finishes the job)."""
         for msg_id in seen:
             self.seen.add(msg_id, now)
         for item in sync:
@@ -313,6 +316,13 @@ class RouterCore:
             self.on_profile(env, e.hops, now)
         for msg_id, st, to in outbox:
             self.own_status[msg_id] = (st, to)
+        for e in receipts:
+            try:
+                env = envelope.parse(e.signed, e.sig)
+            except EnvelopeError:
+                continue
+            self._delivered += [i for i in envelope.receipt_ids(env.body)
+                                if self.own_status.get(i, ("", None))[1] == env.origin]
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -327,6 +337,9 @@ class RouterCore:
     def tick(self, now: float, mono: float) -> Step:
         """Whatever is due: relays after their delay, the mesh directory, custody waits
         that ran out (flood from here), our profile, the catch-up round."""
+        if self._delivered:
+            done, self._delivered = self._delivered, []
+            yield from self.set_status([(i, "delivered") for i in done])
         per_target: dict[bytes, list[Entry]] = defaultdict(list)
         for _msg_id, targets, entry in self.relay.due(mono):
             for t in targets:
@@ -675,7 +688,9 @@ class RouterCore:
         conv = env.origin if env.kind == KIND_DM and mine else None
         if env.kind == KIND_ROOM:
             text = envelope.room_text(env.body)
-        held = env.kind in (KIND_DM, KIND_RECEIPT) and not mine
+        # every receipt is held (offered in catch-up until it expires), also one to us, so
+        # catch-up with the neighbours that brought it stays quiet, across restarts too
+        held = env.kind == KIND_RECEIPT or (env.kind == KIND_DM and not mine)
         return rpc.StoredMessage(id=env.id, kind=env.kind, origin=env.origin, seq=env.seq,
                                  ts=env.ts, to=env.to, signed=env.signed, sig=env.sig,
                                  hops=min(a.hops, envelope.MAX_HOPS_LIMIT), conv=conv,

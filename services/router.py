@@ -102,12 +102,19 @@ class Router:
         recent = self.db.recent_ids(rpc.StoreRecentIds(since=now - seen.horizon,
                                                        limit=seen.capacity))
         sync = self.db.sync_set(rpc.StoreSyncSet(since=int(now * 1000 - gossip.MAX_AGE_MS)))
-        profile_ids = tuple(i.id for i in sync.items if i.kind == core.KIND_PROFILE)
-        profiles = [e for chunk in by_size(list(profile_ids), lambda _: 1, most=512)
+        own = self.core.own_key
+
+        def stored(ids: list[bytes]) -> list[rpc.WireEnvelope]:
+            return [e for chunk in by_size(ids, lambda _: 1, most=512)
                     for e in self.db.get(rpc.StoreGet(ids=tuple(chunk))).items]
+
         outbox = self.db.outbox(rpc.StoreOutbox()).items
-        self.core.load(seen=reversed(recent.ids), sync=sync.items, profiles=profiles,
-                       outbox=[(m.id, m.status, m.to) for m in outbox], now=now)
+        self.core.load(
+            seen=reversed(recent.ids), sync=sync.items, now=now,
+            profiles=stored([i.id for i in sync.items if i.kind == core.KIND_PROFILE]),
+            outbox=[(m.id, m.status, m.to) for m in outbox],
+            receipts=stored([i.id for i in sync.items
+                             if i.kind == core.KIND_RECEIPT and i.to == own]))
         self.rt.log.info("loaded %d seen ids, %d catch-up items, %d profiles, %d pending own "
                          "messages", len(seen), len(self.core.index), len(self.core.directory),
                          len(self.core.own_status))

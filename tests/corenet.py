@@ -391,8 +391,11 @@ class Node:
         seen = self.store.recent_ids(net.now - s.horizon, s.capacity)
         sync = self.store.sync_set(int(net.now * 1000 - gossip.MAX_AGE_MS))
         profile_ids = [i.id for i in sync if i.kind == envelope.KIND_PROFILE]
+        receipt_ids = [i.id for i in sync
+                       if i.kind == envelope.KIND_RECEIPT and i.to == core.own_key]
         core.load(seen=reversed(seen), sync=sync, profiles=self.store.fetch(profile_ids),
-                  outbox=self.store.outbox(), now=net.now)
+                  outbox=self.store.outbox(), now=net.now,
+                  receipts=self.store.fetch(receipt_ids))
         self.run(core.set_links(self.links, net.now, net.mono))
 
 

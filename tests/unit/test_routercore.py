@@ -694,9 +694,6 @@ def test_after_a_restart_catch_up_goes_quiet() -> None:
     assert a.core.index.summary() == b.core.index.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="a crash between the receipt's commit and the status "
-                   "update leaves the DM short of delivered: the receipt is seen, so no later "
-                   "copy marks it (reported to the author)")
 def test_a_crash_right_after_a_receipt_commit_still_ends_delivered() -> None:
     net = settled(3, [(0, 1), (1, 2)])
     a, c = net.nodes[0], net.nodes[2]
