@@ -458,7 +458,7 @@ class GetMesh(Request):
     missed some asks for it)."""
 
 
-# -- the router's calls into its store (services/store.py ``Store``, in-process) ----------------
+# -- the router's calls into its store (services/storedb.py ``Store``, in-process) ----------------
 # The router is the one writer of store.sqlite: these are arguments of ``Store`` methods,
 # not requests; only ``store.history`` crosses a process boundary.
 

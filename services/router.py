@@ -40,7 +40,7 @@ from tazcom.common.rejects import RejectLog
 
 from .busclient import Readable, tune
 from .runtime import Runtime, run
-from .store import MAINTENANCE_INTERVAL, Store
+from .storedb import MAINTENANCE_INTERVAL, Store
 
 MAX_BATCH = 1024
 #: Bytes per identity request, well under rpc.max_request_bytes (256 KiB).

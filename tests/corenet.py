@@ -8,7 +8,7 @@ Theory of operation
   identity service signs (``DOMAIN_ENVELOPE || bytes``) and opening sealed
   boxes, or, with ``sigs="counted"``, signatures that are only counted (a
   keyed hash in place of Ed25519, checked the same way, for large meshes);
-* a ``MemStore``: the rows ``services/store.py`` keeps, with its rules
+* a ``MemStore``: the rows ``services/storedb.py`` keeps, with its rules
   (unique ids and client ids, held and released, hops only lowered, statuses
   only forward by ``common.status.advance``) and the reads a restart loads
   from (``recent_ids``, ``sync_set``, ``newest_profiles``, ``outbox``).
@@ -122,7 +122,7 @@ def counted_verify(env: envelope.Envelope) -> None:
 
 
 class MemStore:
-    """The rows of services/store.py, in memory, with its rules."""
+    """The rows of services/storedb.py, in memory, with its rules."""
 
     def __init__(self) -> None:
         self.rows: dict[bytes, rpc.StoredMessage] = {}

@@ -1,4 +1,4 @@
-"""The store service's database (services/store.py), driven directly: no processes."""
+"""The node's database (services/storedb.py), driven directly: no processes."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tazcom.common.errors import RequestFailed
 from tazcom.common.keys import DOMAIN_ENVELOPE
 from tazcom.common.schema import Record
 from tazcom.services.runtime import FatalError
-from tazcom.services.store import Store, _db_failure
+from tazcom.services.storedb import Store, db_failure
 
 ALICE = b"\xaa" * 32
 BOB = b"\xbb" * 32
@@ -492,10 +492,10 @@ def test_sqlite_errors_in_the_service() -> None:
     where = Path("/x/store.sqlite")
     corrupt = sqlite3.DatabaseError("database disk image is malformed")
     corrupt.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
-    assert isinstance(_db_failure(corrupt, where), FatalError)
-    full = _db_failure(sqlite3.OperationalError("database or disk is full"), where)
+    assert isinstance(db_failure(corrupt, where), FatalError)
+    full = db_failure(sqlite3.OperationalError("database or disk is full"), where)
     assert isinstance(full, RequestFailed) and full.code == "store_error"
-    assert _db_failure(sqlite3.IntegrityError("NOT NULL"), where) is None  # a bug: crash
+    assert db_failure(sqlite3.IntegrityError("NOT NULL"), where) is None  # a bug: crash
 
 
 def test_two_processes_opening_a_new_store_at_once(tmp_path: Path) -> None:
