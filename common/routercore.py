@@ -707,8 +707,8 @@ class RouterCore:
                 yield self.message(env, envelope.room_text(env.body), a.hops)
             elif env.kind == KIND_PROFILE:
                 self.index.add(env.id, env.ts)
-                self.on_profile(env, a.hops, now)
-                self.schedule_recompute(mono)
+                if self.on_profile(env, a.hops, now):
+                    self.schedule_recompute(mono)
             elif env.kind == KIND_DM and mine:
                 yield self.message(env, a.text or "", a.hops)
             elif env.kind == KIND_RECEIPT and mine:
@@ -747,15 +747,20 @@ class RouterCore:
 
     # -- the mesh directory ----------------------------------------------------------------
 
-    def on_profile(self, env: Envelope, hops: int, now: float) -> None:
-        """A new, accepted profile: it replaces an older one of the same node."""
+    def on_profile(self, env: Envelope, hops: int, now: float) -> bool:
+        """A new, accepted profile: it replaces an older one of the same node. Returns
+        whether the mesh directory may change (a refresh that says the same does not:
+        at 1,000 nodes that is most profiles, and each would cost a recompute)."""
         if env.origin == self.own_key:
-            return
+            return False
         known = self.directory.get(env.origin)
         if known is not None and (env.ts, env.seq) <= known.version:
             self.index.remove(env.id)  # an old profile: nothing to offer in catch-up
-            return
+            return False
         prof = envelope.profile_fields(env.body)
+        changed = known is None or (known.links, known.nickname, known.enc_key) != (
+            prof.links, prof.nickname, prof.enc_key) \
+            or now - known.received_at > self.settings.profile_expires
         if known is not None:
             self.index.remove(known.profile_id)
             self.profile_origin.pop(known.profile_id, None)
@@ -764,6 +769,7 @@ class RouterCore:
             nickname=prof.nickname, enc_key=prof.enc_key, version=(env.ts, env.seq),
             links=prof.links, profile_id=env.id, received_at=now, env=env, hops=hops,
             published=known.published if known else (None, ""))
+        return changed
 
     def schedule_recompute(self, mono: float) -> None:
         if self.recompute_at is None:
