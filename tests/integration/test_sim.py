@@ -12,10 +12,12 @@ import subprocess
 import sys
 
 from bench.sim.scenario import Options, run
+from tazcom.common.routercore import PROFILE_EVERY
 
 
 def test_200_nodes_deliver_everything_and_settle() -> None:
-    fig = run(Options(nodes=200, room=30, dms=30, idle=120, churn=1, seed=3))
+    # idle over a whole profile period: every node refreshes its profile once in it
+    fig = run(Options(nodes=200, room=30, dms=30, idle=PROFILE_EVERY, churn=1, seed=3))
     assert fig["delivery_room"] == 1.0
     assert fig["delivery_dm"] == 1.0
     assert fig["dm_delivered_status"] == 1.0
