@@ -45,6 +45,8 @@ from .schema import Clip, Len, Match, Range, Record, record, registry
 from .status import StatusOrNone
 
 ENVELOPE_V = 1
+#: Rows in one commit of the router's store (one batch: 1024 frames of 64 envelopes).
+STORE_BATCH_MAX = 1 << 17
 REQUESTS: dict[str, type[Request]] = {}
 RequestId = Annotated[int, Range(0, 2**63 - 1)]
 ErrorCode = Annotated[str, Match(r"[a-z][a-z0-9_]{0,47}")]
@@ -205,7 +207,7 @@ class PutOutcome(Record):
 
 @record
 class PutResult(Record):
-    results: Annotated[tuple[PutOutcome, ...], Len(0, 512)]
+    results: Annotated[tuple[PutOutcome, ...], Len(0, STORE_BATCH_MAX)]
 
 
 @record
@@ -460,7 +462,9 @@ class GetMesh(Request):
 
 # -- the router's calls into its store (services/storedb.py ``Store``, in-process) ----------------
 # The router is the one writer of store.sqlite: these are arguments of ``Store`` methods,
-# not requests; only ``store.history`` crosses a process boundary.
+# not requests; only ``store.history`` crosses a process boundary. One batch of the router
+# (up to 1024 frames of 64 envelopes, and their receipts) is one transaction
+# (STORE_BATCH_MAX).
 
 
 @record
@@ -469,7 +473,7 @@ class StorePut(Record):
     transaction, committed before the reply. ``new`` is False for a message already held
     (then ``id`` is the stored one: for a repeated ``client_id``, the original's id)."""
 
-    items: Annotated[tuple[StoredMessage, ...], Len(1, 512)]
+    items: Annotated[tuple[StoredMessage, ...], Len(1, STORE_BATCH_MAX)]
 
 
 @record
@@ -478,21 +482,21 @@ class StoreSetStatus(Record):
     relayed < failed < delivered (a receipt after ``failed`` still proves delivery);
     delivered is final. A status never goes back."""
 
-    updates: Annotated[tuple[StatusUpdate, ...], Len(1, 1024)]
+    updates: Annotated[tuple[StatusUpdate, ...], Len(1, STORE_BATCH_MAX)]
 
 
 @record
 class StoreRelease(Record):
     """Stop holding these messages for store-and-forward (delivered, or expired)."""
 
-    ids: Annotated[tuple[Id16, ...], Len(1, 4096)]
+    ids: Annotated[tuple[Id16, ...], Len(1, STORE_BATCH_MAX)]
 
 
 @record
 class StoreGet(Record):
     """The envelopes with these ids that the store has (to send them to a peer)."""
 
-    ids: Annotated[tuple[Id16, ...], Len(1, 4096)]
+    ids: Annotated[tuple[Id16, ...], Len(1, STORE_BATCH_MAX)]
 
 
 @request("store.history", History)

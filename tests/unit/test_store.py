@@ -545,3 +545,12 @@ def test_a_reader_refuses_a_foreign_database(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(FatalError):
         Store(path, reader=True).history(rpc.StoreHistory())
+
+
+def test_one_router_batch_is_one_transaction_whatever_its_size(tmp_path: Path) -> None:
+    """A router batch (1024 frames of up to 64 envelopes) is committed in one put."""
+    store = Store(tmp_path / "store.sqlite")
+    items = tuple(mk() for _ in range(3000))
+    assert all(o.new for o in put(store, *items))
+    assert store.count() == 3000
+    store.close()
