@@ -283,6 +283,7 @@ class RouterCore:
         self.own_status: dict[bytes, tuple[str, bytes | None]] = {}  # id -> (status, to)
         self.awaiting: dict[bytes, Awaiting] = {}
         self._delivered: list[bytes] = []  # found at load, applied by the first tick
+        self._sent: list[bytes] = []  # posted and handed to a link; see settle_posts
         self.seq_next = self.seq_end = 0
         self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0,
                        "shorter": 0, "path": 0, "no_path": 0, "fallback": 0}
@@ -340,6 +341,7 @@ class RouterCore:
         if self._delivered:
             done, self._delivered = self._delivered, []
             yield from self.set_status([(i, "delivered") for i in done])
+        yield from self.settle_posts()
         per_target: dict[bytes, list[Entry]] = defaultdict(list)
         for _msg_id, targets, entry in self.relay.due(mono):
             for t in targets:
@@ -955,9 +957,16 @@ class RouterCore:
                 self.own_status.get(outcome.id, ("delivered", None))[0]
             answers[i] = rpc.PostResult(message_id=outcome.id, status=st,  # type: ignore[arg-type]
                                         new=outcome.new)
-        if sent:
-            yield from self.set_status([(i, "sent") for i in sorted(sent)])
+        # "sent" is written after the posts are answered (settle_posts): the commit is
+        # done, only the status is late, and the answer does not wait for a second write
+        self._sent += sorted(sent)
         return answers
+
+    def settle_posts(self) -> Step:
+        """The ``sent`` statuses of the posts just answered."""
+        if self._sent:
+            sent, self._sent = self._sent, []
+            yield from self.set_status([(i, "sent") for i in sent])
 
     def publish_profile(self, now: float, mono: float) -> Step:
         """Our profile, flooded: at start, when our links change, every ``profile_every``."""

@@ -299,6 +299,9 @@ class Router:
                     fut.set_exception(RequestFailed(answer.message, code=answer.code))
                 else:
                     fut.set_result(answer)
+            await asyncio.sleep(0)  # the answers go out first
+            with contextlib.suppress(TazcomError, sqlite3.OperationalError):
+                await self.run(self.c.settle_posts())
 
     async def maintenance_loop(self) -> None:
         """Expiry in the store (the router is its one writer); own messages given up on

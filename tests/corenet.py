@@ -380,6 +380,7 @@ class Node:
                                                digest_size=16).digest()
             specs.append(rc.PostSpec(cid, key, text))
         answers = self.run(self.core.post(specs, self.net.now, self.net.mono))
+        self.run(self.core.settle_posts())  # as services/router.py does after answering
         return answers if answers is not None else [None] * len(specs)
 
     def restart(self) -> None:

@@ -58,6 +58,7 @@ def _post(net: Net, node: Node, to: bytes | None, text: str) -> bytes | None:
     now = net.loop.now
     spec = routercore.PostSpec(client_id=net.rng.randbytes(16), to=to, text=text)
     [answer] = net.step(node, node.core.post([spec], EPOCH + now, now))
+    net.step(node, node.core.settle_posts())
     return answer.message_id if not isinstance(answer, routercore.PostRefused) else None
 
 
