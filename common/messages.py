@@ -97,6 +97,7 @@ class Close(Message):
 class App(Message):
     """A payload for a service of the peer (e.g. the router), opaque to the gateway."""
 
+    FAST_VALUES: ClassVar[bool] = True  # every frame of every link: app_fields
     kind: Kind
     body: Annotated[bytes, Len(0, APP_BODY_MAX)]
 

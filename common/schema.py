@@ -582,9 +582,12 @@ def _build(cls: type[Record]) -> None:
     src += ["def _decode(d):", *checks, "    o = _new(_cls)", "    od = o.__dict__"]
     src += [f"    od[{f.name!r}] = x{i}" for i, f in enumerate(flds)]
     src.append("    return o")
-    # the same checks, giving the values alone (a hot path that needs no record)
-    src += ["def _values(d):", *checks,
-            f"    return ({''.join(f'x{i}, ' for i in range(len(flds)))})"]
+    # the same checks, giving the values alone (a hot path that needs no record): only
+    # for the classes that ask (FAST_VALUES), as generated code costs memory in every process
+    fast_values = getattr(cls, "FAST_VALUES", False)
+    if fast_values:
+        src += ["def _values(d):", *checks,
+                f"    return ({''.join(f'x{i}, ' for i in range(len(flds)))})"]
 
     # encoder: nested records become maps or arrays, tuples pack as arrays already
     src.append("def _wire(self):")
@@ -612,7 +615,12 @@ def _build(cls: type[Record]) -> None:
         cls._decode_seq = staticmethod(gen.env["_decode"])  # type: ignore[assignment]
     else:
         cls._decode_map = staticmethod(gen.env["_decode"])  # type: ignore[assignment]
-    cls._values_of = staticmethod(gen.env["_values"])  # type: ignore[attr-defined]
+    if fast_values:
+        cls._values_of = staticmethod(gen.env["_values"])  # type: ignore[attr-defined]
+    else:
+        decode = gen.env["_decode"]
+        cls._values_of = staticmethod(  # type: ignore[attr-defined]
+            lambda d: tuple(decode(d).__dict__[n] for n in names))
     cls._wire = gen.env["_wire"]  # type: ignore[method-assign]
     cls._built = True
 
