@@ -189,8 +189,21 @@ def clip(tp: Any, text: str) -> str:
 # --- the slow validators: complete, and the ones that name what is wrong ------------------
 
 
+_COMPILED: dict[Any, Validator] = {}
+
+
 def _compile(tp: Any) -> Validator:
-    """Build a validator ``(value, path) -> value`` for annotation ``tp``."""
+    """A validator ``(value, path) -> value`` for annotation ``tp``, one per annotation."""
+    try:
+        return _COMPILED[tp]
+    except KeyError:
+        v = _COMPILED[tp] = _compile_new(tp)
+        return v
+    except TypeError:  # an unhashable annotation: not shared
+        return _compile_new(tp)
+
+
+def _compile_new(tp: Any) -> Validator:
     p = _Parts(tp)
     if p.code is not None:
         inner = _compile_parts(p)
@@ -461,7 +474,22 @@ class _Gen:
         return None
 
 
+_FAST: dict[Any, Validator] = {}
+
+
 def _fast(tp: Any) -> Validator:
+    """The validator of ``tp``, one per annotation (many fields of many classes share
+    theirs, and each validator is code and closures in every process)."""
+    try:
+        return _FAST[tp]
+    except KeyError:
+        v = _FAST[tp] = _make_fast(tp)
+        return v
+    except TypeError:  # an unhashable annotation: not shared
+        return _make_fast(tp)
+
+
+def _make_fast(tp: Any) -> Validator:
     """The validator of ``tp``, with a compiled fast path for arrays of simple items (ids,
     ``[hops, signed, sig]`` entries): anything the fast path doubts goes to ``_compile``'s."""
     slow = _compile(tp)
