@@ -45,6 +45,7 @@ import dataclasses
 import inspect
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -147,6 +148,20 @@ class _Parts:
             [Printable()] if self.printable else [])
 
 
+_PARTS: dict[Any, _Parts] = {}
+
+
+def _parts(tp: Any) -> _Parts:
+    """``_Parts(tp)``, once per annotation (they are read, never changed)."""
+    try:
+        return _PARTS[tp]
+    except KeyError:
+        p = _PARTS[tp] = _Parts(tp)
+        return p
+    except TypeError:  # an unhashable annotation
+        return _Parts(tp)
+
+
 def _fail(path: str, why: str, code: str | None = None) -> typing.NoReturn:
     err = SchemaError(f"{path}: {why}" if path else why, code=code or "bad_message")
     err.default_code = code is None  # type: ignore[attr-defined]
@@ -180,7 +195,7 @@ def clip(tp: Any, text: str) -> str:
     """``text`` cut to the ``Len`` of annotation ``tp`` (a field's type alias), for a sender
     whose input may legitimately be longer (a file, a peer's words): the limit stays defined
     once, in the type."""
-    length = _Parts(tp).length
+    length = _parts(tp).length
     if length is None:
         raise TypeError(f"{tp!r} has no Len to clip to")
     return clip_text(text, length.hi, length.utf8)
@@ -204,7 +219,7 @@ def _compile(tp: Any) -> Validator:
 
 
 def _compile_new(tp: Any) -> Validator:
-    p = _Parts(tp)
+    p = _parts(tp)
     if p.code is not None:
         inner = _compile_parts(p)
         code = p.code
@@ -410,7 +425,7 @@ class _Gen:
         # The inline test only lets through what the validator accepts; anything else goes
         # to the validator, which converts (an int for a float) or names the fault.
         bad = f"{ind}    {var} = {slow}({var}, {label!r})"
-        p = _Parts(tp)
+        p = _parts(tp)
         base = p.base
         if get_origin(base) in (Union, types.UnionType):
             base = next(a for a in get_args(base) if a is not type(None))
@@ -430,7 +445,7 @@ class _Gen:
 
     def simple(self, tp: Any, var: str) -> str | None:
         """``_cond`` for annotation ``tp``, optional or not; None if not checked inline."""
-        p = _Parts(tp)
+        p = _parts(tp)
         base = p.base
         if get_origin(base) in (Union, types.UnionType):
             inner = next(a for a in get_args(base) if a is not type(None))
@@ -493,7 +508,7 @@ def _make_fast(tp: Any) -> Validator:
     """The validator of ``tp``, with a compiled fast path for arrays of simple items (ids,
     ``[hops, signed, sig]`` entries): anything the fast path doubts goes to ``_compile``'s."""
     slow = _compile(tp)
-    p = _Parts(tp)
+    p = _parts(tp)
     base = p.base
     if get_origin(base) not in (tuple, list) or p.clip:
         return slow
@@ -508,9 +523,9 @@ def _make_fast(tp: Any) -> Validator:
         if cond is not None:
             body = [" for e in x:", f"  if {cond}:", "   return _slow(x, path)",
                     " return x if type(x) is tuple else tuple(x)"]
-        elif get_origin(_Parts(args[0]).base) is tuple and Ellipsis not in get_args(
-                _Parts(args[0]).base):
-            items = get_args(_Parts(args[0]).base)
+        elif get_origin(_parts(args[0]).base) is tuple and Ellipsis not in get_args(
+                _parts(args[0]).base):
+            items = get_args(_parts(args[0]).base)
             names = [f"a{i}" for i in range(len(items))]
             conds = [gen.simple(a, n) for a, n in zip(items, names, strict=True)]
             if any(c is None for c in conds):
@@ -557,40 +572,63 @@ def fields(cls: type) -> tuple[Field, ...]:
     return cls.__record_fields__  # type: ignore[attr-defined]
 
 
+_HINTS: dict[tuple[str, str], Any] = {}
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls, include_extras=True)``, with each annotation string
+    evaluated once per module: most fields share theirs (``Key32``, ``Detail``...), and
+    evaluating them was most of the start-up cost of every service."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        ann = inspect.get_annotations(klass)
+        if not ann:
+            continue
+        module = sys.modules.get(klass.__module__)
+        globalns = module.__dict__ if module is not None else {}
+        localns = dict(vars(klass))
+        for name, value in ann.items():
+            if isinstance(value, str):
+                # a name the class itself defines may shadow the module's: not shared
+                shared = not any(tok in localns for tok in _NAME.findall(value))
+                key = (klass.__module__, value)
+                if shared and key in _HINTS:
+                    value = _HINTS[key]
+                else:
+                    evaluated = eval(value, globalns, localns)  # our own source
+                    if shared:
+                        _HINTS[key] = evaluated
+                    value = evaluated
+            hints[name] = value
+    return hints
+
+
 def _build(cls: type[Record]) -> None:
-    """Compile ``cls``'s constructor, decoder and encoder (once, on first use)."""
+    """Settle ``cls``'s fields (their wire keys) once; its functions are compiled one at a
+    time, each on its first use (``_compile_part``): a process that only decodes a class
+    never holds its constructor's or encoder's code."""
     if cls.__dict__.get("_built"):
         return
     if cls in (Record, ArrayRecord):
         raise TypeError(f"{cls.__name__} is a base: make a record of a subclass")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    flds = tuple(dataclasses.replace(f, key=_Parts(hints[f.name]).key or f.name)
-                 for f in cls.__record_fields__)
-    cls.__record_fields__ = flds
-    gen = _Gen()
-    gen.env["_cls"] = cls
-    names = [f.name for f in flds]
-
-    # constructor
-    params = []
-    seen_default = False
-    for f in flds:
-        if f.required:
-            if cls.ARRAY and seen_default:
+    hints = _type_hints(cls)
+    cls.__record_fields__ = tuple(
+        dataclasses.replace(f, key=_parts(hints[f.name]).key or f.name)
+        for f in cls.__record_fields__)
+    cls.__record_hints__ = hints  # type: ignore[attr-defined]
+    if cls.ARRAY:  # a required field after a default cannot be built positionally
+        seen_default = False
+        for f in cls.__record_fields__:
+            if f.required and seen_default:
                 raise TypeError(f"{cls.__name__}.{f.name}: a required field after a default")
-            params.append(f.name)
-        else:
-            seen_default = True
-            params.append(f"{f.name}={gen.name(f.default, '_d')}")
-    sig = ", ".join(params) if cls.ARRAY else ("*, " + ", ".join(params) if params else "")
-    body: list[str] = []
-    for f in flds:
-        body += gen.checks(hints[f.name], f.name, f.name, "    ", ctor=True)
-    body.append("    d = self.__dict__")
-    body += [f"    d[{n!r}] = {n}" for n in names]
-    src = [f"def __init__(self{', ' if sig else ''}{sig}):", *body]
+            seen_default = seen_default or not f.required
+    cls._built = True
 
-    # decoder: a map (or an array) already unpacked, checked the same way, no clipping
+
+def _decoder_checks(cls: type[Record], gen: _Gen) -> list[str]:
+    """Lines that check a decoded map (or array) ``d`` and name its values x0, x1..."""
+    flds, hints = cls.__record_fields__, cls.__record_hints__  # type: ignore[attr-defined]
     checks: list[str] = []
     if cls.ARRAY:
         checks += _array_head(cls, flds, hints, gen)
@@ -607,50 +645,66 @@ def _build(cls: type[Record]) -> None:
             checks.append(f"        {var} = {gen.name(f.default, '_d')}")
         checks.append("    else:")
         checks += gen.checks(hints[f.name], var, f.name, "        ", ctor=False)
-    src += ["def _decode(d):", *checks, "    o = _new(_cls)", "    od = o.__dict__"]
-    src += [f"    od[{f.name!r}] = x{i}" for i, f in enumerate(flds)]
-    src.append("    return o")
-    # the same checks, giving the values alone (a hot path that needs no record): only
-    # for the classes that ask (FAST_VALUES), as generated code costs memory in every process
-    fast_values = getattr(cls, "FAST_VALUES", False)
-    if fast_values:
-        src += ["def _values(d):", *checks,
-                f"    return ({''.join(f'x{i}, ' for i in range(len(flds)))})"]
+    return checks
 
-    # encoder: nested records become maps or arrays, tuples pack as arrays already
-    src.append("def _wire(self):")
-    src.append("    d = self.__dict__")
-    items = []
-    for f in flds:
-        conv = _wire_conv(hints[f.name], f"d[{f.name!r}]", gen)
-        items.append(conv if cls.ARRAY else f"{f.key!r}: {conv}")
-    if cls.ARRAY:
-        tag = [gen.name(cls.TAG, "_t")] if cls.TAG is not MISSING else []
-        if flds and _Parts(hints[flds[-1].name]).spread:
-            *head, last = items
-            src.append(f"    return [{''.join(x + ', ' for x in tag + head)}*{last}]")
-        else:
-            src.append(f"    return [{', '.join(tag + items)}]")
-    else:
-        src.append(f"    return {{{', '.join(items)}}}")
 
+def _compile_part(cls: type[Record], part: str) -> None:
+    """Compile one of ``cls``'s functions: ``init`` (the validating constructor),
+    ``decode`` (from a decoded map or array, no clipping), ``values`` (the same checks,
+    the values alone: a hot path that needs no record) or ``wire`` (the encoder)."""
+    _build(cls)
+    flds, hints = cls.__record_fields__, cls.__record_hints__  # type: ignore[attr-defined]
+    gen = _Gen()
+    gen.env["_cls"] = cls
     gen.env["_new"] = object.__new__
     gen.env["_missing"] = lambda name: _missing(name)
+    names = [f.name for f in flds]
+    if part == "init":
+        params = [f.name if f.required else f"{f.name}={gen.name(f.default, '_d')}"
+                  for f in flds]
+        sig = ", ".join(params) if cls.ARRAY else ("*, " + ", ".join(params) if params else "")
+        body: list[str] = []
+        for f in flds:
+            body += gen.checks(hints[f.name], f.name, f.name, "    ", ctor=True)
+        body.append("    d = self.__dict__")
+        body += [f"    d[{n!r}] = {n}" for n in names]
+        src = [f"def __init__(self{', ' if sig else ''}{sig}):", *body]
+    elif part == "decode":
+        src = ["def _decode(d):", *_decoder_checks(cls, gen), "    o = _new(_cls)",
+               "    od = o.__dict__"]
+        src += [f"    od[{f.name!r}] = x{i}" for i, f in enumerate(flds)]
+        src.append("    return o")
+    elif part == "values":
+        src = ["def _values(d):", *_decoder_checks(cls, gen),
+               f"    return ({''.join(f'x{i}, ' for i in range(len(flds)))})"]
+    else:  # encoder: nested records become maps or arrays, tuples pack as arrays already
+        src = ["def _wire(self):", "    d = self.__dict__"]
+        items = []
+        for f in flds:
+            conv = _wire_conv(hints[f.name], f"d[{f.name!r}]", gen)
+            items.append(conv if cls.ARRAY else f"{f.key!r}: {conv}")
+        if cls.ARRAY:
+            tag = [gen.name(cls.TAG, "_t")] if cls.TAG is not MISSING else []
+            if flds and _parts(hints[flds[-1].name]).spread:
+                *head, last = items
+                src.append(f"    return [{''.join(x + ', ' for x in tag + head)}*{last}]")
+            else:
+                src.append(f"    return [{', '.join(tag + items)}]")
+        else:
+            src.append(f"    return {{{', '.join(items)}}}")
     exec("\n".join(src), gen.env)  # our own generated source, like dataclasses
-    cls.__init__ = gen.env["__init__"]  # type: ignore[method-assign]
-    cls.__init__.__qualname__ = f"{cls.__qualname__}.__init__"
-    if cls.ARRAY:
-        cls._decode_seq = staticmethod(gen.env["_decode"])  # type: ignore[assignment]
-    else:
-        cls._decode_map = staticmethod(gen.env["_decode"])  # type: ignore[assignment]
-    if fast_values:
+    if part == "init":
+        cls.__init__ = gen.env["__init__"]  # type: ignore[method-assign]
+        cls.__init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    elif part == "decode":
+        if cls.ARRAY:
+            cls._decode_seq = staticmethod(gen.env["_decode"])  # type: ignore[assignment]
+        else:
+            cls._decode_map = staticmethod(gen.env["_decode"])  # type: ignore[assignment]
+    elif part == "values":
         cls._values_of = staticmethod(gen.env["_values"])  # type: ignore[attr-defined]
     else:
-        decode = gen.env["_decode"]
-        cls._values_of = staticmethod(  # type: ignore[attr-defined]
-            lambda d: tuple(decode(d).__dict__[n] for n in names))
-    cls._wire = gen.env["_wire"]  # type: ignore[method-assign]
-    cls._built = True
+        cls._wire = gen.env["_wire"]  # type: ignore[method-assign]
 
 
 def _missing(name: str) -> SchemaError:
@@ -664,7 +718,7 @@ def _array_head(cls: type[Record], flds: tuple[Field, ...], hints: dict[str, Any
     """Lines that check an array's type, length and tag, and name its elements x0, x1..."""
     tagged = cls.TAG is not MISSING
     first = 1 if tagged else 0
-    spread = bool(flds) and _Parts(hints[flds[-1].name]).spread
+    spread = bool(flds) and _parts(hints[flds[-1].name]).spread
     fixed = len(flds) - (1 if spread else 0)
     lines = ["    if type(d) is not list and type(d) is not tuple:",
              "        raise _bad_shape('must be an array')"]
@@ -696,7 +750,7 @@ def _shape_error(why: str, code: str | None = None) -> SchemaError:
 
 def _wire_conv(tp: Any, expr: str, gen: _Gen) -> str:
     """An expression for the wire form of ``expr`` (annotation ``tp``)."""
-    base = _Parts(tp).base
+    base = _parts(tp).base
     optional = False
     if get_origin(base) in (Union, types.UnionType):
         base = next(a for a in get_args(base) if a is not type(None))
@@ -711,7 +765,7 @@ def _wire_conv(tp: Any, expr: str, gen: _Gen) -> str:
 
 
 def _has_record(tp: Any) -> bool:
-    tp = _Parts(tp).base
+    tp = _parts(tp).base
     if isinstance(tp, type) and issubclass(tp, Record):
         return True
     return any(_has_record(a) for a in get_args(tp) if a is not Ellipsis)
@@ -870,27 +924,30 @@ def record(cls: type) -> type:
 
 def _lazy_init(self: Record, *args: Any, **kwargs: Any) -> None:
     cls = type(self)
-    _build(cls)
+    _compile_part(cls, "init")
     cls.__init__(self, *args, **kwargs)  # type: ignore[misc]
 
 
 def _lazy_decode_map(cls: type[Record], data: dict[Any, Any]) -> Any:
-    _build(cls)
+    _compile_part(cls, "decode")
     return cls._decode_map(data)
 
 
 def _lazy_decode_seq(cls: type[Record], data: list[Any]) -> Any:
-    _build(cls)
+    _compile_part(cls, "decode")
     return cls._decode_seq(data)
 
 
 def _lazy_values_of(cls: type[Record], data: Any) -> Any:
-    _build(cls)
-    return cls._values_of(data)  # type: ignore[attr-defined]
+    if getattr(cls, "FAST_VALUES", False):
+        _compile_part(cls, "values")
+        return cls._values_of(data)  # type: ignore[attr-defined]
+    decoded = cls._decode_seq(data) if cls.ARRAY else cls._decode_map(data)
+    return tuple(decoded.__dict__[f.name] for f in cls.__record_fields__)
 
 
 def _lazy_wire(self: Record) -> Any:
-    _build(type(self))
+    _compile_part(type(self), "wire")
     return self._wire()
 
 
