@@ -153,13 +153,7 @@ _PARTS: dict[Any, _Parts] = {}
 
 def _parts(tp: Any) -> _Parts:
     """``_Parts(tp)``, once per annotation (they are read, never changed)."""
-    try:
-        return _PARTS[tp]
-    except KeyError:
-        p = _PARTS[tp] = _Parts(tp)
-        return p
-    except TypeError:  # an unhashable annotation
-        return _Parts(tp)
+    return _memo(_PARTS, tp, _Parts)
 
 
 def _fail(path: str, why: str, code: str | None = None) -> typing.NoReturn:
@@ -207,15 +201,21 @@ def clip(tp: Any, text: str) -> str:
 _COMPILED: dict[Any, Validator] = {}
 
 
+def _memo(cache: dict[Any, Any], tp: Any, make: Callable[[Any], Any]) -> Any:
+    """``make(tp)``, once per annotation: many fields of many classes share theirs, and
+    what is made from it is code and closures in every process."""
+    try:
+        return cache[tp]
+    except KeyError:
+        made = cache[tp] = make(tp)
+        return made
+    except TypeError:  # an unhashable annotation: not shared
+        return make(tp)
+
+
 def _compile(tp: Any) -> Validator:
     """A validator ``(value, path) -> value`` for annotation ``tp``, one per annotation."""
-    try:
-        return _COMPILED[tp]
-    except KeyError:
-        v = _COMPILED[tp] = _compile_new(tp)
-        return v
-    except TypeError:  # an unhashable annotation: not shared
-        return _compile_new(tp)
+    return _memo(_COMPILED, tp, _compile_new)
 
 
 def _compile_new(tp: Any) -> Validator:
@@ -493,15 +493,8 @@ _FAST: dict[Any, Validator] = {}
 
 
 def _fast(tp: Any) -> Validator:
-    """The validator of ``tp``, one per annotation (many fields of many classes share
-    theirs, and each validator is code and closures in every process)."""
-    try:
-        return _FAST[tp]
-    except KeyError:
-        v = _FAST[tp] = _make_fast(tp)
-        return v
-    except TypeError:  # an unhashable annotation: not shared
-        return _make_fast(tp)
+    """The validator of ``tp`` with its fast path, one per annotation."""
+    return _memo(_FAST, tp, _make_fast)
 
 
 def _make_fast(tp: Any) -> Validator:
