@@ -160,15 +160,6 @@ class Net:
     def _count_verify(self, _env: envelope.Envelope) -> None:
         self.verified += 1
 
-    def replace_node(self, old: Node) -> Node:
-        """A new node (new keys, empty store) takes ``old``'s place in the topology."""
-        node = self.add_node()
-        self.nodes.pop()
-        node.index = old.index
-        self.nodes[old.index] = node
-        del self.by_key[old.key]
-        return node
-
     # -- executing a node's actions --------------------------------------------------------
 
     def step(self, node: Node, step: routercore.Step, t: float | None = None) -> Any:
