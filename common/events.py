@@ -386,6 +386,37 @@ class MeshPeer(Event):
     enc_key: Annotated[str, HEX32]
 
 
+#: How this node treats a peer's key: ``block`` (nothing from its origin is shown, stored or
+#: relayed; its direct link is refused), ``mute`` (not shown; still stored and relayed),
+#: ``ban`` (its score fell below the threshold: its link is closed and refused until
+#: ``until``).
+PolicyName = Literal["block", "mute", "ban"]
+Score = Annotated[float, Range(-1e12, 1e12)]
+
+
+@event("peer.policy")
+class PeerPolicy(Event):
+    """A peer's policy changed (the router's ``policy`` table; ``policy`` None: cleared)."""
+
+    epoch: Epoch
+    seq: Seq
+    key: HexKey
+    policy: PolicyName | None
+    since: UnixTime = 0.0
+    until: UnixTime | None = None
+    reason: Detail = ""
+
+
+@event("peer.score")
+class PeerScore(Event):
+    """A neighbour's score changed by a penalty (docs/protocol.md, "Peer scoring"); sent at
+    most once a second per neighbour, and when it crosses a threshold."""
+
+    key: HexKey
+    score: Score
+    reason: Detail = ""
+
+
 @event("router.dropped")
 class RouterDropped(Event):
     """Envelopes refused by the router (logged once per source and reason; this counts)."""

@@ -25,6 +25,8 @@ from .events import (
     KindName,
     Nickname,
     PeerInfo,
+    PolicyName,
+    Score,
     Seq,
     ServiceHealth,
     ServiceName,
@@ -350,6 +352,36 @@ class IdList(Record):
     ids: Annotated[tuple[Id16, ...], Len(0, 100_000)]
 
 
+@record
+class PolicyEntry(Record):
+    key: HexKey
+    policy: PolicyName
+    since: UnixTime
+    until: UnixTime | None = None
+    reason: Detail = ""
+
+
+@record
+class PolicyTable(Record):
+    """Every block, mute and ban at version ``(epoch, seq)`` of the router's policy table."""
+
+    epoch: Epoch
+    seq: Seq
+    items: Annotated[tuple[PolicyEntry, ...], Len(0, 100_000)]
+
+
+@record
+class ScoreEntry(Record):
+    key: HexKey
+    score: Score
+    banned_until: UnixTime | None = None
+
+
+@record
+class Scores(Record):
+    items: Annotated[tuple[ScoreEntry, ...], Len(0, 100_000)]
+
+
 # --- requests ------------------------------------------------------------------------
 
 Domain = Annotated[bytes, Len(1, 32)]
@@ -441,7 +473,9 @@ class Post(Request):
     """Post a message: to the room (``to`` None) or a DM to ``to``. Answered once the
     message is committed to the store (accepted). ``client_id`` makes a retry safe: the
     same client_id always names the same message. Errors: no_key (we have no encryption
-    key for ``to`` yet), bad_recipient, too_large."""
+    key for ``to`` yet), bad_recipient, too_large, rate_limited (over this node's own limit
+    for messages per origin: others would refuse it; the message says when to try again),
+    blocked (``to`` is blocked)."""
 
     client_id: Annotated[bytes, Len(8, 32)]
     to: Key32 | None = None
@@ -458,6 +492,27 @@ class GetMesh(Request):
     """Every node the router reaches through the mesh now, with its distance: the state
     that ``mesh.peer`` events announce one change at a time (a subscriber that may have
     missed some asks for it)."""
+
+
+@request("router.policy", PolicyTable)
+class GetPolicy(Request):
+    """Every block, mute and ban: the state that ``peer.policy`` events announce."""
+
+
+@request("router.set_policy", PolicyTable)
+class SetPolicy(Request):
+    """Block or mute ``key`` (``remove``: lift it); persisted. Answered with the whole table.
+    Errors: bad_recipient (this node's own key)."""
+
+    key: HexKey
+    policy: Literal["block", "mute"]
+    remove: bool = False
+
+
+@request("router.scores", Scores)
+class GetScores(Request):
+    """The score of every neighbour the router has scored (docs/protocol.md, "Peer
+    scoring")."""
 
 
 # -- the router's calls into its store (services/storedb.py ``Store``, in-process) ----------------

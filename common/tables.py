@@ -8,6 +8,7 @@ peers      discovery   peer.discovered, peer.updated, peer.lost,           disco
                        peer.forgotten
 links      gateway     link.up, peer.verified, link.down                   gateway.links
 mesh       router      mesh.peer                                           router.mesh
+policy     router      peer.policy                                         router.policy
 health     bus         service.health                                      bus.status
 =========  ==========  ==================================================  =====================
 
@@ -32,6 +33,7 @@ from .events import (
     PeerForgotten,
     PeerInfo,
     PeerLost,
+    PeerPolicy,
     PeerUpdated,
     PeerVerified,
     ServiceHealth,
@@ -161,6 +163,23 @@ MESH: Table[str, rpc.MeshEntry] = Table(
     name="mesh", owner="router", topics=("mesh.peer",), request=rpc.GetMesh(),
     update=_mesh_update, snapshot=lambda r: (r.epoch, r.seq, [(m.key, m) for m in r.items]))
 
+
+
+# -- policy (router): blocks, mutes and bans --------------------------------------------
+
+
+def _policy_update(ev: Event) -> Update[str, rpc.PolicyEntry] | None:
+    if not isinstance(ev, PeerPolicy):
+        return None
+    value = None if ev.policy is None else rpc.PolicyEntry(
+        key=ev.key, policy=ev.policy, since=ev.since, until=ev.until, reason=ev.reason)
+    return Update(ev.epoch, ev.seq, ev.key, value)
+
+
+POLICY: Table[str, rpc.PolicyEntry] = Table(
+    name="policy", owner="router", topics=("peer.policy",), request=rpc.GetPolicy(),
+    update=_policy_update,
+    snapshot=lambda r: (r.epoch, r.seq, [(p.key, p) for p in r.items]))
 
 
 # -- health (bus) ---------------------------------------------------------------------

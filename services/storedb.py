@@ -89,6 +89,13 @@ CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_profile ON messages (kind, origin, ts);
 CREATE INDEX IF NOT EXISTS messages_outbox ON messages (ts)
     WHERE own = 1 AND status IN ('queued', 'sent', 'relayed');
+CREATE TABLE IF NOT EXISTS policy (          -- blocks, mutes and bans (docs/protocol.md)
+    key     BLOB NOT NULL PRIMARY KEY,
+    policy  TEXT NOT NULL,                     -- 'block', 'mute' or 'ban'
+    since   REAL NOT NULL,
+    until   REAL,                              -- bans end; blocks and mutes do not
+    reason  TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT NOT NULL PRIMARY KEY,
     value NOT NULL
@@ -234,6 +241,27 @@ class Store:
                         f"AND id NOT IN (SELECT id FROM ({_NEWEST_PROFILES}))",
                         (now_ms - PROFILE_KEEP_MS,))
         return [(i, to, reason) for i, to in expired]
+
+    def set_policy(self, key: bytes, policy: str | None, since: float = 0.0,
+                   until: float | None = None, reason: str = "") -> None:
+        """Block, mute or ban ``key``; ``policy`` None lifts whatever it had."""
+        with self._tx() as cur:
+            if policy is None:
+                cur.execute("DELETE FROM policy WHERE key = ?", (key,))
+            else:
+                cur.execute("INSERT INTO policy (key, policy, since, until, reason) "
+                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                            "policy = excluded.policy, since = excluded.since, "
+                            "until = excluded.until, reason = excluded.reason",
+                            (key, policy, since, until, reason))
+
+    def policies(self) -> list[tuple[bytes, str, float, float | None, str]]:
+        """Every ``(key, policy, since, until, reason)``."""
+        try:
+            return self._db.execute(
+                "SELECT key, policy, since, until, reason FROM policy ORDER BY since").fetchall()
+        except NotYetCreated:
+            return []
 
     # -- reads -----------------------------------------------------------------------------
 
