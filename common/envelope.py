@@ -15,8 +15,10 @@ Kinds and their bodies:
 * ``room`` (1): UTF-8 text for everyone; ``to`` is nil.
 * ``dm`` (2): a sealed box (X25519, PyNaCl ``SealedBox``) to the recipient's
   encryption key, holding ``{"from": origin, "text": str}``; relays see only
-  the envelope. The recipient checks that ``from`` equals the envelope's
-  origin, so nobody can re-sign someone else's ciphertext as their own.
+  the envelope. A body no box can be (under 48 or over 4352 bytes) is refused
+  at parsing, so it never reaches the identity service. The recipient checks
+  that ``from`` equals the envelope's origin, so nobody can re-sign someone
+  else's ciphertext as their own.
 * ``receipt`` (3): a msgpack array of the ids of DMs the recipient ``to``'s
   messages that ``origin`` has received.
 * ``profile`` (4): ``{"nick": str, "enc": 32 bytes, "links": [32-byte keys]}``:
@@ -50,6 +52,7 @@ from .limits import (
     KEY_BYTES,
     PROFILE_LINKS_MAX,
     RECEIPT_IDS_MAX,
+    SEALED_BOX_MIN,
     SIG_BYTES,
     SIGNED_MAX,
     TEXT_MAX,
@@ -209,8 +212,12 @@ def parse(signed: bytes, sig: bytes) -> Envelope:
         raise _fail("bad_envelope", f"a {KIND_NAMES[kind]} needs a recipient")
     if kind == KIND_ROOM:
         room_text(body)
-    elif kind == KIND_DM and len(body) > MAX_DM_BODY:
-        raise _fail("too_large", "DM body too large")
+    elif kind == KIND_DM:
+        if len(body) > MAX_DM_BODY:
+            raise _fail("too_large", "DM body too large")
+        if len(body) < SEALED_BOX_MIN:  # never opened: no box is that small
+            raise _fail("bad_envelope", f"a DM body is a sealed box of {SEALED_BOX_MIN}.."
+                                        f"{MAX_DM_BODY} bytes, not {len(body)}")
     elif kind == KIND_RECEIPT:
         receipt_ids(body)
     elif kind == KIND_PROFILE:

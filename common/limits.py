@@ -52,6 +52,9 @@ KIND_MAX = 32
 
 # --- chat envelopes (docs/protocol.md §10) ---------------------------------------------------
 
+#: What a sealed box adds to its plaintext (an ephemeral X25519 key, a Poly1305 tag): the
+#: smallest box, and so the smallest DM body.
+SEALED_BOX_MIN = KEY_BYTES + 16
 #: A DM's body: the sealed box of the text and its author (48 bytes of box, the map).
 DM_BODY_MAX = TEXT_MAX + 256
 #: Any envelope's body.

@@ -35,6 +35,7 @@ decoding and crypto failure.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 import nacl.exceptions
@@ -59,6 +60,7 @@ from .messages import (
     encode_app,
     encode_message,
     encode_proof,
+    shown,
 )
 from .wire import FrameDecoder, encode_frame
 
@@ -66,6 +68,16 @@ PROLOGUE = b"tazcom-link"
 LINK_VERSIONS = (1, 1)
 HANDSHAKE_MAX_FRAME = 1024
 MSG1_LEN = noise.DH_LEN
+#: The shape of a reject code (docs/protocol.md §8), which a peer's ``close`` reason must have.
+REJECT_CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")
+#: The reason we report for a peer's ``close`` whose reason is not a reject code, or whose
+#: fields do not decode: the link ends all the same (the peer said so).
+BAD_CLOSE = "bad_close"
+#: What a decoder can raise on a value of a shape it did not expect. Every decoder refuses
+#: malformed input with a reject code (tests/unit/test_fuzz_decoders.py); should one ever
+#: miss a shape, the link still ends with ``bad_message``, one log line, no traceback.
+DECODER_FAULTS = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError,
+                  RecursionError)
 
 
 class State(enum.Enum):
@@ -289,6 +301,10 @@ class Link:
         except RemoteProtocolError as e:
             events.append(self.close(e.code, e.message, now))
             return events
+        except DECODER_FAULTS as e:
+            events.append(self.close("bad_message", f"undecodable input ({type(e).__name__})",
+                                     now))
+            return events
         self._partial_since = (now if self._partial_since is None else self._partial_since) \
             if self._decoder.partial else None
         return events
@@ -311,14 +327,9 @@ class Link:
             if app is not None:
                 append(MessageReceived(kind=app[0], body=app[1]))
                 continue
-            try:
-                msg = decode_message_obj(obj)
-            except RemoteProtocolError as e:
-                if e.code in ("unknown_type", "bad_version"):
-                    append(MessageDropped(reason=e.code, detail=e.message))
-                    continue
-                raise
-            self._message(msg, now, events)
+            msg = self._decode(obj, State.OPEN, events)
+            if msg is not None:
+                self._message(msg, now, events)
             if self.state is State.CLOSED:
                 return
 
@@ -346,14 +357,9 @@ class Link:
             if app is not None and state is State.OPEN:  # the hot path: one app message
                 events.append(MessageReceived(kind=app[0], body=app[1]))
                 return
-            try:
-                msg = decode_message_obj(obj)
-            except RemoteProtocolError as e:
-                if state is State.OPEN and e.code in ("unknown_type", "bad_version"):
-                    events.append(MessageDropped(reason=e.code, detail=e.message))
-                    return
-                raise
-            self._message(msg, now, events)
+            msg = self._decode(obj, state, events)
+            if msg is not None:
+                self._message(msg, now, events)
         elif state is State.RESPONDER_EXPECT_MSG1:
             if len(frame) != MSG1_LEN:
                 raise RemoteProtocolError(f"message 1 must be {MSG1_LEN} bytes",
@@ -372,6 +378,33 @@ class Link:
             self._open_transport(now)
         else:  # pragma: no cover - CLOSED never reaches here
             raise RemoteProtocolError(f"unexpected frame in {state.value}", code="bad_state")
+
+    def _decode(self, obj: object, state: State, events: list[Event]) -> Message | None:
+        """The link message in ``obj``; None when it was dropped (an unknown type or version
+        on an open link) or was a ``close`` with invalid fields (the link is closed)."""
+        try:
+            return decode_message_obj(obj)
+        except RemoteProtocolError as e:
+            if state is State.OPEN and e.code in ("unknown_type", "bad_version"):
+                events.append(MessageDropped(reason=e.code, detail=e.message))
+                return None
+            if type(obj) is dict and obj.get("t") == Close.TYPE and e.code == "bad_message":
+                self._peer_closed(obj.get("reason"), obj.get("message"), events)
+                return None
+            raise
+
+    def _peer_closed(self, reason: object, message: object, events: list[Event]) -> None:
+        """The peer closed the link. Only a reject code passes as the reason; anything else
+        is ``bad_close``, the peer's value escaped in the detail (docs/protocol.md §9)."""
+        if type(reason) is str and REJECT_CODE.fullmatch(reason):
+            closed = LinkClosed(reason=reason, detail=message if type(message) is str else "",
+                                by_peer=True)
+        else:
+            closed = LinkClosed(reason=BAD_CLOSE, by_peer=True,
+                                detail=f"close reason {shown(reason)}: {shown(message, 120)}")
+        self.state = State.CLOSED
+        self.close_reason = closed.reason
+        events.append(closed)
 
     def _check_proof(self, payload: bytes) -> None:
         try:
@@ -419,9 +452,7 @@ class Link:
             assert self._recv is not None
             self._recv.rekey()
         elif isinstance(msg, Close):
-            self.state = State.CLOSED
-            self.close_reason = msg.reason
-            events.append(LinkClosed(reason=msg.reason, detail=msg.message, by_peer=True))
+            self._peer_closed(msg.reason, msg.message, events)
         elif isinstance(msg, Hello):
             if self.state is not State.EXPECT_HELLO:
                 raise RemoteProtocolError("a second hello", code="bad_state")

@@ -37,8 +37,9 @@ What it decides:
    is redialled at once when it drops. Only addresses on our own networks are
    dialled, from our address on that network.
 5. What a closed link says: ``link.down`` carries a reject code (a peer's
-   ``close`` reason that is not one becomes ``unknown_reason``; text from a peer
-   is bounded and printable), and ``wire.rejected`` is published once per
+   ``close`` reason that is not a reject code becomes ``bad_close``, logged once with
+   the peer's value escaped; a well-formed code we do not know, ``unknown_reason``;
+   text from a peer is bounded and printable), and ``wire.rejected`` is published once per
    (address, reason): per peer IP address, as the source port of an inbound
    connection is new with every connection.
 """
@@ -68,6 +69,7 @@ from .events import (
 )
 from .keys import fingerprint
 from .link import (
+    BAD_CLOSE,
     Link,
     LinkClosed,
     LinkLimits,
@@ -108,7 +110,8 @@ LINK_CODES = ORDINARY_CLOSES | frozenset({
     "wrong_key", "own_key", "unsupported_version", "bad_state", "bad_message", "bad_encoding",
     "bad_version", "too_large", "unknown_type", "handshake_timeout", "slow_sender",
     "rate_limited", "slow_reader", "too_many_handshakes", "too_many_links", "key_changed",
-    UNKNOWN_REASON,
+    "blocked", "banned",
+    UNKNOWN_REASON, BAD_CLOSE,
 })
 MAX_REASON = 48
 MAX_DETAIL = 200
@@ -316,6 +319,9 @@ class LinkManager:
         self._closes = 0
         #: Links with bytes queued by ``queue`` but not yet flushed.
         self._dirty: dict[int, Conn] = {}
+        #: Keys the router's policy table refuses: ``blocked`` (until None) or ``banned``
+        #: until a time (``now``'s clock).
+        self.refused: dict[bytes, tuple[str, float | None]] = {}
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -520,6 +526,10 @@ class LinkManager:
             self.peers.setdefault(ev.key, PeerDial()).blocked = True
             self._finish(c, c.link.close("key_changed", alert, now), now, actions)
             return
+        refusal = self.refusal(ev.key, now)
+        if refusal is not None:
+            self._finish(c, c.link.close(refusal, f"{refusal} by this node", now), now, actions)
+            return
         dumped = self.pins.dump()
         if dumped != self._saved_pins:  # check() pins on first use: persist every new pin
             self._saved_pins = dumped
@@ -577,7 +587,9 @@ class LinkManager:
         if closed.by_peer and reason not in LINK_CODES:
             detail = printable(f"{printable(reason, MAX_REASON)}: {detail}", MAX_DETAIL)
             reason = UNKNOWN_REASON
-        if reason not in ORDINARY_CLOSES:
+        if reason == BAD_CLOSE and closed.by_peer:  # the peer's reason, escaped, logged once
+            self.rejects.reject(f"peer {c.host}", reason, f"{detail} [{c.address}]")
+        elif reason not in ORDINARY_CLOSES:
             if closed.by_peer:  # the peer refused us (e.g. unsupported_version): say so, once
                 self.rejects.reject(f"peer {c.host}", f"refused_by_peer:{reason}",
                                     f"{detail} [{c.address}]")
@@ -767,6 +779,31 @@ class LinkManager:
         dial.nickname = nickname[:32]
         return None
 
+    def policy_changed(self, refused: dict[bytes, tuple[str, float | None]], now: float
+                       ) -> list[Action]:
+        """The router's blocks and bans (``{key: (reason, until)}``, until on ``now``'s
+        clock): their open links are closed, and they are neither accepted nor dialled."""
+        if not _good_now(now):
+            return [Refused("bad_message", "now must be a finite number")]
+        self.refused = dict(refused)
+        actions: list[Action] = []
+        for key in list(self.refused):
+            c = self.verified.get(key)
+            reason = self.refusal(key, now)
+            if c is not None and reason is not None:
+                self.log.info("link %d to %s closed: %s", c.id, fingerprint(key), reason)
+                self._finish(c, c.link.close(reason, f"{reason} by this node", now), now,
+                             actions)
+        self._schedule(now, actions)
+        return actions
+
+    def refusal(self, key: bytes, now: float) -> str | None:
+        """``blocked`` or ``banned`` when links with ``key`` are refused now, else None."""
+        entry = self.refused.get(key)
+        if entry is None or (entry[1] is not None and entry[1] <= now):
+            return None
+        return entry[0]
+
     def dial_timer(self, now: float) -> list[Action]:
         """The dialler's timer (``SetTimer(None, ...)``) is due."""
         if not _good_now(now):
@@ -832,6 +869,11 @@ class LinkManager:
         for key, dial in self.peers.items():
             if dial.blocked or dial.dialling is not None or not dial.addresses \
                     or key in self.verified or key in busy:
+                continue
+            refusal = self.refused.get(key)
+            if refusal is not None and self.refusal(key, now) is not None:
+                if refusal[1] is not None:  # a ban: dial again once it ends
+                    soonest = refusal[1] if soonest is None else min(soonest, refusal[1])
                 continue
             if now < dial.next_attempt:
                 soonest = dial.next_attempt if soonest is None else min(soonest,

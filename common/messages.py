@@ -138,13 +138,25 @@ def decode_message_obj(obj: Any) -> Message:
     """Validate an unpacked transport payload against its one definition."""
     if not isinstance(obj, dict):
         raise SchemaError("a link message is a map", code="bad_message")
-    cls = MESSAGES.get(obj.get("t"))  # type: ignore[arg-type]
+    t = obj.get("t")
+    if type(t) is not str:  # a list or map here is not even hashable: refused, never looked up
+        raise SchemaError(f"a link message's t is a string, not {shown(t)}",
+                          code="bad_message")
+    cls = MESSAGES.get(t)
     if cls is None:
-        raise SchemaError(f"unknown message type {obj.get('t')!r}", code="unknown_type")
-    if obj.get("v") != cls.V or isinstance(obj.get("v"), bool):
-        raise SchemaError(f"{cls.TYPE}: unsupported version {obj.get('v')!r}",
-                          code="bad_version")
+        raise SchemaError(f"unknown message type {shown(t)}", code="unknown_type")
+    v = obj.get("v")
+    if type(v) is not int or v != cls.V:
+        raise SchemaError(f"{cls.TYPE}: unsupported version {shown(v)}", code="bad_version")
     return cls.from_dict(obj)
+
+
+def shown(x: Any, limit: int = 60) -> str:
+    """A value from a peer as log-safe text: a container by its type, anything else in
+    ASCII with backslash escapes (so terminal escape sequences are inert), cut to ``limit``."""
+    if isinstance(x, list | dict):
+        return f"a {type(x).__name__}"
+    return ascii(x[: limit] if isinstance(x, str | bytes) else x)[:limit]
 
 
 def encode_proof(proof: IdentityProof) -> bytes:

@@ -513,6 +513,8 @@ class RouterCore:
                 yield self.reject(f"peer {fingerprint(key)}", e.code, e.message)
                 continue
             if isinstance(msg, routing.Envs):
+                for code, message in msg.bad:  # refused one by one; the others go on
+                    yield self.reject(f"peer {fingerprint(key)}", code, message)
                 for hops, signed, sig in msg.entries:
                     acc = yield from self.check(hops, signed, sig, key, now, mono)
                     if acc is not None:

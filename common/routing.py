@@ -16,7 +16,7 @@ Arrays are compact on purpose: these go over every link for every message.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from . import codec
 from .errors import RemoteProtocolError, SchemaError
@@ -69,9 +69,17 @@ class RouterMessageBase(ArrayRecord):
 
 @router_message(R_ENVS)
 class Envs(RouterMessageBase):
-    """``[0, [[hops, signed, sig], ...]]``: envelopes."""
+    """``[0, [[hops, signed, sig], ...]]``: envelopes.
+
+    Each entry stands alone: ``decode`` refuses a malformed entry by itself and keeps the
+    others; ``bad`` lists the refused ones, ``(code, message)`` each (never on the wire).
+    """
 
     entries: Annotated[tuple[Entry, ...], Len(1, ENVS_MAX)]
+
+    @property
+    def bad(self) -> tuple[tuple[str, str], ...]:
+        return self.__dict__.get("_bad", ())  # type: ignore[no-any-return]
 
 
 @router_message(R_CUSTODY)
@@ -130,4 +138,27 @@ def decode(body: bytes) -> RouterMessage:
     try:
         return cls.from_array(obj)  # type: ignore[return-value]
     except SchemaError as e:
+        if cls is Envs:
+            return _envs_entry_by_entry(obj, e)
         raise RoutingError(f"{cls.__name__}: {e.message}") from None
+
+
+def _envs_entry_by_entry(obj: list[Any], whole: SchemaError) -> Envs:
+    """An ``envs`` that failed as a whole: keep its good entries, refuse the bad ones one
+    by one. The message itself (its array, the number of entries) must still be right,
+    and at least one entry good; else it is refused as a whole."""
+    if len(obj) != 2 or type(obj[1]) is not list or not 1 <= len(obj[1]) <= ENVS_MAX:
+        raise RoutingError(f"Envs: {whole.message}") from None
+    good: list[Any] = []
+    bad: list[tuple[str, str]] = []
+    for i, entry in enumerate(obj[1]):
+        try:
+            good += Envs.from_array([R_ENVS, [entry]]).entries
+        except SchemaError as e:
+            bad.append((RoutingError.code,
+                        "Envs." + e.message.replace("entries[0]", f"entries[{i}]", 1)))
+    if not good:
+        raise RoutingError(f"Envs: {whole.message}") from None
+    msg = Envs(tuple(good))
+    msg.__dict__["_bad"] = tuple(bad)
+    return msg

@@ -35,6 +35,7 @@ from .events import (
 from .limits import (
     APP_BODY_MAX,
     DM_BODY_MAX,
+    ENVELOPE_BODY_MAX,
     ERROR_MESSAGE_MAX,
     HOPS_MAX,
     ID_BYTES,
@@ -321,6 +322,12 @@ class RouterStats(Record):
     path: Annotated[int, Range(0, 2**63 - 1)] = 0
     no_path: Annotated[int, Range(0, 2**63 - 1)] = 0
     fallback: Annotated[int, Range(0, 2**63 - 1)] = 0
+    #: Envelopes refused over a flood limit, from blocked origins; rows evicted over a
+    #: quota; neighbours banned for their score.
+    rate_limited: Annotated[int, Range(0, 2**63 - 1)] = 0
+    blocked: Annotated[int, Range(0, 2**63 - 1)] = 0
+    evicted: Annotated[int, Range(0, 2**63 - 1)] = 0
+    banned: Annotated[int, Range(0, 2**63 - 1)] = 0
 
 
 @record
@@ -424,9 +431,11 @@ class SetNickname(Request):
 
 @request("identity.open", Opened)
 class OpenSealed(Request):
-    """Open sealed boxes (DMs) addressed to this node's encryption key."""
+    """Open sealed boxes (DMs) addressed to this node's encryption key. A box answers for
+    itself: one that does not open, or whose size no DM body has (outside
+    ``SEALED_BOX_MIN..DM_BODY_MAX``), is None in the reply; it never fails the others."""
 
-    boxes: Annotated[tuple[Annotated[bytes, Len(48, DM_BODY_MAX)], ...], Len(1, 256)]
+    boxes: Annotated[tuple[Annotated[bytes, Len(0, ENVELOPE_BODY_MAX)], ...], Len(1, 256)]
 
 
 @request("discovery.snapshot", PeerSnapshot)
@@ -622,11 +631,13 @@ def decode_request(body: bytes, max_size: int) -> tuple[int | None, Request]:
     if not isinstance(req_id, int) or isinstance(req_id, bool) or not 0 <= req_id < 2**63:
         raise SchemaError("request id missing or invalid", code="bad_request")
     try:
-        if data.get("v") != ENVELOPE_V:
-            raise SchemaError(f"unsupported version {data.get('v')!r}", code="bad_version")
-        cls = REQUESTS.get(data.get("op"))  # type: ignore[arg-type]
+        v = data.get("v")
+        if type(v) is not int or v != ENVELOPE_V:
+            raise SchemaError(f"unsupported version {ascii(v)[:40]}", code="bad_version")
+        op = data.get("op")
+        cls = REQUESTS.get(op) if type(op) is str else None
         if cls is None:
-            raise SchemaError(f"unknown op {data.get('op')!r}", code="unknown_op")
+            raise SchemaError(f"unknown op {ascii(op)[:80]}", code="unknown_op")
         return req_id, cls.from_dict(data)
     except SchemaError as e:
         e.req_id = req_id  # type: ignore[attr-defined]

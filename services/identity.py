@@ -27,6 +27,7 @@ from tazcom.common.errors import KeyFileError, RemoteProtocolError
 from tazcom.common.events import IdentityChanged
 from tazcom.common.keyfile import Secrets, format_keyfile, parse_keyfile
 from tazcom.common.keys import SIGNING_DOMAINS, fingerprint
+from tazcom.common.limits import DM_BODY_MAX, SEALED_BOX_MIN
 
 from .runtime import Runtime, run
 
@@ -110,11 +111,16 @@ class Identity:
         return self.info(rpc.GetIdentity())
 
     def open(self, req: rpc.OpenSealed) -> rpc.Opened:
+        """Each box's plaintext, or None for one that does not open or that no DM body can
+        be: one bad box never fails the others (docs/protocol.md, ``identity.open``)."""
         out: list[bytes | None] = []
         for box in req.boxes:
+            if not SEALED_BOX_MIN <= len(box) <= DM_BODY_MAX:
+                out.append(None)
+                continue
             try:
                 out.append(self._unseal.decrypt(box))
-            except nacl.exceptions.CryptoError:
+            except nacl.exceptions.CryptoError:  # its ValueError and TypeError too
                 out.append(None)
         return rpc.Opened(items=tuple(out))
 

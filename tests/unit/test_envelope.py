@@ -80,6 +80,9 @@ GOOD = [1, KIND_ROOM, ORIGIN, 1, 1_700_000_000_000, None, b"hi"]
         ([1, KIND_ROOM, ORIGIN, 1, 5, BOB, b"hi"], "bad_envelope"),       # room with recipient
         ([1, KIND_DM, ORIGIN, 1, 5, None, b"x" * 60], "bad_envelope"),   # DM without one
         ([1, KIND_DM, ORIGIN, 1, 5, b"short", b"x" * 60], "bad_envelope"),
+        ([1, KIND_DM, ORIGIN, 1, 5, BOB, b""], "bad_envelope"),          # no box is that small
+        ([1, KIND_DM, ORIGIN, 1, 5, BOB, b"x" * 47], "bad_envelope"),
+        ([1, KIND_DM, ORIGIN, 1, 5, BOB, b"x" * 4353], "too_large"),       # nor that large
         ([1, KIND_ROOM, ORIGIN, 1, 5, None, "text not bytes"], "bad_envelope"),
         ([1, KIND_ROOM, ORIGIN, 1, 5, None, b"\xff\xfe"], "bad_envelope"),  # not UTF-8
         ([1, KIND_ROOM, ORIGIN, 1, 5, None, b"x" * 4500], "too_large"),
@@ -94,6 +97,14 @@ def test_malformed_envelopes(fields: list, code: str) -> None:
     with pytest.raises(EnvelopeError) as info:
         envelope.parse(_signed(fields), b"\x00" * 64)
     assert info.value.code == code
+
+
+def test_a_dm_body_has_the_bounds_of_a_sealed_box() -> None:
+    from tazcom.common.limits import DM_BODY_MAX, SEALED_BOX_MIN
+
+    for n in (SEALED_BOX_MIN, DM_BODY_MAX):
+        env = envelope.parse(_signed([1, KIND_DM, ORIGIN, 1, 5, BOB, b"x" * n]), b"\x00" * 64)
+        assert len(env.body) == n
 
 
 @pytest.mark.parametrize("signed", [b"", b"\xc1", codec.pack({"a": 1}), codec.pack(GOOD) + b"x",

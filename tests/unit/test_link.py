@@ -362,3 +362,76 @@ def test_app_fast_path_accepts_exactly_what_the_schema_accepts() -> None:
         assert fast == slow, obj
         if fast is not None:
             assert codec.unpack(encode_app(*fast), 1 << 17) == {**obj, "v": 1}
+
+
+def _send_plain(a: Link, obj: object) -> bytes:
+    """``obj`` packed and encrypted as ``a``'s next transport frame: any shape at all."""
+    assert a._send is not None
+    return encode_frame(a._send.encrypt_with_ad(b"", codec.pack(obj)))
+
+
+@pytest.mark.parametrize("obj", [
+    {"t": ["app"], "v": 1}, {"t": {"t": "app"}, "v": 1}, {"t": [], "v": 1}, {"t": 5, "v": 1},
+    {"t": None, "v": 1}, {"t": True, "v": 1}, {"t": 1.5, "v": 1}, {"t": b"app", "v": 1},
+    {"v": 1}, {}, ["t", "app"], 5, "app", None, b"\x00", 2.5, [[[[]]]],
+    {"t": "app", "v": 1, "kind": ["router"], "body": b""},
+    {"t": "app", "v": 1, "kind": "router", "body": "text, not bytes"},
+    {"t": "ping", "v": 1, "n": [1]}, {"t": "ping", "v": 1, "n": -1}, {"t": "ping", "v": 1},
+    {"t": "ping", "v": 1, "n": 1.5}, {"t": "ping", "v": 1, "n": True},
+    {"t": "ping", "v": 1, "n": float("nan")}, {"t": "ping", "v": 1, "n": 2**64 - 1},
+    {"t": "hello", "v": 1, "versions": [1, 1], "nickname": {"x": 1}},
+], ids=repr)
+def test_link_messages_of_wrong_shapes_close_with_a_code(obj: object) -> None:
+    """A verified peer's frame of any shape is refused with a code, told in ``close``."""
+    a, b = connected()
+    events = b.receive_data(_send_plain(a, obj), 2)
+    assert [(type(e), e.reason) for e in events] == [(LinkClosed, "bad_message")]
+    assert b.closed and not events[0].by_peer
+    closing = a.receive_data(b.data_to_send(), 2)
+    assert [(e.reason, e.by_peer) for e in closing] == [("bad_message", True)]
+
+
+@pytest.mark.parametrize("obj", [
+    {"t": "ping", "v": [1], "n": 1}, {"t": "ping", "v": True, "n": 1},
+    {"t": "ping", "v": 1.0, "n": 1}, {"t": "ping", "n": 1}, {"t": "ping", "v": 2, "n": 1},
+    {"t": "ping", "v": {"v": 1}, "n": 1}, {"t": "no_such_type", "v": 1},
+    {"t": "x" * 5000, "v": 1}, {"t": "\x1b[2J", "v": 1},
+], ids=repr)
+def test_an_unknown_type_or_version_of_any_shape_is_dropped(obj: object) -> None:
+    a, b = connected()
+    events = b.receive_data(_send_plain(a, obj), 2)
+    assert [type(e) for e in events] == [MessageDropped] and b.is_open
+    assert events[0].reason in ("unknown_type", "bad_version")
+    assert events[0].detail.isascii() and len(events[0].detail) < 120
+
+
+def test_a_decoder_fault_still_closes_with_a_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a decoder ever raise something else on a shape it missed, the link closes
+    with ``bad_message`` all the same (no traceback reaches the gateway)."""
+    import tazcom.common.link as link_module
+
+    def broken(obj: object) -> None:
+        raise TypeError("unhashable type: 'list'")
+
+    a, b = connected()
+    monkeypatch.setattr(link_module, "decode_message_obj", broken)
+    events = b.receive_data(_send_plain(a, {"t": "ping", "v": 1, "n": 1}), 2)
+    assert [(e.reason, e.detail) for e in events] == [
+        ("bad_message", "undecodable input (TypeError)")]
+
+
+@pytest.mark.parametrize(("reason", "expected"), [
+    ("goodbye", "goodbye"), ("made_up_but_well_formed", "made_up_but_well_formed"),
+    ("\x1b[31mred", "bad_close"), ("Goodbye", "bad_close"), ("", "bad_close"),
+    ("x" * 49, "bad_close"), (["goodbye"], "bad_close"), (None, "bad_close"),
+    (7, "bad_close"), (b"goodbye", "bad_close"),
+], ids=repr)
+def test_a_peers_close_reason_passes_only_as_a_reject_code(reason: object,
+                                                           expected: str) -> None:
+    a, b = connected()
+    events = b.receive_data(_send_plain(a, {"t": "close", "v": 1, "reason": reason,
+                                            "message": "bye"}), 2)
+    assert [(e.reason, e.by_peer) for e in events] == [(expected, True)] and b.closed
+    assert b.data_to_send() == b""  # the peer closed: nothing to answer
+    if expected == "bad_close":
+        assert events[0].detail.isascii() and "\x1b" not in events[0].detail

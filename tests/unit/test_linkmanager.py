@@ -11,6 +11,7 @@ after every step.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import random
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -730,12 +731,15 @@ def test_goodbye_on_close_all_is_no_offence_at_either_end() -> None:
 
 
 def _peer_closes_with(reason: str, message: str) -> dict[str, Any]:
+    # a close message the schema allows, with whatever reason the peer chose
+    return _peer_sends_close(encode_message(Close(reason=reason, message=message)))
+
+
+def _peer_sends_close(plain: bytes) -> dict[str, Any]:
     net, low, high = pair()
     introduce(net, low, high)
     net.settle(dials=True)
     conn = high.verified[LOW.key]
-    # a close message the schema allows, with whatever reason the peer chose
-    plain = encode_message(Close(reason=reason, message=message))
     conn.link._write_plain(plain, net.now)
     net.run(high, [Send(conn.id, conn.link.data_to_send())])
     net.settle()
@@ -749,6 +753,29 @@ def test_a_peers_unknown_close_reason_becomes_unknown_reason() -> None:
     assert down["detail"] == "made_up_code: bye?[2J now"
     known = _peer_closes_with("rate_limited", "too fast")
     assert (known["reason"], known["detail"]) == ("rate_limited", "too fast")
+
+
+@pytest.mark.parametrize("reason", [
+    "\x1b[2J\x1b]0;owned\x07", "Ünïcode", "UPPER", "x" * 48 + "y", "9lives", "", "a-b",
+    ["a list"], {"a": "map"}, 7, 1.5, None, True, b"bytes", "\u202egnp.exe"])
+def test_a_close_reason_that_is_no_reject_code_is_bad_close(reason: Any, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    down = _peer_sends_close(codec.pack({"t": "close", "v": 1, "reason": reason,
+                                         "message": "bye\x1b[0m"}))
+    assert (down["reason"], down["by_peer"]) == ("bad_close", True)
+    assert down["detail"].isascii() and down["detail"].isprintable()
+    lines = [r.getMessage() for r in caplog.records if "bad_close" in r.getMessage()
+             and r.levelno == logging.WARNING]
+    assert len(lines) == 1 and "from peer 10.0.0.1 (bad_close)" in lines[0], lines
+    assert lines[0].isascii() and lines[0].isprintable()  # the peer's value, escaped
+    if isinstance(reason, str) and reason:
+        assert ascii(reason)[1:-1][:20] in lines[0]
+
+
+def test_a_close_without_a_reason_is_bad_close_and_a_good_code_passes() -> None:
+    assert _peer_sends_close(codec.pack({"t": "close", "v": 1}))["reason"] == "bad_close"
+    assert _peer_closes_with("a" * 48, "")["reason"] == "unknown_reason"
+    assert _peer_closes_with("goodbye", "")["reason"] == "goodbye"
 
 
 def test_slow_reader_and_timeouts_close_with_their_codes() -> None:

@@ -299,7 +299,7 @@ def test_checks_run_cheap_first(solo) -> None:
     net, me, alice = solo
     old = entry(net, alice, ts=now_ms(net) - gossip.MAX_AGE_MS - 1000)
     assert reasons(feed(me, envs((old[0], old[1], bytes(64))))) == ["too_old"]
-    to_self = entry(net, alice, kind=KIND_DM, to=alice.key, body=b"sealed")
+    to_self = entry(net, alice, kind=KIND_DM, to=alice.key, body=b"sealed" * 8)
     assert reasons(feed(me, envs((0, to_self[1], bytes(64))))) == ["bad_signature"]
     assert reasons(feed(me, envs(to_self))) == ["bad_recipient"]
     real = entry(net, alice, seq=7)
@@ -321,7 +321,7 @@ def test_bad_recipient_a_dm_to_its_own_origin(solo) -> None:
 
 def test_a_dm_to_us_that_does_not_open_is_refused(solo) -> None:
     net, me, alice = solo
-    junk = entry(net, alice, kind=KIND_DM, to=me.key, body=b"not a sealed box", seq=1)
+    junk = entry(net, alice, kind=KIND_DM, to=me.key, body=b"not a sealed box" * 3, seq=1)
     wrong_author = entry(net, alice, kind=KIND_DM, to=me.key, seq=2, body=envelope.seal_dm(
         origin=PEER, text="hi", recipient_enc_key=me.identity.enc_key))
     good = entry(net, alice, kind=KIND_DM, to=me.key, seq=3, body=envelope.seal_dm(
@@ -337,6 +337,28 @@ def test_a_dm_to_us_that_does_not_open_is_refused(solo) -> None:
         [envelope.message_id(good[1])]]
     assert envelope.message_id(junk[1]) not in me.core.seen
     assert net.violations == []
+
+
+def test_one_bad_item_does_not_poison_its_batch(solo) -> None:
+    """A malformed entry of an envs is refused by itself, and a DM whose body no sealed
+    box can be never reaches Open: the rest of the batch is accepted."""
+    net, me, alice = solo
+    good = [entry(net, alice, seq=i, body=f"m{i}".encode()) for i in range(3)]
+    body = msgpack.packb([0, [list(good[0]), [17, good[1][1], good[1][2]], "junk",
+                              list(good[1]), [0, b"x", bytes(63)], list(good[2])]])
+    rec = feed(me, body)
+    assert reasons(rec) == ["bad_router_message"] * 3
+    assert [r.detail.split(":")[0] for r in rec.of(rc.Rejected)] == [
+        "Envs.entries[1][0]", "Envs.entries[2]", "Envs.entries[4][2]"]
+    assert sorted(shown(rec)) == sorted(envelope.message_id(g[1]).hex() for g in good)
+    dms = [entry(net, alice, seq=10 + i, kind=KIND_DM, to=me.key, body=envelope.seal_dm(
+        origin=alice.key, text=f"dm{i}", recipient_enc_key=me.identity.enc_key))
+        for i in range(2)]
+    short = entry(net, alice, seq=20, kind=KIND_DM, to=me.key, body=b"x" * 47)
+    rec = feed(me, envs(dms[0], short, dms[1]))
+    assert reasons(rec) == ["bad_envelope"]
+    assert sorted(e.fields["text"] for e in rec.of(rc.Emit)
+                  if e.event is ChatMessage) == ["dm0", "dm1"]
 
 
 # -- 1. commit before show ---------------------------------------------------------------------

@@ -59,6 +59,12 @@ def test_error_reply() -> None:
         (codec.pack({"v": 2, "id": 1, "op": "ping"}), "bad_version"),
         (codec.pack({"v": 1, "id": 1, "op": "launch.missiles"}), "unknown_op"),
         (codec.pack({"v": 1, "id": 1}), "unknown_op"),
+        (codec.pack({"v": 1, "id": 1, "op": ["ping"]}), "unknown_op"),  # unhashable
+        (codec.pack({"v": 1, "id": 1, "op": {"ping": 1}}), "unknown_op"),
+        (codec.pack({"v": 1, "id": 1, "op": 7}), "unknown_op"),
+        (codec.pack({"v": True, "id": 1, "op": "ping"}), "bad_version"),
+        (codec.pack({"v": 1.0, "id": 1, "op": "ping"}), "bad_version"),
+        (codec.pack({"v": [1], "id": 1, "op": "ping"}), "bad_version"),
         (b"\xc1\xc1", "bad_encoding"),
     ],
 )
@@ -81,3 +87,47 @@ def test_no_field_collides_with_the_envelope(op: str, cls: type) -> None:
     for record in (cls, cls.REPLY):
         clash = reserved & {f.name for f in schema_fields(record)}
         assert not clash, f"{record.__name__} uses envelope names {clash}"
+
+
+def test_identity_open_answers_each_box_alone() -> None:
+    """A box that does not open, or that no DM body can be (under 48 bytes, over the DM
+    limit), is None; the others open (one box never fails the request)."""
+    import os
+
+    import nacl.public
+
+    from tazcom.common import envelope
+    from tazcom.common.keyfile import Secrets
+    from tazcom.common.limits import DM_BODY_MAX, ENVELOPE_BODY_MAX
+    from tazcom.services.identity import Identity
+
+    ident = Identity(Secrets(ed25519_seed=os.urandom(32), x25519_secret=os.urandom(32)), "x")
+    enc = bytes(ident.box_secret.public_key)
+    box = envelope.seal_dm(origin=ident.public, text="hi", recipient_enc_key=enc)
+    big = nacl.public.SealedBox(ident.box_secret.public_key).encrypt(b"x" * (DM_BODY_MAX - 47))
+    assert len(big) == DM_BODY_MAX + 1
+    boxes = (b"", b"x" * 47, box, b"y" * 48, big, b"z" * ENVELOPE_BODY_MAX, box)
+    req = rpc.decode_request(rpc.encode_request(rpc.OpenSealed(boxes=boxes), 1), 1 << 20)[1]
+    opened = ident.open(req)  # type: ignore[arg-type]
+    assert [x is not None for x in opened.items] == [False, False, True, False, False, False,
+                                                      True]
+    assert envelope.dm_inner(opened.items[2], ident.public) == "hi"
+
+
+def test_identity_sign_many_cannot_be_failed_by_one_item() -> None:
+    """Every item of ``identity.sign_many`` the request admits is signed: only the domain,
+    which is the whole request's, can fail it."""
+    import os
+
+    import nacl.signing
+
+    from tazcom.common.keyfile import Secrets
+    from tazcom.common.keys import DOMAIN_ENVELOPE
+    from tazcom.services.identity import Identity
+
+    ident = Identity(Secrets(ed25519_seed=os.urandom(32), x25519_secret=os.urandom(32)), "x")
+    items = (b"", b"\x00", b"x" * 65536, os.urandom(100))
+    sigs = ident.sign_many(rpc.SignMany(domain=DOMAIN_ENVELOPE, items=items)).sigs
+    vk = nacl.signing.VerifyKey(ident.public)
+    for data, sig in zip(items, sigs, strict=True):
+        vk.verify(DOMAIN_ENVELOPE + data, sig)
