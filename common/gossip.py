@@ -236,6 +236,9 @@ class Buckets:
             self._buckets.move_to_end(key)
         return bucket.take(now, n)
 
+    def bucket(self, key: bytes) -> TokenBucket:
+        return self._buckets[key]
+
 
 def distances(own: bytes, own_links: set[bytes],
               links_of: dict[bytes, frozenset[bytes]]) -> dict[bytes, int]:

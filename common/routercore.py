@@ -40,7 +40,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.exceptions
@@ -48,9 +48,12 @@ import nacl.exceptions
 from . import catchup, envelope, gossip, routing, rpc, status
 from .envelope import KIND_DM, KIND_PROFILE, KIND_RECEIPT, KIND_ROOM, Envelope, EnvelopeError
 from .errors import RemoteProtocolError
-from .events import ChatMessage, ChatStatus, MeshPeer
+from .events import ChatMessage, ChatStatus, MeshPeer, PeerPolicy, PeerScore
+from .floodlimits import FloodLimits, FloodSettings
 from .keys import fingerprint
 from .mirror import Numbering
+from .quota import QuotaBook, QuotaSettings, evictable, row_bytes
+from .scoring import PeerScores, ScoreSettings
 
 #: A frame of envelopes stays under this many bytes (router messages are <= 65455).
 FRAME_BUDGET = 60_000
@@ -138,8 +141,30 @@ class Together:
     actions: list[Any]
 
 
+@dataclass(slots=True)
+class SavePolicy:
+    """Persist a block, mute or ban of ``key`` (``policy`` None: lift it)."""
+
+    key: bytes
+    policy: str | None
+    since: float = 0.0
+    until: float | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Evict:
+    """Delete at least ``size`` bytes of ``origin``'s oldest evictable rows (quota.evictable;
+    ``size`` None: all of them); returns ``(id, bytes)`` of each row deleted."""
+
+    origin: bytes
+    size: int | None
+    #: This node's key: its own messages, and those addressed to it, are never evicted.
+    own: bytes
+
+
 Action = (Send | Emit | Rejected | Commit | Fetch | SetStatus | Release | LowerHops | ReserveSeq
-          | Sign | Open | Together)
+          | Sign | Open | Together | SavePolicy | Evict)
 Step = Generator[Action, Any, Any]
 
 
@@ -169,8 +194,6 @@ class RouterSettings:
     relay_delay: float = 0.002
     link_rate: float = 5000
     link_burst: float = 20000
-    origin_rate: float = 5000
-    origin_burst: float = 20000
     seen_capacity: int = 100_000
     seen_horizon: float = 86_400
     custody_wait: float = 1.0
@@ -179,21 +202,27 @@ class RouterSettings:
     anti_entropy: float = ANTI_ENTROPY
     #: Neighbours one hop closer an origin sends a DM or receipt to (0: always flood).
     path_fanout: int = PATH_FANOUT
+    flood: FloodSettings = field(default_factory=FloodSettings)
+    scoring: ScoreSettings = field(default_factory=ScoreSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
 
     @classmethod
-    def from_config(cls, raw: dict[str, Any]) -> RouterSettings:
+    def from_config(cls, raw: dict[str, Any], scoring: dict[str, Any] | None = None
+                    ) -> RouterSettings:
+        """The ``[router]`` config section (and ``[scoring]``)."""
         return cls(hop_limit=min(int(raw.get("hop_limit", envelope.DEFAULT_HOP_LIMIT)),
                                  envelope.MAX_HOPS_LIMIT),
                    relay_delay=float(raw.get("relay_delay_ms", 2)) / 1000,
                    link_rate=float(raw.get("link_rate", 5000)),
                    link_burst=float(raw.get("link_burst", 20000)),
-                   origin_rate=float(raw.get("origin_rate", 5000)),
-                   origin_burst=float(raw.get("origin_burst", 20000)),
                    seen_capacity=int(raw.get("seen_capacity", 100_000)),
                    seen_horizon=float(raw.get("seen_horizon", 86_400)),
                    custody_wait=float(raw.get("custody_wait_ms", 1000)) / 1000,
                    profile_every=float(raw.get("profile_every_s", PROFILE_EVERY)),
-                   profile_expires=float(raw.get("profile_expires_s", PROFILE_EXPIRES)))
+                   profile_expires=float(raw.get("profile_expires_s", PROFILE_EXPIRES)),
+                   flood=FloodSettings.from_config(raw),
+                   scoring=ScoreSettings.from_config(scoring or {}),
+                   quota=QuotaSettings.from_config(raw))
 
 
 @dataclass
@@ -252,14 +281,27 @@ class RouterCore:
     def __init__(self, own_key: bytes, enc_key: bytes, nickname: str,
                  settings: RouterSettings | None = None, *, numbering: Numbering | None = None,
                  verify: Callable[[Envelope], None] = envelope.verify,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 policy_numbering: Numbering | None = None) -> None:
         self.own_key, self.enc_key, self.nickname = own_key, enc_key, nickname
         s = self.settings = settings or RouterSettings()
         self.hop_limit = s.hop_limit
         self.verify = verify
         self.relay = gossip.RelayQueue(max_delay=s.relay_delay, rng=rng or random.Random())
         self.link_rate = gossip.Buckets(s.link_rate, s.link_burst)
-        self.origin_rate = gossip.Buckets(s.origin_rate, s.origin_burst)
+        self.flood = FloodLimits(s.flood)
+        self.scores = PeerScores(s.scoring)
+        self.quota = QuotaBook(s.quota)
+        #: Blocks, mutes and bans: key -> (policy, since, until, reason); the router's
+        #: ``policy`` table, published as peer.policy.
+        self.policy: dict[bytes, tuple[str, float, float | None, str]] = {}
+        self.policy_numbering = policy_numbering or Numbering(1)
+        #: Where each neighbour link comes from (its IP address), for per-address limits.
+        self.addresses: dict[bytes, str] = {}
+        self._penalized: set[bytes] = set()
+        self._score_told: dict[bytes, float] = {}
+        #: When the next ban ends (monotonic; 0: check at the first tick, after a load).
+        self.ban_ends: float | None = None
         #: Accepted in the batch being processed, not yet committed (id -> its acceptance).
         self.pending: dict[bytes, Accepted] = {}
         #: Distances of what we accepted lately, lowered when a shorter path shows up.
@@ -286,7 +328,8 @@ class RouterCore:
         self._sent: list[bytes] = []  # posted and handed to a link; see settle_posts
         self.seq_next = self.seq_end = 0
         self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0,
-                       "shorter": 0, "path": 0, "no_path": 0, "fallback": 0}
+                       "shorter": 0, "path": 0, "no_path": 0, "fallback": 0,
+                       "rate_limited": 0, "blocked": 0, "evicted": 0, "banned": 0}
         self.recompute_at: float | None = None
         #: When our next profile goes out (monotonic); the first one at start.
         self.profile_at: float | None = 0.0
@@ -298,11 +341,20 @@ class RouterCore:
     def load(self, *, seen: Iterable[bytes], sync: Iterable[rpc.SyncItem],
              profiles: Iterable[rpc.WireEnvelope], outbox: Iterable[tuple[bytes, str,
                                                                              bytes | None]],
-             now: float, receipts: Iterable[rpc.WireEnvelope] = ()) -> None:
+             now: float, receipts: Iterable[rpc.WireEnvelope] = (),
+             usage: Iterable[tuple[bytes, int]] = (),
+             policies: Iterable[tuple[bytes, str, float, float | None, str]] = ()) -> None:
         """What the store holds: seen ids (oldest first), the catch-up set, the stored
         profiles, our undelivered messages and the receipts addressed to us (a crash
         between a receipt's commit and its status must not leave a DM short of
-        ``delivered``: the first ``tick`` finishes the job)."""
+        ``delivered``: the first ``tick`` finishes the job), the bytes each origin uses
+        against its quota, and the blocks, mutes and bans."""
+        for origin, size in usage:
+            self.quota.add(origin, size)
+        for key, policy, since, until, reason in policies:
+            self.policy[key] = (policy, since, until, reason)
+            if policy == "ban":
+                self.ban_ends = 0.0
         for msg_id in seen:
             self.seen.add(msg_id, now)
         for item in sync:
@@ -333,6 +385,8 @@ class RouterCore:
                              self.summary_at) if t is not None]
         if self.awaiting:
             times.append(min(a.due for a in self.awaiting.values()))
+        if self.ban_ends is not None:
+            times.append(self.ban_ends)
         return min(times, default=None)
 
     def tick(self, now: float, mono: float) -> Step:
@@ -342,6 +396,8 @@ class RouterCore:
             done, self._delivered = self._delivered, []
             yield from self.set_status([(i, "delivered") for i in done])
         yield from self.settle_posts()
+        if self.ban_ends is not None and mono >= self.ban_ends:
+            yield from self.lift_bans(now, mono)
         per_target: dict[bytes, list[Entry]] = defaultdict(list)
         for _msg_id, targets, entry in self.relay.due(mono):
             for t in targets:
@@ -376,10 +432,18 @@ class RouterCore:
 
     # -- links and identity ----------------------------------------------------------------
 
-    def set_links(self, links: set[bytes], now: float, mono: float) -> Step:
-        """Our verified neighbours changed: catch-up and profiles with each new one."""
+    def set_links(self, links: set[bytes], now: float, mono: float,
+                  addresses: dict[bytes, str] | None = None) -> Step:
+        """Our verified neighbours changed (and the address each comes from): catch-up and
+        profiles with each new one."""
+        links = {k for k in links if self.refuses_link(k, now) is None}
         added, gone = links - self.links, self.links - links
         self.links = set(links)
+        self.addresses = {k: a for k, a in (addresses or {}).items() if k in links}
+        for key in links:
+            self.scores.linked(key, self.addresses.get(key), mono)
+        for key in gone:
+            self.scores.unlinked(key, mono)
         for key in sorted(added):
             yield self.summary(key)
             yield from self.send_profiles(key)
@@ -503,13 +567,20 @@ class RouterCore:
                 yield self.reject("gateway", "bad_frames")
                 continue
             key, body = frame
+            refused = self.refuses_link(key, now) if key not in self.links else None
+            if refused is not None:  # the gateway is closing its link
+                yield self.reject(f"peer {fingerprint(key)}", refused,
+                                  f"{refused} here: its link is being closed")
+                continue
             if not self.link_rate.take(key, mono):
+                self.penalize(key, mono)
                 yield self.reject(f"peer {fingerprint(key)}", "rate_limited",
                                   "too many router messages from this link")
                 continue
             try:
                 msg = routing.decode(body)
             except RemoteProtocolError as e:
+                self.penalize(key, mono)
                 yield self.reject(f"peer {fingerprint(key)}", e.code, e.message)
                 continue
             if isinstance(msg, routing.Envs):
@@ -543,6 +614,8 @@ class RouterCore:
             for link, ids in dups.items():
                 for chunk in catchup.chunks(ids, routing.MAX_CUSTODY):
                     yield Send(link, routing.encode_custody(chunk))
+        if self._penalized:
+            yield from self.judge(now, mono)
 
     def check(self, hops: int, signed: bytes, sig: bytes, link: bytes, now: float,
               mono: float) -> Generator[Action, Any, Accepted | None]:
@@ -570,26 +643,39 @@ class RouterCore:
         try:
             env = envelope.parse(signed, sig)
         except EnvelopeError as e:
+            self.penalize(link, mono, invalid=True)
             yield self.reject(f"peer {fingerprint(link)}", e.code, e.message)
             return None
         why = gossip.window(env.ts, now)
-        if why is not None:
+        if why is not None:  # not held against the link: its clock may differ from ours
             yield self.reject(f"peer {fingerprint(link)}", why,
                               f"timestamp {env.ts} outside the window")
             return None
-        if not self.origin_rate.take(env.origin, mono):
-            yield self.reject(f"origin {fingerprint(env.origin)}", "rate_limited",
-                              "too many messages from this origin")
+        if self.blocked(env.origin):
+            self.counts["blocked"] += 1
+            yield self.reject(f"origin {fingerprint(env.origin)}", "blocked",
+                              "this origin is blocked here")
+            return None
+        over = self.flood.admit_link(link, self.addresses.get(link), mono)
+        if over is not None:
+            yield from self.flooded(over, env, link, mono)
             return None
         try:
             self.verify(env)
         except EnvelopeError as e:
+            self.penalize(link, mono, invalid=True)
             yield self.reject(f"peer {fingerprint(link)} (origin {fingerprint(env.origin)})",
                               e.code, e.message)
             return None
         if env.to is not None and env.to == env.origin:
+            self.penalize(link, mono, invalid=True)
             yield self.reject(f"peer {fingerprint(link)}", "bad_recipient",
                               "a message to its own origin")
+            return None
+        over = self.flood.admit_origin(kind=env.kind, origin=env.origin, ts_ms=env.ts, now=now,
+                                       mono=mono)
+        if over is not None:
+            yield from self.flooded(over, env, link, mono)
             return None
         self.counts["accepted"] += 1
         acc = self.pending[env.id] = Accepted(env=env, hops=hops + 1, came_from=link)
@@ -670,7 +756,17 @@ class RouterCore:
         for a in accepted:
             self.seen.add(a.env.id, now)
         fresh = [a for a, r in zip(accepted, results[: len(accepted)], strict=True) if r.new]
+        counted = False
+        for a in fresh:
+            env = a.env
+            if a.came_from is not None:
+                self.scores.first_delivery(a.came_from, mono)
+            if evictable(env.kind, env.origin, env.to, self.own_key):
+                self.quota.add(env.origin, row_bytes(env.signed, env.sig))
+                counted = True
         yield from self.after_accept(fresh, now, mono)
+        if counted:
+            yield from self.enforce_quota()
         for r in receipts:
             self.seen.add(r.id, now)
             self.index.add(r.id, r.ts, r.to)
@@ -708,13 +804,15 @@ class RouterCore:
             mine = env.to == self.own_key
             if env.kind == KIND_ROOM:
                 self.index.add(env.id, env.ts)
-                yield self.message(env, envelope.room_text(env.body), a.hops)
+                if not self.muted(env.origin):
+                    yield self.message(env, envelope.room_text(env.body), a.hops)
             elif env.kind == KIND_PROFILE:
                 self.index.add(env.id, env.ts)
                 if self.on_profile(env, a.hops, now):
                     self.schedule_recompute(mono)
             elif env.kind == KIND_DM and mine:
-                yield self.message(env, a.text or "", a.hops)
+                if not self.muted(env.origin):
+                    yield self.message(env, a.text or "", a.hops)
             elif env.kind == KIND_RECEIPT and mine:
                 # held like every receipt, so catch-up with the neighbours that have it
                 # finds nothing to send again
@@ -748,6 +846,142 @@ class RouterCore:
             id=env.id.hex(), kind=env.kind_name, origin=env.origin.hex(),
             to=env.to.hex() if env.to else None, sent=env.ts, text=text,
             own=env.origin == self.own_key, hops=min(hops, envelope.MAX_HOPS_LIMIT), status=st))
+
+    # -- flood limits, scores, blocks, quotas (docs/protocol.md, "Safety among strangers") ---
+
+    def flooded(self, over: str, env: Envelope, link: bytes, mono: float) -> Step:
+        self.counts["rate_limited"] += 1
+        if over in ("link", "address") or env.origin == link:
+            self.penalize(link, mono)  # the neighbour floods (not a relay of someone's flood)
+        source = f"origin {fingerprint(env.origin)}" if over in ("origin", "backlog") \
+            else f"peer {fingerprint(link)}"
+        yield self.reject(source, "rate_limited", self.flood_detail(over, env.kind))
+
+    def flood_detail(self, over: str, kind: int) -> str:
+        f = self.flood.settings
+        if over == "origin":
+            rate, burst = f.rate_of(kind)
+            return f"over {rate:g} {envelope.KIND_NAMES.get(kind, '?')}/s per origin " \
+                   f"(burst {burst:g})"
+        rate, burst = {"backlog": (f.backlog_rate, f.backlog_burst),
+                       "link": (f.link_rate, f.link_burst),
+                       "address": (f.address_rate, f.address_burst)}[over]
+        return f"over {rate:g} envelopes/s per {over} (burst {burst:g})"
+
+    def penalize(self, link: bytes, mono: float, *, invalid: bool = False) -> None:
+        if invalid:
+            self.scores.invalid(link, mono)
+        else:
+            self.scores.misbehaved(link, mono)
+        self._penalized.add(link)
+
+    def judge(self, now: float, mono: float) -> Step:
+        """Scores of the neighbours penalized in this batch: told (at most once a second
+        each), and a link under the threshold is banned."""
+        penalized, self._penalized = sorted(self._penalized), set()
+        threshold = self.scores.settings.ban_threshold
+        for key in penalized:
+            sc = self.scores.score(key, mono)
+            told = self._score_told.get(key)
+            below = sc < threshold and key in self.links and self.refuses_link(key, now) is None
+            if below or told is None or mono - told >= 1.0:
+                self._score_told[key] = mono
+                yield Emit(PeerScore, dict(key=key.hex(), score=round(sc, 3),
+                                           reason="penalized"))
+            if below:
+                seconds = self.scores.ban(key, mono)
+                self.counts["banned"] += 1
+                yield self.reject(f"peer {fingerprint(key)}", "banned",
+                                  f"score {sc:.0f} below {threshold:g}: link closed, refused "
+                                  f"for {seconds:g} s")
+                yield from self.set_policy(key, "ban", now, mono, until=now + seconds,
+                                           reason=f"score {sc:.0f} below {threshold:g}")
+
+    def refuses_link(self, key: bytes, now: float) -> str | None:
+        """``blocked`` or ``banned`` when a link with ``key`` is refused now, else None."""
+        p = self.policy.get(key)
+        if p is None:
+            return None
+        if p[0] == "block":
+            return "blocked"
+        if p[0] == "ban" and (p[2] is None or p[2] > now):
+            return "banned"
+        return None
+
+    def blocked(self, origin: bytes) -> bool:
+        p = self.policy.get(origin)
+        return p is not None and p[0] == "block"
+
+    def muted(self, origin: bytes) -> bool:
+        p = self.policy.get(origin)
+        return p is not None and p[0] in ("block", "mute")
+
+    def set_policy(self, key: bytes, policy: str | None, now: float, mono: float, *,
+                   until: float | None = None, reason: str = "") -> Step:
+        """Block, mute or ban ``key``, or lift it (None): persisted, published, applied (a
+        block also deletes what we stored from that origin for others)."""
+        if key == self.own_key:
+            return
+        old = self.policy.get(key)
+        if policy is None:
+            if old is None:
+                return
+            del self.policy[key]
+        else:
+            if policy == "ban" and old is not None and old[0] == "block":
+                return  # a block outranks a ban
+            self.policy[key] = (policy, now, until, reason)
+        yield SavePolicy(key, policy, now, until, reason)
+        yield Emit(PeerPolicy, dict(epoch=self.policy_numbering.epoch,
+                                    seq=self.policy_numbering.next(), key=key.hex(),
+                                    policy=policy, since=now, until=until, reason=reason))
+        if policy == "block":
+            yield from self.evict(key, None)
+        if key in self.links and self.refuses_link(key, now) is not None:
+            yield from self.set_links(self.links - {key}, now, mono, self.addresses)
+        if policy == "ban":
+            self.ban_ends = 0.0 if self.ban_ends is None else min(self.ban_ends,
+                                                                  mono + (until or now) - now)
+
+    def lift_bans(self, now: float, mono: float) -> Step:
+        """Bans that ended are lifted (the neighbour may link again)."""
+        ended = [k for k, p in self.policy.items() if p[0] == "ban" and (p[2] or 0) <= now]
+        for key in ended:
+            yield from self.set_policy(key, None, now, mono, reason="ban ended")
+        ends = [p[2] for p in self.policy.values() if p[0] == "ban" and p[2] is not None]
+        self.ban_ends = mono + max(0.0, min(ends) - now) if ends else None
+
+    def policy_table(self) -> rpc.PolicyTable:
+        return rpc.PolicyTable(epoch=self.policy_numbering.epoch, seq=self.policy_numbering.seq,
+                               items=tuple(rpc.PolicyEntry(key=k.hex(), policy=p, since=since,
+                                                           until=until, reason=reason)
+                                           for k, (p, since, until, reason)
+                                           in self.policy.items()))
+
+    def score_table(self, now: float, mono: float) -> rpc.Scores:
+        items = []
+        for key, sc in self.scores.table(mono):
+            p = self.policy.get(key)
+            banned = p[2] if p is not None and p[0] == "ban" else None
+            items.append(rpc.ScoreEntry(key=key.hex(), score=round(sc, 3), banned_until=banned))
+        return rpc.Scores(items=tuple(items))
+
+    def evict(self, origin: bytes, size: int | None) -> Step:
+        deleted = yield Evict(origin, size, self.own_key)
+        freed = 0
+        for _msg_id, n in deleted:
+            freed += n
+        self.quota.remove(origin, freed if deleted and size is not None else
+                          self.quota.usage.get(origin, 0))
+        self.quota.evicted += freed
+        self.counts["evicted"] += len(deleted)
+
+    def enforce_quota(self) -> Step:
+        """Over a quota: the oldest messages of the largest origins go (common.quota). Their
+        ids stay in the catch-up index (tombstones): neighbours holding them see the same
+        digests and do not send them again."""
+        for origin, size in self.quota.over():
+            yield from self.evict(origin, size)
 
     # -- the mesh directory ----------------------------------------------------------------
 
@@ -872,11 +1106,16 @@ class RouterCore:
 
     # -- posting ---------------------------------------------------------------------------
 
-    def refuse_post(self, to: bytes | None, text: str) -> PostRefused | None:
-        """Why a post cannot be accepted, before it is queued (None: it can)."""
+    def refuse_post(self, to: bytes | None, text: str, mono: float | None = None
+                    ) -> PostRefused | None:
+        """Why a post cannot be accepted, before it is queued (None: it can). With ``mono``,
+        also our own flood limit (spending nothing: ``post`` does)."""
         if to is not None:
             if to == self.own_key:
                 return PostRefused("bad_recipient", "that is this node's own key")
+            if self.blocked(to):
+                return PostRefused("blocked", f"{fingerprint(to)} is blocked here "
+                                   "(tazcom block --remove to unblock)")
             if to not in self.directory:
                 return PostRefused(
                     "no_key", f"no encryption key for {fingerprint(to)} yet: its profile has "
@@ -887,7 +1126,19 @@ class RouterCore:
             return PostRefused("bad_message", "text is not valid Unicode (a lone surrogate)")
         if size > envelope.MAX_TEXT_BYTES:
             return PostRefused("too_large", f"text over {envelope.MAX_TEXT_BYTES} bytes")
+        if mono is not None:
+            kind = KIND_ROOM if to is None else KIND_DM
+            wait = self.flood.own_allowance(kind, self.own_key, mono)
+            if wait > 0:
+                return self.own_limit(kind, wait)
         return None
+
+    def own_limit(self, kind: int, wait: float) -> PostRefused:
+        rate, burst = self.flood.settings.rate_of(kind)
+        what = "room messages" if kind == KIND_ROOM else "direct messages"
+        return PostRefused("rate_limited", f"at most {rate:g} {what} per second (bursts of "
+                           f"{burst:g}) leave one node, as every node accepts from one sender; "
+                           f"try again in {wait:.1f} s")
 
     def reserve(self, n: int) -> Generator[Action, Any, list[int]]:
         if self.seq_end - self.seq_next < n:
@@ -920,6 +1171,9 @@ class RouterCore:
         answers: list[rpc.PostResult | PostRefused] = [PostRefused("no_key", "")] * len(posts)
         for i, p in enumerate(posts):
             refused = self.refuse_post(p.to, p.text)
+            kind = KIND_ROOM if p.to is None else KIND_DM
+            if refused is None and not self.flood.take_own(kind, self.own_key, mono):
+                refused = self.own_limit(kind, self.flood.own_allowance(kind, self.own_key, mono))
             if refused is not None:
                 answers[i] = refused
                 continue

@@ -44,7 +44,7 @@ from tazcom.common.linkmanager import (
     SetTimer,
     ToRouter,
 )
-from tazcom.common.mirror import Change
+from tazcom.common.mirror import Change, Mirror
 
 from .busclient import Readable, tune
 from .listen import listen_sockets
@@ -61,6 +61,7 @@ class Gateway:
         self.port = socks[0].getsockname()[1]
         self.addresses = tuple(f"{ip}:{self.port}" for ip in ips)
         #: The link table, which this service owns (docs/protocol.md §2, "Mirrored state").
+        self.policy: Mirror | None = None
         self.core = LinkManager(networks=interface_networks(ips), log=rt.log,
                                 numbering=rt.own_table("links"), nickname=rt.config.nickname)
         self.transports: dict[int, asyncio.Transport] = {}
@@ -153,6 +154,15 @@ class Gateway:
     def on_identity(self, ev: Event) -> None:
         if isinstance(ev, IdentityChanged):
             self.execute(self.core.set_nickname(ev.nickname))
+
+    def on_policy(self, _changes: list[Change]) -> None:
+        """The router's blocks and bans: a ban's end (wall clock) on the loop's clock."""
+        assert self.policy is not None
+        mono, wall = self.loop.time(), time.time()
+        refused = {bytes.fromhex(k): ("blocked" if p.policy == "block" else "banned",
+                                      None if p.until is None else mono + p.until - wall)
+                   for k, p in self.policy.items.items() if p.policy in ("block", "ban")}
+        self.execute(self.core.policy_changed(refused, mono))
 
     def on_peers(self, changes: list[Change]) -> None:
         """Discovery's peer table changed: where to dial whom."""
@@ -284,6 +294,8 @@ async def main(rt: Runtime) -> None:
     await gw.prepare_identity()
     # discovery's peer table, mirrored once we know our own key (who dials whom)
     rt.mirror(tables.PEERS, gw.on_peers)
+    # the router's blocks and bans, before the first link can be accepted
+    gw.policy = rt.mirror(tables.POLICY, gw.on_policy)
     await gw.start_serving()
     rt.bus.subscribe("identity.changed", gw.on_identity)
     gw.open_router_channel()

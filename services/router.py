@@ -65,7 +65,8 @@ def by_size(items: list, size_of: Callable[[Any], int], budget: int = PUT_BYTES,
 class Router:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.settings = core.RouterSettings.from_config(rt.config.raw.get("router", {}))
+        self.settings = core.RouterSettings.from_config(rt.config.raw.get("router", {}),
+                                                        rt.config.raw.get("scoring", {}))
         self.core: core.RouterCore | None = None
         self.link_table: Mirror | None = None
         self.rejects = RejectLog(rt.log)
@@ -96,7 +97,8 @@ class Router:
         ident = await self.rt.call_until_ready("identity", rpc.GetIdentity())
         self.core = core.RouterCore(bytes.fromhex(ident.key), bytes.fromhex(ident.enc_key or ""),
                                     ident.nickname, self.settings,
-                                    numbering=self.rt.own_table("mesh"))
+                                    numbering=self.rt.own_table("mesh"),
+                                    policy_numbering=self.rt.own_table("policy"))
         now = time.time()
         seen = self.core.seen
         recent = self.db.recent_ids(rpc.StoreRecentIds(since=now - seen.horizon,
@@ -114,10 +116,14 @@ class Router:
             profiles=stored([i.id for i in sync.items if i.kind == core.KIND_PROFILE]),
             outbox=[(m.id, m.status, m.to) for m in outbox],
             receipts=stored([i.id for i in sync.items
-                             if i.kind == core.KIND_RECEIPT and i.to == own]))
+                             if i.kind == core.KIND_RECEIPT and i.to == own]),
+            usage=self.db.usage(own), policies=self.db.policies())
         self.rt.log.info("loaded %d seen ids, %d catch-up items, %d profiles, %d pending own "
-                         "messages", len(seen), len(self.core.index), len(self.core.directory),
-                         len(self.core.own_status))
+                         "messages, %d blocks/mutes/bans; %.1f MiB of others' messages; "
+                         "flood limits: %s", len(seen), len(self.core.index),
+                         len(self.core.directory), len(self.core.own_status),
+                         len(self.core.policy), self.core.quota.total / 2**20,
+                         self.settings.flood.describe())
 
     # -- executing the core's actions -------------------------------------------------------
 
@@ -177,6 +183,10 @@ class Router:
             return self.open(a.boxes)
         elif isinstance(a, core.Together):
             return self.together(a.actions)
+        elif isinstance(a, core.Evict):
+            return self.db.evict(a.origin, a.size, a.own)
+        elif isinstance(a, core.SavePolicy):
+            self.db.set_policy(a.key, a.policy, a.since, a.until, a.reason)
         else:
             raise TypeError(f"unknown action {a!r}")
         return None
@@ -213,8 +223,11 @@ class Router:
 
     def on_links(self, _changes: list[Change]) -> None:
         assert self.link_table is not None
-        links = tables.verified_keys(self.link_table.items.values())
-        self.run_now(self.c.set_links(links, time.time(), time.monotonic()))
+        rows = self.link_table.items.values()
+        links = tables.verified_keys(rows)
+        addresses = {bytes.fromhex(r.key): r.address for r in rows
+                     if r.state == "open" and r.key}
+        self.run_now(self.c.set_links(links, time.time(), time.monotonic(), addresses))
 
     def on_identity(self, ev: Event) -> None:
         if isinstance(ev, IdentityChanged):
@@ -270,7 +283,7 @@ class Router:
                 await asyncio.sleep(1.0)
 
     async def post(self, req: rpc.Post) -> rpc.PostResult:
-        refused = self.c.refuse_post(req.to, req.text)
+        refused = self.c.refuse_post(req.to, req.text, time.monotonic())
         if refused is not None:
             raise RequestFailed(refused.message, code=refused.code)
         fut = asyncio.get_running_loop().create_future()
@@ -303,6 +316,23 @@ class Router:
             with contextlib.suppress(TazcomError, sqlite3.OperationalError):
                 await self.run(self.c.settle_posts())
 
+    async def set_policy(self, req: rpc.SetPolicy) -> rpc.PolicyTable:
+        key = bytes.fromhex(req.key)
+        if key == self.c.own_key:
+            raise RequestFailed("that is this node's own key", code="bad_recipient")
+        current = self.c.policy.get(key)
+        if req.remove:
+            if current is None or current[0] != req.policy:
+                raise RequestFailed(f"{req.key[:16]} is not {req.policy}ed here",
+                                    code="not_found")
+            step = self.c.set_policy(key, None, time.time(), time.monotonic(),
+                                     reason=f"{req.policy} lifted by the user")
+        else:
+            step = self.c.set_policy(key, req.policy, time.time(), time.monotonic(),
+                                     reason="by the user")
+        await self.run(step)
+        return self.c.policy_table()
+
     async def maintenance_loop(self) -> None:
         """Expiry in the store (the router is its one writer); own messages given up on
         become ``failed`` through the core."""
@@ -329,7 +359,11 @@ async def main(rt: Runtime) -> None:
         await router.load()
         router.follow_links()
         rt.serve({rpc.Post: router.post, rpc.GetRouterStats: lambda _r: router.c.stats(),
-                  rpc.GetMesh: lambda _r: router.c.mesh_table()})
+                  rpc.GetMesh: lambda _r: router.c.mesh_table(),
+                  rpc.GetPolicy: lambda _r: router.c.policy_table(),
+                  rpc.SetPolicy: router.set_policy,
+                  rpc.GetScores: lambda _r: router.c.score_table(time.time(),
+                                                                 time.monotonic())})
         rt.bus.subscribe("identity.changed", router.on_identity)
         rt.spawn(router.inbox_loop(), "inbox")
         rt.spawn(router.post_loop(), "post")

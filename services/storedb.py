@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tazcom.common import envelope, rpc
+from tazcom.common import envelope, quota, rpc
 from tazcom.common.errors import RemoteProtocolError, RequestFailed, TazcomError
 from tazcom.common.status import RANK
 
@@ -87,6 +87,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id ON messages (client_id)
 CREATE INDEX IF NOT EXISTS messages_held ON messages (ts) WHERE held = 1;
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_profile ON messages (kind, origin, ts);
+CREATE INDEX IF NOT EXISTS messages_origin ON messages (origin, ts, received_at);
 CREATE INDEX IF NOT EXISTS messages_outbox ON messages (ts)
     WHERE own = 1 AND status IN ('queued', 'sent', 'relayed');
 CREATE TABLE IF NOT EXISTS policy (          -- blocks, mutes and bans (docs/protocol.md)
@@ -116,6 +117,10 @@ _NEWEST_PROFILES = (
 )
 
 _PENDING_SQL = "own = 1 AND status IN ('queued', 'sent', 'relayed')"
+
+#: common.quota.evictable, in SQL: not ours, not to us (``:own``), not a profile.
+_EVICTABLE_SQL = 'kind IN (1, 2, 3) AND origin != :own AND ("to" IS NULL OR "to" != :own)'
+
 
 #: A row's ``status.RANK`` (the one rule of change, common/status.py), in SQL.
 _RANK_SQL = ("CASE status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in RANK.items())
@@ -254,6 +259,27 @@ class Store:
                             "policy = excluded.policy, since = excluded.since, "
                             "until = excluded.until, reason = excluded.reason",
                             (key, policy, since, until, reason))
+
+    def usage(self, own: bytes) -> list[tuple[bytes, int]]:
+        """Bytes each origin uses against its quota (common.quota.evictable rows)."""
+        return self._db.execute(
+            f"SELECT origin, sum(length(signed) + length(sig)) FROM messages "
+            f"WHERE {_EVICTABLE_SQL} GROUP BY origin", {"own": own}).fetchall()
+
+    def evict(self, origin: bytes, size: int | None, own: bytes) -> list[tuple[bytes, int]]:
+        """Delete ``origin``'s oldest evictable rows until ``size`` bytes are freed (None:
+        all of them), as ``common.quota.pick_oldest`` orders them; returns ``(id, bytes)``
+        of each."""
+        with self._tx() as cur:
+            rows = cur.execute(
+                f"SELECT id, ts, received_at, length(signed) + length(sig) FROM messages "
+                f"WHERE origin = :origin AND {_EVICTABLE_SQL} ORDER BY ts, received_at",
+                {"origin": origin, "own": own})
+            gone = quota.pick_oldest(rows, size)
+            for chunk in _chunks([i for i, _ in gone]):
+                cur.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})",
+                            chunk)
+        return gone
 
     def policies(self) -> list[tuple[bytes, str, float, float | None, str]]:
         """Every ``(key, policy, since, until, reason)``."""

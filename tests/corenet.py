@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -54,12 +55,14 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from tazcom.common import envelope, gossip, routing, rpc, status
+from tazcom.common import envelope, gossip, quota, routing, rpc, status
 from tazcom.common import routercore as rc
 from tazcom.common.errors import RemoteProtocolError, RequestFailed, TazcomError
 from tazcom.common.events import ChatMessage, ChatStatus, MeshPeer
+from tazcom.common.floodlimits import FloodSettings
 from tazcom.common.keys import DOMAIN_ENVELOPE
 from tazcom.common.mirror import Numbering
+from tazcom.common.scoring import ScoreSettings
 
 WALL0 = 1_700_000_000.0
 MONO0 = 100.0
@@ -132,6 +135,7 @@ class MemStore:
         #: The next this many commits fail (store_error), writing nothing.
         self.fail_commits = 0
         self.commits = 0
+        self.policies: dict[bytes, tuple[bytes, str, float, float | None, str]] = {}
 
     def commit(self, items: list[rpc.StoredMessage], now: float) -> list[rpc.PutOutcome]:
         if self.fail_commits > 0:
@@ -178,6 +182,28 @@ class MemStore:
             m = self.rows.get(i)
             if m is not None and m.hops > d:
                 self.rows[i] = m.replace(hops=d)
+
+    def evict(self, a: rc.Evict) -> list[tuple[bytes, int]]:
+        rows = [(i, m.ts, self.received_at[i], quota.row_bytes(m.signed, m.sig))
+                for i, m in self.rows.items()
+                if m.origin == a.origin and quota.evictable(m.kind, m.origin, m.to, a.own)]
+        out = quota.pick_oldest(sorted(rows, key=quota.oldest_first), a.size)
+        for i, _ in out:
+            del self.rows[i]
+        return out
+
+    def usage(self, own: bytes) -> list[tuple[bytes, int]]:
+        used: Counter[bytes] = Counter()
+        for m in self.rows.values():
+            if quota.evictable(m.kind, m.origin, m.to, own):
+                used[m.origin] += quota.row_bytes(m.signed, m.sig)
+        return list(used.items())
+
+    def set_policy(self, a: rc.SavePolicy) -> None:
+        if a.policy is None:
+            self.policies.pop(a.key, None)
+        else:
+            self.policies[a.key] = (a.key, a.policy, a.since, a.until, a.reason)
 
     def reserve_seq(self, count: int) -> int:
         first = self.next_seq
@@ -313,6 +339,10 @@ class Node:
             return self.identity.open(a.boxes)
         elif t is rc.Together:
             return [self.execute(x) for x in a.actions]
+        elif t is rc.Evict:
+            return self.store.evict(a)
+        elif t is rc.SavePolicy:
+            self.store.set_policy(a)
         else:
             raise TypeError(f"unknown action {a!r}")
         return None
@@ -396,11 +426,17 @@ class Node:
                        if i.kind == envelope.KIND_RECEIPT and i.to == core.own_key]
         core.load(seen=reversed(seen), sync=sync, profiles=self.store.fetch(profile_ids),
                   outbox=self.store.outbox(), now=net.now,
-                  receipts=self.store.fetch(receipt_ids))
+                  receipts=self.store.fetch(receipt_ids), usage=self.store.usage(core.own_key),
+                  policies=list(self.store.policies.values()))
         self.run(core.set_links(self.links, net.now, net.mono))
 
 
 # -- the net -------------------------------------------------------------------------------
+
+#: The settings of a net that tests routing, not the limits (tests/unit/test_safety.py does):
+#: no flood limit, no ban. Tests that give their own settings get the defaults.
+OPEN = rc.RouterSettings(flood=FloodSettings.unlimited(),
+                         scoring=ScoreSettings(ban_threshold=-math.inf))
 
 
 class Net:
@@ -410,7 +446,7 @@ class Net:
                  seed: int = 0, latency: float | Callable[[int, int], float] = 0.0,
                  loss: float = 0.0, sigs: str = "real", strict: bool = True,
                  record: bool = True) -> None:
-        self.settings = settings or rc.RouterSettings()
+        self.settings = settings or OPEN
         self.rng = random.Random(seed)
         self.latency = latency
         self.loss = loss

@@ -26,6 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "supervisord.conf"
 BIN = Path(sys.executable).parent
 SERVICES = ("bus", "identity", "gateway", "discovery", "store", "router")
+#: A node config for tests that post in bulk (a stream of hundreds of messages from one
+#: node): the per-origin flood limits, sized for people, raised out of the way. Tests of
+#: the limits themselves use the defaults.
+BULK = """[router]
+room_rate = 1e6
+room_burst = 1e6
+dm_rate = 1e6
+dm_burst = 1e6
+receipt_rate = 1e6
+receipt_burst = 1e6
+"""
 T = TypeVar("T")
 
 
@@ -59,8 +70,11 @@ def short_tmp(prefix: str = "tz") -> Path:
 
 class Node:
     def __init__(self, home: Path, nick: str, *, interfaces: str = "lo", port: int = 0,
-                 netns: str | None = None, env: dict[str, str] | None = None) -> None:
+                 netns: str | None = None, env: dict[str, str] | None = None,
+                 config: str | None = None) -> None:
         self.home = home
+        #: The node's own tazcom.toml (e.g. ``BULK``), written at the first start.
+        self.config = config
         self.nick = nick
         self.netns = netns
         self.env = {
@@ -97,6 +111,9 @@ class Node:
 
     def start(self) -> Node:
         self.home.mkdir(parents=True, exist_ok=True)
+        node_config = self.home / "tazcom.toml"
+        if self.config is not None and not node_config.exists():
+            node_config.write_text(self.config)
         self.started_at = time.monotonic()
         self.run([tool("supervisord"), "-c", str(CONF)])
         return self

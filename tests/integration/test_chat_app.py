@@ -12,7 +12,7 @@ import pytest
 
 from tazcom.chat import ROOM, ChatApp, MessageView
 from tazcom.services.runtime import load_from_env
-from tests.harness import Node, wait_for
+from tests.harness import BULK, Node, wait_for
 
 
 async def until(pilot, predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -121,7 +121,7 @@ def test_status_bar_follows_restarts_and_the_node_going_away(make_node) -> None:
 
 
 def test_thousands_of_messages_scroll(make_node) -> None:
-    n = make_node("dora").start().wait_up()
+    n = make_node("dora", config=BULK).start().wait_up()  # posts 3,000
     from tazcom.common import rpc
     from tests.harness import request
 

@@ -19,7 +19,7 @@ import zmq.asyncio
 
 from tazcom.common import envelope, routing, rpc
 from tazcom.common.events import event_as_json
-from tests.harness import BusTap, Node, request, short_tmp, wait_for
+from tests.harness import BULK, BusTap, Node, request, short_tmp, wait_for
 from tests.netns import Lan, lan, why_unavailable
 
 REASON = why_unavailable()
@@ -50,8 +50,9 @@ class Mesh:
 
     def node(self, host: str) -> Node:
         if host not in self.nodes:
+            # a stream of 500 posts from one node: the per-origin limits out of the way
             self.nodes[host] = Node(self.root / host, f"node-{host}", netns=self.net.ns(host),
-                                    interfaces=",".join(self.net.interfaces[host]))
+                                    interfaces=",".join(self.net.interfaces[host]), config=BULK)
         return self.nodes[host]
 
     def stop(self) -> list[str]:

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from tazcom.common import rpc
-from tests.harness import BusTap, request, wait_for
+from tests.harness import BULK, BusTap, request, wait_for
 
 ETH_P_ALL = 0x0003
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a raw capture needs root")
@@ -56,8 +56,8 @@ class Capture(threading.Thread):
 
 
 def test_payloads_and_nicknames_never_cross_in_clear_text(make_node) -> None:
-    a = make_node("alice-secretnick").start().wait_up()
-    b = make_node("bob-secretnick").start()
+    a = make_node("alice-secretnick", config=BULK).start().wait_up()  # 50 secrets at once
+    b = make_node("bob-secretnick", config=BULK).start()
     ports = {request(a, "gateway", rpc.GetGatewayInfo()).port}
     b.wait_up()
     ports.add(request(b, "gateway", rpc.GetGatewayInfo()).port)
