@@ -51,8 +51,8 @@ class FloodSettings:
     profile_burst: float = 10.0
     backlog_rate: float = 20.0
     backlog_burst: float = 500.0
-    link_rate: float = 500.0
-    link_burst: float = 10_000.0
+    link_envelope_rate: float = 500.0
+    link_envelope_burst: float = 10_000.0
     address_rate: float = 500.0
     address_burst: float = 10_000.0
 
@@ -80,7 +80,7 @@ class FloodSettings:
         """One line for logs and benchmark output."""
         return (f"room {self.room_rate:g}/s burst {self.room_burst:g}, dm {self.dm_rate:g}/s "
                 f"burst {self.dm_burst:g}, backlog {self.backlog_rate:g}/s burst "
-                f"{self.backlog_burst:g}, link {self.link_rate:g}/s, address "
+                f"{self.backlog_burst:g}, link {self.link_envelope_rate:g}/s, address "
                 f"{self.address_rate:g}/s per origin/link/address")
 
 
@@ -98,7 +98,7 @@ class FloodLimits:
         s = self.settings = settings or FloodSettings()
         self.by_kind = {kind: Buckets(*s.rate_of(kind)) for kind in KIND_NAMES}
         self.backlog = Buckets(s.backlog_rate, s.backlog_burst)
-        self.links = Buckets(s.link_rate, s.link_burst)
+        self.links = Buckets(s.link_envelope_rate, s.link_envelope_burst)
         self.addresses = Buckets(s.address_rate, s.address_burst)
         self.counts: dict[str, int] = {"origin": 0, "backlog": 0, "link": 0, "address": 0}
 

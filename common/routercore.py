@@ -864,7 +864,7 @@ class RouterCore:
             return f"over {rate:g} {envelope.KIND_NAMES.get(kind, '?')}/s per origin " \
                    f"(burst {burst:g})"
         rate, burst = {"backlog": (f.backlog_rate, f.backlog_burst),
-                       "link": (f.link_rate, f.link_burst),
+                       "link": (f.link_envelope_rate, f.link_envelope_burst),
                        "address": (f.address_rate, f.address_burst)}[over]
         return f"over {rate:g} envelopes/s per {over} (burst {burst:g})"
 

@@ -76,8 +76,8 @@ def test_forged_copies_do_not_spend_an_honest_origins_allowance() -> None:
 
 
 def test_a_link_and_an_address_are_limited_across_origins() -> None:
-    net = limited_net(flood=FloodSettings(link_burst=5, link_rate=0.001, address_burst=8,
-                                          address_rate=0.001))
+    net = limited_net(flood=FloodSettings(link_envelope_burst=5, link_envelope_rate=0.001,
+                                          address_burst=8, address_rate=0.001))
     me = net.nodes[0]
     sybils = [Identity(bytes([i]) * 4) for i in range(20)]
     rec = feed(me, envs(*(entry(net, s) for s in sybils[:7])))
