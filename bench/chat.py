@@ -25,7 +25,7 @@ from bench.meshlab import post_many
 from bench.report import Figure, print_report
 from tazcom.chat import ChatApp, MessageView
 from tazcom.services.runtime import load_from_env
-from tests.harness import BusTap, Node, linked_pair, wait_for
+from tests.harness import BULK, BULK_NOTE, BusTap, Node, linked_pair, wait_for
 
 RATE = 100
 SECONDS = 10
@@ -122,7 +122,7 @@ def load(a: Node, b: Node) -> dict[str, float]:
 def main() -> None:
     if shutil.which("tmux") is None:
         raise SystemExit("skipped: needs tmux")
-    with linked_pair("bench-a", "bench-b") as (a, b):
+    with linked_pair("bench-a", "bench-b", config=BULK) as (a, b):
         for i in range(0, 3000, 500):
             asyncio.run(post_many(a, [f"history {j}" for j in range(i, i + 500)]))
         startup, cli = launch_time(a)
@@ -139,6 +139,7 @@ def main() -> None:
                figures["busy_latency"] * 1000, "ms", figures["idle_latency"] * 1000,
                "idle app", "report"),
     ])
+    print(BULK_NOTE)
 
 
 if __name__ == "__main__":

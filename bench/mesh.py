@@ -41,7 +41,7 @@ from bench.procstat import busy_seconds
 from bench.report import Figure, print_report
 from tazcom.common import rpc
 from tazcom.common.keys import DOMAIN_ENVELOPE
-from tests.harness import BusTap, request, wait_for
+from tests.harness import BULK_NOTE, BusTap, request, wait_for
 
 
 def verify_rate(seconds: float = 1.5) -> float:
@@ -278,6 +278,7 @@ def main() -> None:
     else:
         figures = converge(args.nodes or 16, args.launches, args.diameter, args.gap, args.seed)
     print_report(f"mesh {args.what} (network namespaces)", figures)
+    print(BULK_NOTE)
 
 
 if __name__ == "__main__":
