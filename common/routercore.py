@@ -887,7 +887,7 @@ class RouterCore:
             if below or told is None or mono - told >= 1.0:
                 self._score_told[key] = mono
                 yield Emit(PeerScore, dict(key=key.hex(), score=round(sc, 3),
-                                           reason="penalized"))
+                                           reason="after a penalty"))
             if below:
                 seconds = self.scores.ban(key, mono)
                 self.counts["banned"] += 1
