@@ -2,13 +2,16 @@
 
 The set of sources already reported is bounded (oldest forgotten first), so a
 flood of distinct junk cannot grow memory; the counters let a service report
-how much it dropped (python-zeroconf ``_logger.py`` does the same).
+how much it dropped (python-zeroconf ``_logger.py`` does the same). Sources, reasons
+and details come from strangers: they are logged escaped (``common.display.safe``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
+
+from .display import safe
 
 
 class RejectLog:
@@ -31,8 +34,9 @@ class RejectLog:
             self._seen.move_to_end(key)
         level = logging.WARNING if first else logging.DEBUG
         if self.logger.isEnabledFor(level):
-            suffix = f": {detail}" if detail else ""
-            self.logger.log(level, "rejected input from %s (%s)%s", source, reason, suffix)
+            suffix = f": {safe(detail)}" if detail else ""
+            self.logger.log(level, "rejected input from %s (%s)%s", safe(source), safe(reason),
+                            suffix)
         return first
 
     def statistics(self) -> dict[str, int]:

@@ -29,6 +29,7 @@ import zmq.asyncio
 from tazcom import __version__
 from tazcom.common import rpc
 from tazcom.common.config import Config, load_config
+from tazcom.common.display import SafeFormatter
 from tazcom.common.errors import ConfigError, KeyFileError, TazcomError
 from tazcom.common.events import ServiceHeartbeat, ServiceStarted, ServiceStopping, TableVersion
 from tazcom.common.mirror import Change, Mirror, Numbering
@@ -75,7 +76,8 @@ def load_from_env(env: dict[str, str] | None = None) -> Config:
 
 def setup_logging(service: str, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
+    # Log lines quote peers (nicknames, details): their message part is escaped.
+    handler.setFormatter(SafeFormatter(
         f"%(asctime)s %(levelname)s {service}[%(process)d] %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
