@@ -55,6 +55,12 @@ class FloodSettings:
     link_envelope_burst: float = 10_000.0
     address_rate: float = 500.0
     address_burst: float = 10_000.0
+    #: Catch-up messages per link: summaries (one a minute, and one per link-up), and
+    #: ``ids`` messages (answers to our summaries: a chunk per differing bucket).
+    summary_rate: float = 0.2
+    summary_burst: float = 10.0
+    ids_rate: float = 20.0
+    ids_burst: float = 1000.0
 
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> FloodSettings:
@@ -100,7 +106,10 @@ class FloodLimits:
         self.backlog = Buckets(s.backlog_rate, s.backlog_burst)
         self.links = Buckets(s.link_envelope_rate, s.link_envelope_burst)
         self.addresses = Buckets(s.address_rate, s.address_burst)
-        self.counts: dict[str, int] = {"origin": 0, "backlog": 0, "link": 0, "address": 0}
+        self.summaries = Buckets(s.summary_rate, s.summary_burst)
+        self.ids = Buckets(s.ids_rate, s.ids_burst)
+        self.counts: dict[str, int] = {"origin": 0, "backlog": 0, "link": 0, "address": 0,
+                                       "summary": 0, "ids": 0}
 
     def admit_link(self, link: bytes, address: str | None, mono: float) -> str | None:
         """Spend a token of the link's and its address's buckets (before the signature is
@@ -123,6 +132,12 @@ class FloodLimits:
         if buckets is not None and not buckets.take(origin, mono):
             return self._over("origin")
         return None
+
+    def admit_catchup(self, link: bytes, summary: bool, mono: float) -> str | None:
+        """A catch-up message from ``link``: ``summary`` or ``ids`` when over its limit."""
+        if summary:
+            return None if self.summaries.take(link, mono) else self._over("summary")
+        return None if self.ids.take(link, mono) else self._over("ids")
 
     def _over(self, which: str) -> str:
         self.counts[which] += 1

@@ -592,10 +592,19 @@ class RouterCore:
                         accepted.append(acc)
             elif isinstance(msg, routing.Custody):
                 yield from self.on_custody(key, msg.ids)
-            elif isinstance(msg, routing.SummaryMsg):
-                yield from self.on_summary(key, msg.buckets)
-            elif isinstance(msg, routing.IdsMsg):
-                yield from self.on_ids(key, msg.bucket, msg.ids)
+            elif isinstance(msg, routing.SummaryMsg | routing.IdsMsg):
+                # catch-up makes us read the store and send: a neighbour gets what the
+                # protocol needs (a summary a minute, ids in answer to ours), no more
+                over = self.flood.admit_catchup(key, isinstance(msg, routing.SummaryMsg), mono)
+                if over is not None:
+                    self.penalize(key, mono)
+                    self.counts["rate_limited"] += 1
+                    yield self.reject(f"peer {fingerprint(key)}", "rate_limited",
+                                      f"over the catch-up limit ({over} per link)")
+                elif isinstance(msg, routing.SummaryMsg):
+                    yield from self.on_summary(key, msg.buckets)
+                else:
+                    yield from self.on_ids(key, msg.bucket, msg.ids)
         if accepted:
             try:
                 yield from self.accept(accepted, now, mono)

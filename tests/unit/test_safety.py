@@ -95,6 +95,23 @@ def test_a_link_and_an_address_are_limited_across_origins() -> None:
     assert len(shown(a)) + len(shown(b)) == 8 and n.core.flood.counts["address"] == 2
 
 
+def test_catch_up_answers_what_the_protocol_needs_no_more() -> None:
+    """A neighbour sending summaries or ids in a loop does not make us read the store and
+    send without end (an amplifier): a summary a minute and a link-up's are answered."""
+    from tazcom.common import routing
+    net = limited_net()
+    me, alice = net.nodes[0], Identity(b"alice")
+    feed(me, envs(entry(net, alice)))
+    me.set_links({PEER})
+    burst = int(FloodSettings().summary_burst)
+    rec = feed(me, *[routing.encode_summary([])] * (burst + 5))
+    assert reasons(rec) == ["rate_limited"] * 5
+    assert len([a for a in rec.of(rc.Send) if a.link == PEER]) == burst  # one answer each
+    rec = feed(me, *[routing.encode_ids(0, [])] * int(FloodSettings().ids_burst + 3))
+    assert reasons(rec) == ["rate_limited"] * 3
+    assert me.core.flood.counts["summary"] == 5 and me.core.flood.counts["ids"] == 3
+
+
 def test_own_posts_are_held_to_the_limit_others_enforce() -> None:
     net = limited_net(flood=FloodSettings(room_burst=3, room_rate=0.5))
     me = net.nodes[0]
