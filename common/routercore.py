@@ -420,6 +420,8 @@ class RouterCore:
     def anti_entropy(self, now: float, mono: float) -> Step:
         self.summary_at = mono + self.settings.anti_entropy
         self.seen.expire(now)
+        for key in [k for k in self._score_told if k not in self.links]:
+            del self._score_told[key]
         self.index.expire(int(now * 1000) - gossip.MAX_AGE_MS,
                           keep=[i for i, (st, to) in self.own_status.items()
                                 if to and st != "failed"])
