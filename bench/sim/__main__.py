@@ -3,6 +3,13 @@
 With ``--json`` it prints one JSON line with at least ``nodes``, ``delivery_room``,
 ``delivery_dm`` (fractions), ``dup_per_msg_node``, ``idle_bytes_per_node_s``,
 ``settle_s`` and ``wall_s``; otherwise a table of figures beside their goals.
+
+Adversaries (issue 12): ``--flooder`` (one node floods room messages at ``--flood-rate``
+per second, and DMs at ``--flood-dm-rate``, for ``--flood-s``), ``--bad-relays P`` (that
+fraction of the nodes drop or corrupt each frame they forward, with probability
+``--tamper``); delivery is then honest delivery (honest origins to honest nodes), and
+the figures add what each honest node stores from the flooder against its quota
+(``--quota-origin-kib``), how much of the flood got in, and the bans.
 """
 
 from __future__ import annotations
@@ -24,6 +31,34 @@ GOALS = [
     ("settle_silent_leave_s", "... after a silent leave, incl. 9 s detection (s)", "report"),
     ("wall_s", "wall time (s)", "report"),
     ("max_rss_kib_per_node", "peak RSS per simulated node (KiB)", "report"),
+]
+
+#: With adversaries: (key, label, limit, passes); ``passes`` None: reported only.
+ADVERSARY_GOALS = [
+    ("delivery_room", "honest room delivery (via honest or bad relays)", ">= 0.999",
+     lambda v, f: v >= 0.999),
+    ("delivery_room_first_pass", "... before catch-up", "report", None),
+    ("room_pairs_by_catch_up", "... pairs delivered only by catch-up", "report", None),
+    ("room_pairs_only_behind_bad_relays", "... pairs reachable only through bad relays",
+     "report", None),
+    ("delivery_room_honest_paths", "honest room delivery (via honest relays only)",
+     ">= 0.999", lambda v, f: v >= 0.999),
+    ("delivery_dm", "honest DM delivery", ">= 0.999", lambda v, f: v >= 0.999),
+    ("delivery_dm_first_pass", "... before catch-up", "report", None),
+    ("flood_bytes_max_node", "most bytes an honest node held from the flooder",
+     "<= quota_origin_bytes", lambda v, f: v <= f["quota_origin_bytes"]),
+    ("flood_nodes_over_quota", "honest nodes over their quota of the flooder", "0",
+     lambda v, f: v == 0),
+    ("nodes_over_total_quota", "honest nodes over their total quota", "0",
+     lambda v, f: v == 0),
+    ("flood_made", "flooder envelopes made", "report", None),
+    ("flood_offered", "... copies offered to its neighbours", "report", None),
+    ("flood_distinct_accepted", "... distinct ones accepted by any node", "report", None),
+    ("flood_accepted_max_node", "... most accepted by one honest node", "report", None),
+    ("flood_evicted", "... rows evicted over the quota, mesh-wide", "report", None),
+    ("bans_of_flooder", "bans of the flooder's links", "report (> 0)", None),
+    ("bans_of_bad_relays", "bans of bad relays' links", "report (> 0)", None),
+    ("bans_of_honest", "bans of honest nodes' links", "0", lambda v, f: v == 0),
 ]
 
 
@@ -50,6 +85,21 @@ def main() -> None:
     p.add_argument("--real-signatures", action="store_true",
                    help="sign and verify with Ed25519 (default: counted and skipped)")
     p.add_argument("--flood-dms", action="store_true", help="no path routing (for comparison)")
+    p.add_argument("--flooder", action="store_true",
+                   help="one node (chosen by the seed) floods, its own limits bypassed")
+    p.add_argument("--flood-rate", type=float, default=50.0, help="its room messages per s")
+    p.add_argument("--flood-dm-rate", type=float, default=0.0, help="its DMs per s")
+    p.add_argument("--flood-s", type=float, default=600.0, help="how long it floods")
+    p.add_argument("--bad-relays", type=float, default=0.0,
+                   help="fraction of nodes that drop or corrupt what they forward")
+    p.add_argument("--tamper", type=float, default=1.0,
+                   help="the fraction of frames a bad relay drops or corrupts")
+    p.add_argument("--quota-origin-kib", type=float, default=None,
+                   help="storage quota per origin (default: the router's, 16 MiB)")
+    p.add_argument("--quota-total-kib", type=float, default=None,
+                   help="storage quota in total (default: the router's, 512 MiB)")
+    p.add_argument("--catchup-rounds", type=int, default=2,
+                   help="catch-up rounds after the room messages and after the DMs")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     fig = run(Options(nodes=a.nodes, topology=a.topology, degree=a.degree, loss=a.loss,
@@ -57,7 +107,12 @@ def main() -> None:
                       room=a.room, dms=a.dms, idle=a.idle, churn=a.churn,
                       real_signatures=a.real_signatures, flood_dms=a.flood_dms,
                       gap=a.gap_ms / 1000, per_frame=a.per_frame_ms / 1000,
-                      hop_delay=a.hop_delay_ms / 1000, hop_jitter=a.hop_jitter_ms / 1000))
+                      hop_delay=a.hop_delay_ms / 1000, hop_jitter=a.hop_jitter_ms / 1000,
+                      flooder=a.flooder, flood_rate=a.flood_rate,
+                      flood_dm_rate=a.flood_dm_rate, flood_s=a.flood_s,
+                      bad_relays=a.bad_relays, tamper=a.tamper,
+                      quota_origin_kib=a.quota_origin_kib,
+                      quota_total_kib=a.quota_total_kib, catchup_rounds=a.catchup_rounds))
     if a.json:
         print(json.dumps(fig), flush=True)
         return
@@ -65,6 +120,18 @@ def main() -> None:
           f"{a.loss:g}, seed {a.seed}, signatures {fig['signatures']}")
     for key, label, goal in GOALS:
         print(f"  {label:<52} {fig.get(key)!s:>12}   goal {goal}")
+    if "bans_of_honest" not in fig:
+        return
+    print(f"adversaries: flooder n{fig['flooder']} at {a.flood_rate:g} room/s and "
+          f"{a.flood_dm_rate:g} DM/s for {a.flood_s:g} s, {fig['bad_relays']} bad relays "
+          f"(tamper {a.tamper:g}); quota per origin {fig['quota_origin_bytes']} B")
+    for key, label, limit, passes in ADVERSARY_GOALS:
+        if key not in fig:
+            continue
+        v = fig[key]
+        verdict = "" if passes is None else ("  ok" if passes(v, fig) else "  MISSED")
+        limit = limit.replace("quota_origin_bytes", str(fig["quota_origin_bytes"]))
+        print(f"  {label:<52} {v!s:>12}   limit {limit}{verdict}")
 
 
 if __name__ == "__main__":

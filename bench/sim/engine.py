@@ -8,26 +8,37 @@ once, a silent one is noticed after ``LinkLimits.dead_after`` of silence).
 A node processes the frames that reached it in batches, as the router
 service does, at ``per_frame`` of virtual CPU each, so a busy node is late.
 
-Signatures are real (PyNaCl) or, with ``real_signatures=False``, made of
-zeros and counted instead of checked: the decisions are the same, a flood of
-profiles over 1,000 nodes is not a million Ed25519 verifications.
+Signatures are real (PyNaCl) or, with ``real_signatures=False``, a keyed hash
+of the signed bytes, counted and checked: the decisions are the same (a
+corrupted copy still fails), a flood of profiles over 1,000 nodes is not a
+million Ed25519 verifications.
+
+The store keeps what the router's SQLite store keeps for the core's safety
+rules: each row's arrival (for ``common.quota``'s oldest-first eviction), the
+bytes each origin uses against its quota (``Store.usage``, as
+``services/storedb.py``) and the policy table (``SavePolicy``). A ban closes the
+link at both ends for its length, as the gateway does (``services/gateway.py``
+``on_policy``, ``common/linkmanager.py`` ``policy_changed``), and the link comes
+back after it (the dialler's next try). A node may have an outgoing ``filter``
+(bench/sim/adversary.py: relays that drop or corrupt what they forward).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.public
 import nacl.signing
 
-from tazcom.common import envelope, routercore, routing, rpc
-from tazcom.common.events import ChatMessage, ChatStatus, MeshPeer
+from tazcom.common import envelope, quota, routercore, routing, rpc
+from tazcom.common.events import ChatMessage, ChatStatus, MeshPeer, PeerPolicy
 from tazcom.common.keys import DOMAIN_ENVELOPE
 from tazcom.common.link import LinkLimits
 
@@ -65,27 +76,78 @@ class Loop:
         self.now = max(self.now, t)
 
 
+def counted_sig(origin: bytes, signed: bytes) -> bytes:
+    """The stand-in signature of ``real_signatures=False``: cheap, but bound to its origin
+    and bytes, so a corrupted copy fails as it would with Ed25519."""
+    return hashlib.blake2b(DOMAIN_ENVELOPE + signed, digest_size=64, key=origin).digest()
+
+
 class Store:
     """What the router's SQLite store does for the core, in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, own: bytes = b"") -> None:
+        self.own = own
         self.rows: dict[bytes, rpc.StoredMessage] = {}
         self.hops: dict[bytes, int] = {}
+        self.received_at: dict[bytes, float] = {}  # arrival (virtual time), in arrival order
         self.seq = 0
+        #: Evictable rows (common.quota.evictable) by origin, in arrival order, with their
+        #: bytes, and each origin's sum: what ``services/storedb.py`` ``usage`` counts.
+        self.evictable: dict[bytes, dict[bytes, int]] = {}
+        self.used: Counter[bytes] = Counter()
+        #: New rows ever committed, by origin (evicted ones included).
+        self.stored: Counter[bytes] = Counter()
+        self.evicted = 0
+        #: The policy table: key -> (key, policy, since, until, reason).
+        self.policies: dict[bytes, tuple[bytes, str, float, float | None, str]] = {}
 
-    def commit(self, items: list[rpc.StoredMessage]) -> list[rpc.PutOutcome]:
+    def commit(self, items: list[rpc.StoredMessage], now: float = 0.0
+               ) -> list[rpc.PutOutcome]:
         out = []
         for m in items:
             new = m.id not in self.rows
             if new:
                 self.rows[m.id] = m
                 self.hops[m.id] = m.hops
+                self.received_at[m.id] = now
+                self.stored[m.origin] += 1
+                if quota.evictable(m.kind, m.origin, m.to, self.own):
+                    n = quota.row_bytes(m.signed, m.sig)
+                    self.evictable.setdefault(m.origin, {})[m.id] = n
+                    self.used[m.origin] += n
             out.append(rpc.PutOutcome(id=m.id, new=new))
         return out
 
     def fetch(self, ids: list[bytes]) -> list[rpc.WireEnvelope]:
         return [rpc.WireEnvelope(id=i, signed=self.rows[i].signed, sig=self.rows[i].sig,
                                  hops=self.hops[i]) for i in ids if i in self.rows]
+
+    def evict(self, a: routercore.Evict) -> list[tuple[bytes, int]]:
+        """``common.quota``'s rule: the origin's oldest evictable rows (claimed time, then
+        arrival) until ``size`` bytes are freed."""
+        assert a.own == self.own
+        mine = self.evictable.get(a.origin, {})
+        rows = sorted(((i, self.rows[i].ts, self.received_at[i], n) for i, n in mine.items()),
+                      key=quota.oldest_first)
+        gone = quota.pick_oldest(rows, a.size)
+        for i, n in gone:
+            del self.rows[i], self.hops[i], self.received_at[i], mine[i]
+            self.used[a.origin] -= n
+            self.evicted += 1
+        if not mine:
+            self.evictable.pop(a.origin, None)
+            self.used.pop(a.origin, None)
+        return gone
+
+    def usage(self) -> list[tuple[bytes, int]]:
+        """Bytes each origin uses against its quota, as ``services/storedb.py`` ``usage``."""
+        return [(o, n) for o, n in self.used.items() if n > 0]
+
+    def save_policy(self, a: routercore.SavePolicy) -> None:
+        if a.policy is None:
+            self.policies.pop(a.key, None)
+        else:
+            self.policies[a.key] = (a.key, a.policy, a.since, a.until, a.reason)
 
 
 @dataclass
@@ -107,6 +169,8 @@ class Node:
     statuses: dict[bytes, str] = field(default_factory=dict)
     mesh_changed: float = 0.0
     sent_bytes: int = 0
+    #: Most bytes of ``Net.watch``'s origin this node held against its quota between steps.
+    watched_peak: int = 0
 
 
 class Net:
@@ -139,6 +203,15 @@ class Net:
         self.copies: Counter[bytes] = Counter()
         self.tracked_bytes: Counter[bytes] = Counter()
         self.track_wire = False
+        #: Outgoing filters by node index: the body to send instead, or None to drop it.
+        self.filters: dict[int, Callable[[Node, bytes, bytes], bytes | None]] = {}
+        #: Bans: (virtual time, banning node, banned node, seconds); when each pair's ends.
+        self.bans: list[tuple[float, int, int, float]] = []
+        self.ban_until: dict[tuple[int, int], float] = {}
+        #: An origin whose stored bytes each node's ``watched_peak`` follows, and the ids
+        #: of its envelopes any node committed.
+        self.watch: bytes | None = None
+        self.watched_ids: set[bytes] = set()
 
     # -- nodes --------------------------------------------------------------------------------
 
@@ -152,13 +225,21 @@ class Net:
             key, bytes(box.public_key), f"n{i}", self.settings,
             verify=envelope.verify if self.real else self._count_verify,
             rng=random.Random(self.rng.random()))
-        node = Node(i, key, signer, box, core)
+        node = Node(i, key, signer, box, core, store=Store(key))
         self.nodes.append(node)
         self.by_key[key] = node
         return node
 
-    def _count_verify(self, _env: envelope.Envelope) -> None:
+    def _count_verify(self, env: envelope.Envelope) -> None:
         self.verified += 1
+        if env.sig != counted_sig(env.origin, env.signed):
+            raise envelope.EnvelopeError("the origin's signature does not verify",
+                                         code="bad_signature")
+
+    def sign(self, node: Node, items: list[bytes]) -> list[bytes]:
+        if self.real:
+            return [node.signer.sign(DOMAIN_ENVELOPE + m).signature for m in items]
+        return [counted_sig(node.key, m) for m in items]
 
     # -- executing a node's actions --------------------------------------------------------
 
@@ -166,6 +247,8 @@ class Net:
         send_at = self.loop.now if t is None else t
         result = routercore.drive(step, lambda a: self.execute(node, a, send_at))
         self.arm(node)
+        if self.watch is not None:
+            node.watched_peak = max(node.watched_peak, node.store.used.get(self.watch, 0))
         return result
 
     def execute(self, node: Node, a: Any, send_at: float) -> Any:
@@ -182,8 +265,16 @@ class Net:
                 node.statuses[bytes.fromhex(f["id"])] = f["status"]
             elif a.event is MeshPeer:
                 node.mesh_changed = self.loop.now
+            elif a.event is PeerPolicy and f["policy"] == "ban":
+                self.ban(node, bytes.fromhex(f["key"]), f["until"])
         elif isinstance(a, routercore.Commit):
-            return node.store.commit(a.items)
+            if self.watch is not None:
+                self.watched_ids.update(m.id for m in a.items if m.origin == self.watch)
+            return node.store.commit(a.items, self.loop.now)
+        elif isinstance(a, routercore.Evict):
+            return node.store.evict(a)
+        elif isinstance(a, routercore.SavePolicy):
+            node.store.save_policy(a)
         elif isinstance(a, routercore.Fetch):
             return node.store.fetch(a.ids)
         elif isinstance(a, routercore.LowerHops):
@@ -195,9 +286,7 @@ class Net:
             node.store.seq += a.count
             return first
         elif isinstance(a, routercore.Sign):
-            if self.real:
-                return [node.signer.sign(DOMAIN_ENVELOPE + m).signature for m in a.items]
-            return [bytes(64)] * len(a.items)
+            return self.sign(node, a.items)
         elif isinstance(a, routercore.Open):
             unseal = nacl.public.SealedBox(node.box)
             out: list[bytes | None] = []
@@ -210,6 +299,30 @@ class Net:
         elif isinstance(a, routercore.Together):
             return [self.execute(node, x, send_at) for x in a.actions]
         return None  # Rejected, SetStatus, Release: nothing to simulate
+
+    def ban(self, node: Node, key: bytes, until: float | None) -> None:
+        """``node``'s core banned ``key`` and dropped it from its links: the gateway closes
+        the link at both ends and refuses it until the ban ends; then it comes back."""
+        peer = self.by_key.get(key)
+        if peer is None:
+            return
+        now = self.loop.now
+        end = now + 3600.0 if until is None else until - EPOCH
+        self.bans.append((now, node.index, peer.index, end - now))
+        pair = self.pair(node, peer)
+        self.ban_until[pair] = max(self.ban_until.get(pair, 0.0), end)
+        if pair in self.link_up:
+            self.disconnect(node, peer)
+        self.loop.at(end, self._ban_ended, node, peer)
+
+    def _ban_ended(self, a: Node, b: Node) -> None:
+        pair = self.pair(a, b)
+        end = self.ban_until.get(pair)
+        if end is None or end > self.loop.now:
+            return  # another ban of the pair ends later
+        del self.ban_until[pair]
+        if pair in self.edges and a.up and b.up:
+            self.connect(a, b)
 
     def arm(self, node: Node) -> None:
         due = node.core.next_deadline()
@@ -239,6 +352,12 @@ class Net:
         life = self.link_up.get(pair)
         if life is None:
             return
+        bad = self.filters.get(node.index)
+        if bad is not None:
+            changed = bad(node, to, body)
+            if changed is None:
+                return
+            body = changed
         size = len(body) + FRAME_OVERHEAD
         node.sent_bytes += size
         if self.track_wire:
@@ -340,9 +459,12 @@ class Net:
     def up_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.up]
 
-    def alive_adjacency(self) -> dict[int, set[int]]:
+    def alive_adjacency(self, links: Iterable[tuple[int, int]] | None = None
+                        ) -> dict[int, set[int]]:
+        """The up nodes and the links between them (default: the links up now; the links
+        of the topology, ``edges``, include those a ban closed for now)."""
         adj: dict[int, set[int]] = {n.index: set() for n in self.up_nodes()}
-        for a, b in self.link_up:
+        for a, b in self.link_up if links is None else links:
             if a in adj and b in adj:
                 adj[a].add(b)
                 adj[b].add(a)
