@@ -22,8 +22,10 @@ a mirrored table (``common.mirror``; docs/protocol.md §2, "Mirrored state").
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from .announce import Announcement
 from .errors import TazcomError
@@ -292,12 +294,53 @@ class PeerNotFound(Exception):
 class PeerAmbiguous(Exception):
     """Several peers match; ``candidates`` lists them."""
 
-    def __init__(self, query: str, candidates: list[PeerInfo]) -> None:
+    def __init__(self, query: str, candidates: list[Any]) -> None:
         super().__init__(query)
         self.candidates = candidates
 
 
-def match_peer(query: str, peers: list[PeerInfo] | tuple[PeerInfo, ...]) -> PeerInfo:
+class Named(Protocol):
+    """What ``match_peer`` looks at: a PeerInfo, a Target."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def nickname(self) -> str | None: ...
+
+
+N = TypeVar("N", bound=Named)
+FULL_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A key a person names to block or mute it: a peer of the peer table, a node known
+    only through the mesh, or a full key of a node never seen (``nickname`` None)."""
+
+    key: str
+    fingerprint: str
+    nickname: str | None = None
+
+    @classmethod
+    def of(cls, key: str, nickname: str | None = None) -> Target:
+        return cls(key, fingerprint(bytes.fromhex(key)), nickname)
+
+    def __str__(self) -> str:
+        return f"{self.nickname or 'key ' + self.key[:16]} ({self.fingerprint})"
+
+
+def resolve_target(query: str, known: Iterable[Target]) -> Target:
+    """``match_peer`` among ``known``; a full 64-hex key also names a key not among them."""
+    targets = list(known)
+    key = query.strip().lower()
+    if FULL_KEY.fullmatch(key):
+        return next((t for t in targets if t.key == key), None) or Target.of(key)
+    return match_peer(query, targets)
+
+
+def match_peer(query: str, peers: Sequence[N]) -> N:
     """Find the peer a person means by ``query``: a key, a key or fingerprint prefix, or a
     nickname (case-insensitive). Raises PeerNotFound or PeerAmbiguous."""
     q = query.strip()
@@ -306,9 +349,9 @@ def match_peer(query: str, peers: list[PeerInfo] | tuple[PeerInfo, ...]) -> Peer
     exact = [p for p in peers if p.key == q.lower()]
     if exact:
         return exact[0]
-    by_nick = [p for p in peers if p.nickname.lower() == q.lower()]
+    by_nick = [p for p in peers if (p.nickname or "").lower() == q.lower()]
     digits = "".join(ch for ch in q.lower() if ch in "0123456789abcdef")
-    by_prefix: list[PeerInfo] = []
+    by_prefix: list[N] = []
     if len(digits) >= 4 and len(digits) == len(q.replace("-", "").replace(" ", "")):
         by_prefix = [p for p in peers if p.fingerprint.replace("-", "").startswith(digits)
                      or (len(digits) >= 8 and p.key.startswith(digits))]

@@ -239,11 +239,14 @@ class HistoryEntry(Record):
     kind: KindNum
     origin: Key32
     to: Key32 | None
+    #: When the author says it wrote it (its clock, up to 10 minutes ahead of ours).
     ts: Millis
     text: ChatText | None
     status: StatusOrNone
     reason: Detail = ""
     own: bool = False
+    #: When it reached this node's store (our clock), unix milliseconds: history's order.
+    received: Millis | None = None
 
 
 @record
@@ -565,12 +568,16 @@ class StoreGet(Record):
 
 @request("store.history", History)
 class StoreHistory(Request):
-    """A conversation, oldest first: the room (``conv`` None) or the DMs with ``conv``."""
+    """A conversation in the order it reached this node, oldest first: the room
+    (``conv`` None) or the DMs with ``conv``."""
 
     conv: Key32 | None = None
     limit: Annotated[int, Range(1, 10000)] = 100
-    #: Only messages older than this (ms), to page backwards.
+    #: Only messages received before this (unix ms, our clock), to page backwards.
     before: Millis | None = None
+    #: Only messages received before this one (exact among messages received in the same
+    #: millisecond; ``before`` is used when this id is unknown).
+    before_id: Id16 | None = None
 
 
 @record

@@ -53,6 +53,13 @@ PROFILE_KEEP_MS = 24 * 3600 * 1000
 MAINTENANCE_INTERVAL = 600.0
 MAX_SYNC_ITEMS = 100_000
 MAX_LIST = 100_000
+#: How long a read waits for a lock (WAL readers rarely wait at all): well under the
+#: CLI's 1.5 s, so a busy store answers ``store_error`` instead of not answering.
+READER_BUSY_TIMEOUT = 0.5
+#: A history reply stays under a client's 8 MiB reply limit (busclient MAX_REPLY_BYTES):
+#: at most this many bytes of texts and rows (a row's fixed part counted at its most).
+HISTORY_MAX_BYTES = 6 * 1024 * 1024
+HISTORY_ROW_BYTES = 400
 #: Ids per ``IN (...)`` query, well under SQLite's variable limit.
 CHUNK = 500
 
@@ -82,6 +89,7 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at REAL NOT NULL               -- our clock, unix seconds, set on insert
 );
 CREATE INDEX IF NOT EXISTS messages_conv ON messages (conv, kind, ts, seq);
+CREATE INDEX IF NOT EXISTS messages_arrival ON messages (conv, kind, received_at);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id ON messages (client_id)
     WHERE client_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_held ON messages (ts) WHERE held = 1;
@@ -312,21 +320,39 @@ class Store:
             return rpc.History(messages=())
 
     def _history(self, req: rpc.StoreHistory) -> rpc.History:
+        """Newest first by arrival (our clock, then insertion order): an author's ``ts`` is
+        its own claim, up to 10 minutes ahead, and must not decide what is newest."""
         # The room is kind 1 with conv NULL (StoredMessage: conv is None for the room).
         where = "conv IS NULL AND kind = 1" if req.conv is None else "conv = ? AND kind = 2"
         args: list[Any] = [] if req.conv is None else [req.conv]
-        if req.before is not None:
-            where += " AND ts < ?"
-            args.append(req.before)
-        rows = self._db.execute(
-            f'SELECT id, kind, origin, "to", ts, text, status, reason, own FROM messages '
-            f"WHERE {where} ORDER BY ts DESC, seq DESC, id DESC LIMIT ?",
-            (*args, req.limit)).fetchall()
-        rows.reverse()
-        return rpc.History(messages=tuple(
-            rpc.HistoryEntry(id=i, kind=kind, origin=origin, to=to, ts=ts, text=text,
-                             status=status, reason=reason, own=bool(own))
-            for i, kind, origin, to, ts, text, status, reason, own in rows))
+        at = None
+        if req.before_id is not None:
+            at = self._db.execute("SELECT received_at, rowid FROM messages WHERE id = ?",
+                                  (req.before_id,)).fetchone()
+        if at is not None:
+            where += " AND (received_at < ? OR (received_at = ? AND rowid < ?))"
+            args += [at[0], at[0], at[1]]
+        elif req.before is not None:
+            where += " AND received_at < ?"
+            args.append(req.before / 1000)
+        entries: list[rpc.HistoryEntry] = []
+        size = 0
+        cur = self._db.execute(
+            f'SELECT id, kind, origin, "to", ts, text, status, reason, own, received_at '
+            f"FROM messages WHERE {where} ORDER BY received_at DESC, rowid DESC LIMIT ?",
+            (*args, req.limit))
+        try:
+            for i, kind, origin, to, ts, text, status, reason, own, received in cur:
+                size += HISTORY_ROW_BYTES + len(text.encode(errors="replace") if text else b"")
+                if entries and size > HISTORY_MAX_BYTES:
+                    break  # the client pages back for the rest (before_id)
+                entries.append(rpc.HistoryEntry(
+                    id=i, kind=kind, origin=origin, to=to, ts=ts, text=text, status=status,
+                    reason=reason, own=bool(own), received=int(received * 1000)))
+        finally:
+            cur.close()  # a statement left open would hold its snapshot (a stale read)
+        entries.reverse()
+        return rpc.History(messages=tuple(entries))
 
     def sync_set(self, req: rpc.StoreSyncSet) -> rpc.SyncSet:
         rows = self._db.execute(
@@ -407,11 +433,14 @@ def _open_reader(path: Path) -> sqlite3.Connection:
     """A read-only connection to the router's database, once it has made it."""
     if not path.exists():
         raise NotYetCreated(f"{path}: not created yet (the router creates it)")
-    db = sqlite3.connect(str(path), isolation_level=None, timeout=2.0)
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=READER_BUSY_TIMEOUT)
     try:
         db.execute("PRAGMA query_only = ON")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    except sqlite3.OperationalError:  # locked, busy: this request fails, the next tries again
+        db.close()
+        raise
     except sqlite3.DatabaseError as e:
         db.close()
         raise FatalError(f"{path}: not a usable TAZCOM store ({e}); leaving it untouched"

@@ -4,6 +4,10 @@ Every subcommand acts on the node named by ``TAZCOM_HOME`` (or ``--home``),
 prints for people by default and one JSON object per line with ``--json``.
 It is a client only: it asks the node's services over their request sockets
 and reads the bus; it never reads the secret key.
+
+Whatever a peer wrote (nicknames, texts, reasons, addresses) is printed through
+``common.display.safe`` for people and ``json_escape`` in ``--json`` lines: a
+stranger's escape sequences never reach the terminal.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import zmq.asyncio
 
 from tazcom.common import rpc
 from tazcom.common.config import Config
+from tazcom.common.display import json_escape, safe
 from tazcom.common.errors import ConfigError, TazcomError
 from tazcom.common.events import Event, PeerInfo, ServiceHealth, event_as_json
 from tazcom.common.keys import safety_number
-from tazcom.common.peers import PeerAmbiguous, PeerNotFound, match_peer
+from tazcom.common.peers import PeerAmbiguous, PeerNotFound, Target, match_peer, resolve_target
 from tazcom.common.schema import to_jsonable
 from tazcom.services.busclient import BusClient, RpcClient
 from tazcom.services.runtime import load_from_env
@@ -35,6 +40,11 @@ from tazcom.services.runtime import load_from_env
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
+#: History shows the author's claimed time when it differs from arrival by more (ms).
+CLAIM_SKEW_MS = 60_000
+#: What the router's refusal of a post means for the person who typed it.
+NOT_SENT = {"rate_limited": "not sent, too many messages", "blocked": "not sent"}
+DONE = {"block": "blocked", "mute": "muted"}
 
 
 class NodeNotRunning(TazcomError):
@@ -71,10 +81,25 @@ class Cli:
             return await client.call(req, timeout=timeout, retries=1)
         except TazcomError as e:
             if e.code == "unavailable":
-                raise NodeNotRunning(
-                    f"the node at {self.config.paths.home} is not running, or its {service} "
-                    f"service is down (start it with: supervisord -c supervisord.conf)") from None
+                raise NodeNotRunning(await self._silence(service, req, timeout)) from None
             raise
+
+    async def _silence(self, service: str, req: rpc.Request, timeout: float) -> str:
+        """Why ``service`` did not answer: down, or up but busy (the bus says which)."""
+        waited = f"{service} did not answer {req.OP} within {timeout:g} s (2 attempts)"
+        state = None
+        if service != "bus":
+            client = RpcClient(self.ctx, self.config, "bus")
+            with contextlib.suppress(TazcomError):
+                report = await client.call(rpc.GetStatus(), timeout=0.5, retries=0)
+                state = next((h.state for h in report.services if h.service == service), None)
+            client.close()
+        if state == "up":
+            return f"{waited}: the node is running but {service} is busy; try again"
+        if state is not None:
+            return f"{waited}: {service} is {state} (tazcom status)"
+        return (f"{waited}: the node at {self.config.paths.home} is not running, or its "
+                f"{service} service is down (start it with: supervisord -c supervisord.conf)")
 
     # -- id -----------------------------------------------------------------------------
 
@@ -85,27 +110,47 @@ class Cli:
         if self.json:
             self.out(out)
             return 0
-        print(f"nickname     {info.nickname}")
+        print(f"nickname     {safe(info.nickname)}")
         print(f"fingerprint  {info.fingerprint}")
         print(f"key          {info.key}")
         if peer is not None:
-            print(f"safety number with {peer.nickname} ({peer.fingerprint}):")
+            print(f"safety number with {safe(peer.nickname)} ({peer.fingerprint}):")
             print(f"  {out['safety_number']}")
             print("  compare it aloud with theirs: `tazcom id YOUR-NICKNAME` on their node")
         return 0
 
     async def find_peer(self, query: str) -> PeerInfo:
         snap = await self.call("discovery", rpc.GetPeers())
-        try:
-            return match_peer(query, snap.peers)
-        except PeerNotFound:
-            known = ", ".join(f"{p.nickname} ({p.fingerprint})" for p in snap.peers) or "none"
-            raise UserError(f"no peer matches {query!r}; known peers: {known}") from None
-        except PeerAmbiguous as e:
-            listed = "; ".join(f"{p.nickname} {p.fingerprint} {p.key[:16]}"
-                               for p in e.candidates)
-            raise UserError(f"{query!r} matches several peers: {listed}; "
-                            "give more of the fingerprint or the key") from None
+        return _match(query, snap.peers)
+
+    async def find_target(self, query: str) -> Target:
+        """``query`` in the peer table, else among the nodes the router knows through the
+        mesh, else a full 64-hex key of a node never seen."""
+        snap = await self.call("discovery", rpc.GetPeers())
+        found = {p.key: Target(p.key, p.fingerprint, p.nickname) for p in snap.peers}
+        with contextlib.suppress(TazcomError):
+            mesh = await self.call("router", rpc.GetMesh(), timeout=1.0)
+            for m in mesh.items:
+                found.setdefault(m.key, Target.of(m.key, m.nickname))
+        return _match(query, list(found.values()), resolve_target)
+
+    async def nicknames(self) -> dict[str, str]:
+        """Key -> nickname, from the peer table and the mesh (what answers in time)."""
+        names: dict[str, str] = {}
+        with contextlib.suppress(TazcomError):
+            mesh = await self.call("router", rpc.GetMesh(), timeout=1.0)
+            names.update((m.key, m.nickname) for m in mesh.items)
+        with contextlib.suppress(TazcomError):
+            snap = await self.call("discovery", rpc.GetPeers(), timeout=1.0)
+            names.update((p.key, p.nickname) for p in snap.peers)
+        return names
+
+    async def scores(self) -> dict[str, rpc.ScoreEntry]:
+        """The router's score of each key it scored; {} when it does not answer."""
+        with contextlib.suppress(TazcomError):
+            reply = await self.call("router", rpc.GetScores(), timeout=1.0)
+            return {e.key: e for e in reply.items}
+        return {}
 
     # -- peers ----------------------------------------------------------------------------
 
@@ -114,21 +159,24 @@ class Cli:
             return await self.peer_detail(self.args.peer)
         snap = await self.call("discovery", rpc.GetPeers())
         peers: Sequence[PeerInfo] = snap.peers
+        scores = await self.scores() if peers else {}
         if self.json:
             for p in peers:
-                self.out(peer_row(p))
+                self.out(peer_row(p, score=scores.get(p.key)))
             return 0
         if not peers:
             print("no peers seen yet")
             return 0
         now = time.time()
-        rows = [("NICKNAME", "FINGERPRINT", "STATE", "LAST SEEN", "ADDRESSES")]
+        score = ("SCORE",) if scores else ()  # a column only when the router scores someone
+        rows = [("NICKNAME", "FINGERPRINT", "STATE", "LAST SEEN", "ADDRESSES", *score)]
         for p in peers:
             state = p.state + (f" ({p.hops} hops)" if p.state == "mesh" and p.hops else "")
             if p.alert:
                 state += " KEY CHANGED!"
             rows.append((p.nickname, p.fingerprint, state, _ago(now, p.last_seen, p.state),
-                         ", ".join(p.addresses) or "-"))
+                         ", ".join(p.addresses) or "-",
+                         *((_score(scores.get(p.key), now),) if scores else ())))
         _table(rows)
         return 0
 
@@ -136,8 +184,9 @@ class Cli:
         peer = await self.find_peer(query)
         me = await self.call("identity", rpc.GetIdentity())
         number = safety_number(bytes.fromhex(me.key), bytes.fromhex(peer.key))
+        score = (await self.scores()).get(peer.key)
         if self.json:
-            self.out(peer_row(peer, number))
+            self.out(peer_row(peer, number, score=score))
             return 0
         now = time.time()
         rows = [("nickname", peer.nickname), ("fingerprint", peer.fingerprint),
@@ -147,10 +196,12 @@ class Cli:
                 ("last seen", _ago(now, peer.last_seen, peer.state)),
                 ("addresses", ", ".join(peer.addresses) or "-"),
                 ("safety number", number)]
+        if score is not None:
+            rows.append(("score", _score(score, now)))
         if peer.alert:
             rows.append(("ALERT", peer.alert))
         for name, value in rows:
-            print(f"{name:<14} {value}")
+            print(f"{name:<14} {safe(value)}")
         return 0
 
     # -- trust ----------------------------------------------------------------------------
@@ -166,7 +217,56 @@ class Cli:
         if self.json:
             self.out(trust_row(peer, trusted=not self.args.remove))
         else:
-            print(f"{verb} {peer.nickname} ({peer.fingerprint})")
+            print(f"{verb} {safe(peer.nickname)} ({peer.fingerprint})")
+        return 0
+
+    # -- block and mute -----------------------------------------------------------------------
+
+    async def cmd_block(self) -> int:
+        return await self.policy("block")
+
+    async def cmd_mute(self) -> int:
+        return await self.policy("mute")
+
+    async def policy(self, policy: str) -> int:
+        """``block``/``mute`` PEER, ``--remove`` PEER, or ``--list``."""
+        if self.args.list:
+            return await self.list_policy(policy)
+        target = await self.find_target(self.args.peer)
+        table = await self.call("router", rpc.SetPolicy(key=target.key, policy=policy,
+                                                        remove=self.args.remove))
+        entry = next((e for e in table.items if e.key == target.key), None)
+        if self.json:
+            self.out(policy_row(target, entry))
+        elif self.args.remove:
+            print(f"un{DONE[policy]} {safe(target)}")
+        elif policy == "block":
+            print(f"blocked {safe(target)}: nothing it writes is shown, stored or relayed "
+                  f"here, and its links are refused (undo: tazcom block --remove)")
+        else:
+            print(f"muted {safe(target)}: its messages are hidden here (still relayed for "
+                  f"others) (undo: tazcom mute --remove)")
+        return 0
+
+    async def list_policy(self, policy: str) -> int:
+        table = await self.call("router", rpc.GetPolicy())
+        # a ban (the score's doing) refuses links like a block: listed with the blocks
+        shown = ("block", "ban") if policy == "block" else (policy,)
+        entries = [e for e in table.items if e.policy in shown]
+        names = await self.nicknames() if entries else {}
+        targets = [Target.of(e.key, names.get(e.key)) for e in entries]
+        if self.json:
+            for target, e in zip(targets, entries, strict=True):
+                self.out(policy_row(target, e))
+            return 0
+        if not entries:
+            print(f"nobody is {DONE[policy]} here")
+            return 0
+        rows = [("NICKNAME", "FINGERPRINT", "POLICY", "SINCE", "UNTIL", "REASON")]
+        for target, e in zip(targets, entries, strict=True):
+            rows.append((target.nickname or "?", target.fingerprint, e.policy, _when(e.since),
+                         _when(e.until) if e.until else "-", e.reason or "-"))
+        _table(rows)
         return 0
 
     # -- chat -------------------------------------------------------------------------------
@@ -175,12 +275,17 @@ class Cli:
         client_id = os.urandom(16)
         req = rpc.Post(client_id=client_id, to=bytes.fromhex(to.key) if to else None, text=text)
         # The same client_id on every attempt: a retry can never post the message twice.
-        reply = await self.call("router", req, timeout=5.0)
+        try:
+            reply = await self.call("router", req, timeout=5.0)
+        except TazcomError as e:
+            if e.code in NOT_SENT:  # refused by our own router: say so plainly
+                raise TazcomError(f"{NOT_SENT[e.code]}: {e.message}", code=e.code) from None
+            raise
         target = f"{to.nickname} ({to.fingerprint})" if to else "the room"
         if self.json:
             self.out(post_row(reply, to, text))
         else:
-            print(f"to {target}: {reply.status} (message {reply.message_id.hex()[:12]})")
+            print(f"to {safe(target)}: {reply.status} (message {reply.message_id.hex()[:12]})")
         return 0
 
     async def cmd_say(self) -> int:
@@ -207,10 +312,13 @@ class Cli:
                 continue
             origin = m.origin.hex()
             status = m.status or "received"
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.ts / 1000))
+            arrived = m.ts if m.received is None else m.received
+            claimed = (f"  (claimed {_when(m.ts / 1000)})"
+                       if abs(m.ts - arrived) > CLAIM_SKEW_MS else "")
             who = names.get(origin, origin[:8])
             mark = f"  [{status}{': ' + m.reason if m.reason else ''}]" if m.own else ""
-            print(f"{when}  {who}: {m.text}{mark}")
+            text = "(unreadable)" if m.text is None else m.text
+            print(f"{_when(arrived / 1000)}  {safe(who)}: {safe(text)}{safe(mark)}{claimed}")
         if not reply.messages and not self.json:
             print("no messages yet")
         return 0
@@ -287,15 +395,16 @@ class Cli:
         millis = int(ev.ts * 1000) % 1000
         stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts)) + f".{millis:03d}"
         rest = {k: v for k, v in data.items() if k not in ("topic", "v", "src", "ts")}
-        print(f"{stamp} {ev.TOPIC:<20} [{ev.src}] {_compact(rest)}", flush=True)
+        print(safe(f"{stamp} {ev.TOPIC:<20} [{ev.src}] {_compact(rest)}"), flush=True)
 
 
 # -- --json rows: one function per command (docs/protocol.md, "CLI JSON output") -----------
 
 
 def json_line(row: dict[str, Any]) -> str:
-    """One line of ``--json`` output: bytes become hex."""
-    return json.dumps(to_jsonable(row), ensure_ascii=False)
+    """One line of ``--json`` output: bytes become hex; strings exact, with every character
+    a terminal would act on JSON-escaped (docs/protocol.md §11)."""
+    return json_escape(json.dumps(to_jsonable(row), ensure_ascii=False))
 
 
 def id_row(me: rpc.IdentityInfo, peer: PeerInfo | None = None) -> dict[str, Any]:
@@ -308,9 +417,12 @@ def id_row(me: rpc.IdentityInfo, peer: PeerInfo | None = None) -> dict[str, Any]
     return row
 
 
-def peer_row(peer: PeerInfo, number: str | None = None) -> dict[str, Any]:
-    """``peers``: one PeerInfo; ``peers PEER`` adds the safety number."""
+def peer_row(peer: PeerInfo, number: str | None = None, *,
+             score: rpc.ScoreEntry | None = None) -> dict[str, Any]:
+    """``peers``: one PeerInfo and the router's score of it; ``peers PEER`` adds the safety
+    number."""
     row = peer.to_dict()
+    row["score"] = score.score if score is not None else None
     if number is not None:
         row["safety_number"] = number
     return row
@@ -333,7 +445,16 @@ def post_row(reply: rpc.PostResult, to: PeerInfo | None, text: str) -> dict[str,
 def history_row(m: rpc.HistoryEntry) -> dict[str, Any]:
     return {"id": m.id.hex(), "from": m.origin.hex(), "to": m.to.hex() if m.to else "*",
             "text": m.text, "ts": m.ts / 1000, "status": m.status or "received",
-            "reason": m.reason, "kind": "room" if m.to is None else "dm"}
+            "reason": m.reason, "kind": "room" if m.to is None else "dm",
+            "received": None if m.received is None else m.received / 1000}
+
+
+def policy_row(target: Target, entry: rpc.PolicyEntry | None) -> dict[str, Any]:
+    """``block`` and ``mute``: one key and what this node does with it now (``entry`` None:
+    nothing, after ``--remove``)."""
+    return {"key": target.key, "fingerprint": target.fingerprint, "nickname": target.nickname,
+            "policy": entry.policy if entry else None, "since": entry.since if entry else None,
+            "until": entry.until if entry else None, "reason": entry.reason if entry else ""}
 
 
 def event_row(ev: Event) -> dict[str, Any]:
@@ -344,6 +465,7 @@ def event_row(ev: Event) -> dict[str, Any]:
 JSON_ROWS: dict[str, Callable[..., dict[str, Any]]] = {
     "id": id_row, "peers": peer_row, "status": status_row, "trust": trust_row,
     "say": post_row, "send": post_row, "history": history_row, "events": event_row,
+    "block": policy_row, "mute": policy_row,
 }
 
 
@@ -356,6 +478,31 @@ def _compact(d: dict[str, Any]) -> str:
             v = ",".join(map(str, v))
         parts.append(f"{k}={v}")
     return " ".join(parts)
+
+
+def _match(query: str, peers: Sequence[Any], match: Callable[..., Any] = match_peer) -> Any:
+    """``match`` (``match_peer``) with the user's error: who is known, or who matched."""
+    try:
+        return match(query, peers)
+    except PeerNotFound:
+        known = ", ".join(f"{p.nickname} ({p.fingerprint})" for p in peers) or "none"
+        raise UserError(f"no peer matches {query!r}; known peers: {known}") from None
+    except PeerAmbiguous as e:
+        listed = "; ".join(f"{p.nickname} {p.fingerprint} {p.key[:16]}" for p in e.candidates)
+        raise UserError(f"{query!r} matches several peers: {listed}; "
+                        "give more of the fingerprint or the key") from None
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _score(entry: rpc.ScoreEntry | None, now: float) -> str:
+    if entry is None:
+        return "-"
+    banned = entry.banned_until is not None and entry.banned_until > now
+    return f"{entry.score:.1f}" + (f" (banned until {_when(entry.banned_until)})"
+                                   if banned and entry.banned_until else "")
 
 
 def _ago(now: float, then: float | None, state: str) -> str:
@@ -374,6 +521,7 @@ def _ago(now: float, then: float | None, state: str) -> str:
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
+    rows = [tuple(safe(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -405,6 +553,17 @@ def build_parser() -> argparse.ArgumentParser:
     hp = sub.add_parser("history", parents=[common], help="the room, or the DMs with PEER")
     hp.add_argument("peer", nargs="?", help="key, fingerprint (prefix) or nickname")
     hp.add_argument("--limit", type=int, default=100, help="newest N messages (default 100)")
+    for name, what in (("block", "nothing PEER writes is shown, stored or relayed here, and "
+                                 "its links are refused"),
+                       ("mute", "hide PEER's messages here (still stored and relayed)")):
+        pol = sub.add_parser(name, parents=[common], help=what,
+                             description=f"tazcom {name} PEER: {what}. PEER is a nickname, a "
+                             "fingerprint or key prefix, or a full key (also of a node "
+                             "known only through the mesh, or never seen).")
+        pol.add_argument("peer", nargs="?", help="key, fingerprint (prefix) or nickname")
+        how = pol.add_mutually_exclusive_group()
+        how.add_argument("--remove", action="store_true", help=f"un{name} PEER")
+        how.add_argument("--list", action="store_true", help=f"every {name} of this node")
     sub.add_parser("chat", parents=[common], help="the terminal chat app")
     ev = sub.add_parser("events", parents=[common], help="tail the node's event bus")
     ev.add_argument("--topic", default="", help="only topics starting with this prefix")
@@ -423,11 +582,17 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
     "say": Cli.cmd_say,
     "send": Cli.cmd_send,
     "history": Cli.cmd_history,
+    "block": Cli.cmd_block,
+    "mute": Cli.cmd_mute,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("block", "mute") and bool(args.list) == bool(args.peer):
+        parser.error(f"tazcom {args.command}: give PEER (with or without --remove), "
+                     "or --list alone")
     env = dict(os.environ)
     if args.home:
         env["TAZCOM_HOME"] = str(Path(args.home).expanduser().absolute())
@@ -450,13 +615,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except NodeNotRunning as e:
-        print(f"tazcom: {e.message}", file=sys.stderr)
+        print(f"tazcom: {safe(e.message)}", file=sys.stderr)
         return EXIT_NOT_RUNNING
     except UserError as e:
-        print(f"tazcom: {e.message}", file=sys.stderr)
+        print(f"tazcom: {safe(e.message)}", file=sys.stderr)
         return EXIT_USAGE
     except TazcomError as e:
-        print(f"tazcom: {e.code}: {e.message}", file=sys.stderr)
+        print(f"tazcom: {safe(e.code)}: {safe(e.message)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         with contextlib.suppress(Exception):

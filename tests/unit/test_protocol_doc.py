@@ -15,6 +15,7 @@ from tazcom import cli
 from tazcom.common import announce, envelope, events, messages, routing, rpc
 from tazcom.common.events import PeerInfo
 from tazcom.common.keys import SIGNING_DOMAINS
+from tazcom.common.peers import Target
 from tazcom.common.schema import fields as schema_fields
 from tazcom.common.version import PROTOCOL_VERSION
 
@@ -241,9 +242,15 @@ def cli_samples() -> dict[str, list[dict[str, Any]]]:
         "say": [cli.post_row(posted, None, "hi")],
         "send": [cli.post_row(posted, peer, "hi")],
         "history": [cli.history_row(entry),
-                    cli.history_row(_with(entry, to=None, text=None, status="", own=False))],
+                    cli.history_row(_with(entry, to=None, text=None, status="", own=False,
+                                          received=None))],
         "events": [cli.event_row(build(cls)) for cls in events.EVENTS.values()],
     }
+    known, never_seen = Target(peer.key, peer.fingerprint, peer.nickname), Target.of("ab" * 32)
+    for command in ("block", "mute"):
+        rows[command] = [cli.policy_row(known, build(rpc.PolicyEntry)),
+                         cli.policy_row(never_seen, _with(build(rpc.PolicyEntry), until=None)),
+                         cli.policy_row(known, None)]
     return {c: [json.loads(cli.json_line(r)) for r in rs] for c, rs in rows.items()}
 
 

@@ -242,7 +242,8 @@ def test_history_room_and_dm_are_separate(store: Store) -> None:
     hist = valid(store.history(rpc.StoreHistory()))
     assert [e.id for e in hist.messages] == [m.id for m in room]
     assert hist.messages[0] == rpc.HistoryEntry(id=room[0].id, kind=1, origin=ALICE, to=None,
-                                                ts=room[0].ts, text=room[0].text, status="")
+                                                ts=room[0].ts, text=room[0].text, status="",
+                                                received=NOW_MS)
     bob = store.history(rpc.StoreHistory(conv=BOB)).messages
     assert [e.id for e in bob] == [m.id for m in dm_bob]
     assert bob[0].text is None and bob[1].text == "hi" and bob[1].to == BOB
@@ -250,38 +251,91 @@ def test_history_room_and_dm_are_separate(store: Store) -> None:
     assert store.history(rpc.StoreHistory(conv=ALICE)).messages == ()
 
 
-def test_history_limit_before_and_ties(store: Store) -> None:
-    # inserted out of order; three share a ts and are ordered by seq, then id
-    msgs = [mk(ts=NOW_MS + t, seq=s) for t, s in
-            [(5, 1), (1, 1), (3, 9), (3, 2), (4, 1), (2, 1), (3, 5)]]
-    tie_a = mk(ts=NOW_MS + 3, seq=5, id=b"\x00" * 16)
-    tie_b = mk(ts=NOW_MS + 3, seq=5, id=b"\xff" * 16)
-    put(store, *msgs, tie_b, tie_a)
-    full = sorted([*msgs, tie_a, tie_b], key=lambda m: (m.ts, m.seq, m.id))
-    got = store.history(rpc.StoreHistory(limit=100)).messages
-    assert [e.id for e in got] == [m.id for m in full]
+class Clock:
+    """A clock the test moves (seconds)."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_history_orders_by_arrival_not_by_claimed_time(path: Path) -> None:
+    clock = Clock()
+    store = Store(path, clock=clock)
+    honest_early = mk(ts=NOW_MS, text="early")
+    liar = mk(origin=CAROL, ts=NOW_MS + 9 * 60_000, text="claims 9 minutes ahead")
+    put(store, honest_early)
+    clock.now += 1
+    put(store, liar)
+    clock.now += 1
+    honest_late = mk(ts=NOW_MS + 2000, text="late")
+    put(store, honest_late)
+    got = store.history(rpc.StoreHistory()).messages
+    assert [e.text for e in got] == ["early", "claims 9 minutes ahead", "late"]
+    assert [e.received for e in got] == [NOW_MS, NOW_MS + 1000, NOW_MS + 2000]
+    assert got[1].ts == NOW_MS + 9 * 60_000  # the claim is kept, as the claim
+    # the newest by arrival: the honest message made after the liar's
+    assert [e.text for e in store.history(rpc.StoreHistory(limit=1)).messages] == ["late"]
+    store.close()
+
+
+def test_history_limit_before_and_ties(path: Path) -> None:
+    clock = Clock()
+    store = Store(path, clock=clock)
+    # batches arrive at distinct times; inside a batch, insertion order; claimed ts ignored
+    batches = [[mk(ts=NOW_MS + t) for t in (5, 1, 3)], [mk(ts=NOW_MS - 7)],
+               [mk(ts=NOW_MS + 60_000), mk(ts=NOW_MS), mk(ts=NOW_MS + 2)]]
+    for batch in batches:
+        put(store, *batch)
+        clock.now += 0.010
+    full = [m.id for batch in batches for m in batch]
+    assert [e.id for e in store.history(rpc.StoreHistory(limit=100)).messages] == full
     # the newest `limit`, oldest first
-    assert [e.id for e in store.history(rpc.StoreHistory(limit=3)).messages] == \
-        [m.id for m in full[-3:]]
-    # page backwards with `before`
-    page = store.history(rpc.StoreHistory(limit=2, before=NOW_MS + 3)).messages
-    assert [e.id for e in page] == [m.id for m in full if m.ts < NOW_MS + 3][-2:]
-    assert store.history(rpc.StoreHistory(before=NOW_MS + 1)).messages == ()
+    assert [e.id for e in store.history(rpc.StoreHistory(limit=2)).messages] == full[-2:]
+    # page backwards with `before`: received time, unix ms
+    page = store.history(rpc.StoreHistory(limit=2, before=NOW_MS + 20)).messages
+    assert [e.id for e in page] == full[2:4]
+    assert store.history(rpc.StoreHistory(before=NOW_MS)).messages == ()
+    # with before_id: exact inside a batch (one received time)
+    page = store.history(rpc.StoreHistory(limit=2, before_id=full[5])).messages
+    assert [e.id for e in page] == full[3:5]
+    # an unknown before_id: `before` decides
+    page = store.history(rpc.StoreHistory(before=NOW_MS + 10, before_id=mid(10**6))).messages
+    assert [e.id for e in page] == full[:3]
+    store.close()
 
 
 def test_history_paging(store: Store) -> None:
+    # one batch, one received time: paging by before_id loses and repeats nothing
     msgs = [mk(kind=2, to=BOB, conv=BOB, ts=NOW_MS - 1000 * i) for i in range(25)]
     put(store, *msgs)
     seen: list[bytes] = []
-    before = None
+    before_id = None
     while True:
-        page = store.history(rpc.StoreHistory(conv=BOB, limit=7, before=before)).messages
+        page = store.history(rpc.StoreHistory(conv=BOB, limit=7, before_id=before_id,
+                                              before=NOW_MS + 1)).messages
         if not page:
             break
         assert len(page) == min(7, 25 - len(seen))
         seen = [e.id for e in page] + seen
-        before = page[0].ts
-    assert seen == [m.id for m in reversed(msgs)]
+        before_id = page[0].id
+    assert seen == [m.id for m in msgs]
+
+
+def test_history_reply_fits_a_client(store: Store) -> None:
+    from tazcom.services.busclient import MAX_REPLY_BYTES
+
+    big = [mk(text="é" * 2000) for _ in range(2500)]  # 4,000 bytes of text each
+    for i in range(0, len(big), 500):
+        put(store, *big[i:i + 500])
+    got = store.history(rpc.StoreHistory(limit=10000))
+    assert 1000 < len(got.messages) < 2500
+    assert [e.id for e in got.messages] == [m.id for m in big[-len(got.messages):]]
+    assert len(rpc.encode_reply(1, got)) < MAX_REPLY_BYTES
+    one = store.history(rpc.StoreHistory(limit=1, before_id=big[1].id)).messages
+    assert [e.id for e in one] == [big[0].id]
 
 
 def test_put_batch_is_one_transaction(store: Store) -> None:
