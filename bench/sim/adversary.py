@@ -22,7 +22,7 @@ from tazcom.common import envelope, routing
 from tazcom.common.errors import RemoteProtocolError
 from tazcom.common.routercore import FRAME_BUDGET
 
-from .engine import EPOCH, Net, Node
+from .engine import EPOCH, Net, Node, sealed
 
 
 @dataclass
@@ -33,6 +33,8 @@ class Flooder:
     rate: float
     dm_rate: float = 0.0
     victims: list[Node] = field(default_factory=list)
+    #: For the DMs' ephemeral keys (the same run makes the same bytes).
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
     text_bytes: int = 100
     #: A tick of the flood: what is due is sent together (one frame per neighbour).
     interval: float = 0.02
@@ -78,9 +80,9 @@ class Flooder:
                               self.text_bytes, "x"))))
         for _ in range(dms if self.victims else 0):
             victim = self.victims[(self.made + len(specs)) % len(self.victims)]
-            specs.append((envelope.KIND_DM, victim.key, envelope.seal_dm(
-                origin=node.key, text="x" * self.text_bytes,
-                recipient_enc_key=bytes(victim.box.public_key))))
+            specs.append((envelope.KIND_DM, victim.key, sealed(
+                envelope.dm_plaintext(origin=node.key, text="x" * self.text_bytes),
+                bytes(victim.box.public_key), self.rng.randbytes(32))))
         signed = []
         for kind, to, body in specs:
             signed.append(envelope.signed_bytes(kind=kind, origin=node.key, seq=store.seq,

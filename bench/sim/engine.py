@@ -25,15 +25,17 @@ back after it (the dialler's next try). A node may have an outgoing ``filter``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
 import nacl.public
 import nacl.signing
 
@@ -82,6 +84,31 @@ def counted_sig(origin: bytes, signed: bytes) -> bytes:
     return hashlib.blake2b(DOMAIN_ENVELOPE + signed, digest_size=64, key=origin).digest()
 
 
+def sealed(plain: bytes, recipient: bytes, seed: bytes) -> bytes:
+    """A sealed box (libsodium's ``crypto_box_seal`` format, so ``SealedBox`` opens it)
+    whose ephemeral key comes from ``seed``: the same run makes the same bytes (a
+    ``SealedBox`` draws it at random, and a DM's id would differ from run to run)."""
+    epk, esk = nacl.bindings.crypto_box_seed_keypair(seed)
+    nonce = hashlib.blake2b(epk + recipient, digest_size=24).digest()
+    return epk + nacl.bindings.crypto_box(plain, nonce, recipient, esk)
+
+
+@contextlib.contextmanager
+def seeded_seal(rng: random.Random) -> Iterator[None]:
+    """While a node posts: DMs sealed by ``sealed`` with keys from ``rng``."""
+    real = envelope.seal_dm
+
+    def seal_dm(*, origin: bytes, text: str, recipient_enc_key: bytes) -> bytes:
+        return sealed(envelope.dm_plaintext(origin=origin, text=text), recipient_enc_key,
+                      rng.randbytes(32))
+
+    envelope.seal_dm = seal_dm  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        envelope.seal_dm = real  # type: ignore[assignment]
+
+
 class Store:
     """What the router's SQLite store does for the core, in memory."""
 
@@ -95,7 +122,7 @@ class Store:
         #: bytes, and each origin's sum: what ``services/storedb.py`` ``usage`` counts.
         self.evictable: dict[bytes, dict[bytes, int]] = {}
         self.used: Counter[bytes] = Counter()
-        #: New rows ever committed, by origin (evicted ones included).
+        #: New messages ever committed (not profiles), by origin, evicted ones included.
         self.stored: Counter[bytes] = Counter()
         self.evicted = 0
         #: The policy table: key -> (key, policy, since, until, reason).
@@ -110,7 +137,8 @@ class Store:
                 self.rows[m.id] = m
                 self.hops[m.id] = m.hops
                 self.received_at[m.id] = now
-                self.stored[m.origin] += 1
+                if m.kind != envelope.KIND_PROFILE:
+                    self.stored[m.origin] += 1
                 if quota.evictable(m.kind, m.origin, m.to, self.own):
                     n = quota.row_bytes(m.signed, m.sig)
                     self.evictable.setdefault(m.origin, {})[m.id] = n
@@ -182,6 +210,7 @@ class Net:
                  settings: routercore.RouterSettings | None = None) -> None:
         self.loop = Loop()
         self.rng = random.Random(seed)
+        self.seal_rng = random.Random(f"seal {seed}")  # for DMs (seeded_seal)
         self.params = params or LinkParams()
         self.real = real_signatures
         self.per_frame = per_frame
@@ -209,7 +238,7 @@ class Net:
         self.bans: list[tuple[float, int, int, float]] = []
         self.ban_until: dict[tuple[int, int], float] = {}
         #: An origin whose stored bytes each node's ``watched_peak`` follows, and the ids
-        #: of its envelopes any node committed.
+        #: of its messages (not profiles) any node committed.
         self.watch: bytes | None = None
         self.watched_ids: set[bytes] = set()
 
@@ -269,7 +298,8 @@ class Net:
                 self.ban(node, bytes.fromhex(f["key"]), f["until"])
         elif isinstance(a, routercore.Commit):
             if self.watch is not None:
-                self.watched_ids.update(m.id for m in a.items if m.origin == self.watch)
+                self.watched_ids.update(m.id for m in a.items if m.origin == self.watch
+                                        and m.kind != envelope.KIND_PROFILE)
             return node.store.commit(a.items, self.loop.now)
         elif isinstance(a, routercore.Evict):
             return node.store.evict(a)

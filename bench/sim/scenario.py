@@ -20,7 +20,7 @@ from tazcom.common.quota import QuotaSettings
 
 from . import topology
 from .adversary import BadRelay, Flooder
-from .engine import EPOCH, LinkParams, Net, Node
+from .engine import EPOCH, LinkParams, Net, Node, seeded_seal
 
 
 @dataclass
@@ -100,7 +100,8 @@ def _adversaries(net: Net, o: Options, rng: random.Random) -> Adversaries:
     if flooder is not None:
         net.watch = flooder.key
         flood = Flooder(net, flooder, o.flood_rate, o.flood_dm_rate,
-                        victims=rng.sample(honest, k=min(10, len(honest))))
+                        victims=rng.sample(honest, k=min(10, len(honest))),
+                        rng=random.Random(rng.random()))
         flood.start(o.flood_s)
     return Adversaries(flooder, flood, relays, honest)
 
@@ -108,7 +109,8 @@ def _adversaries(net: Net, o: Options, rng: random.Random) -> Adversaries:
 def _post(net: Net, node: Node, to: bytes | None, text: str) -> bytes | None:
     now = net.loop.now
     spec = routercore.PostSpec(client_id=net.rng.randbytes(16), to=to, text=text)
-    [answer] = net.step(node, node.core.post([spec], EPOCH + now, now))
+    with seeded_seal(net.seal_rng):
+        [answer] = net.step(node, node.core.post([spec], EPOCH + now, now))
     net.step(node, node.core.settle_posts())
     return answer.message_id if not isinstance(answer, routercore.PostRefused) else None
 

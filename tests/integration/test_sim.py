@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bench.sim.scenario import Options, run
 from tazcom.common.routercore import PROFILE_EVERY
 
@@ -35,9 +37,44 @@ def test_loss_is_filled_by_catch_up() -> None:
     assert fig["shown_twice"] == 0
 
 
-def test_same_seed_same_figures_and_json_line() -> None:
+def test_flooder_and_bad_relays() -> None:
+    """Issue 12's goal at CI size: one node floods (50 room messages and 5 DMs a second, its
+    own limits bypassed) and 5 % of the relays drop or corrupt what they forward; honest
+    room messages and DMs still arrive, no honest node holds more than its quota from the
+    flooder, the flooder and the corrupting relays are banned, and no honest node is."""
+    fig = run(Options(nodes=100, room=20, dms=20, idle=30, churn=0, seed=4, flooder=True,
+                      flood_dm_rate=5, flood_s=300, bad_relays=0.05, quota_origin_kib=16))
+    assert fig["bad_relays"] == 5
+    assert fig["delivery_room"] >= 0.999
+    assert fig["delivery_room_honest_paths"] >= 0.999
+    assert fig["delivery_dm"] >= 0.999
+    assert fig["shown_twice"] == 0
+    assert fig["flood_nodes_over_quota"] == 0
+    assert 0 < fig["flood_bytes_max_node"] <= fig["quota_origin_bytes"]
+    assert fig["nodes_over_total_quota"] == 0
+    assert fig["flood_distinct_accepted"] < fig["flood_made"] / 100
+    assert fig["bans_of_flooder"] > 0
+    assert fig["bad_relays_banned"] == fig["bad_relays"]
+    assert fig["bans_of_honest"] == 0
+
+
+def test_flood_at_the_human_limit_is_held_by_the_quota() -> None:
+    """A flooder that stays under the per-origin limit (2 room messages a second) is not
+    banned, and every node accepts its messages: the quota evicts the oldest of them."""
+    fig = run(Options(nodes=60, room=10, dms=10, idle=30, churn=0, seed=6, flooder=True,
+                      flood_rate=2, flood_s=120, bad_relays=0.05, quota_origin_kib=8))
+    assert fig["delivery_room"] >= 0.999 and fig["delivery_dm"] >= 0.999
+    assert fig["flood_evicted"] > 0
+    assert fig["flood_nodes_over_quota"] == 0
+    assert fig["flood_bytes_max_node"] <= fig["quota_origin_bytes"]
+    assert fig["bans_of_flooder"] == 0 and fig["bans_of_honest"] == 0
+
+
+@pytest.mark.parametrize("adversaries", [[], ["--flooder", "--flood-dm-rate", "5", "--flood-s",
+                                               "100", "--bad-relays", "0.05"]])
+def test_same_seed_same_figures_and_json_line(adversaries: list[str]) -> None:
     args = [sys.executable, "-m", "bench.sim", "--nodes", "40", "--room", "5", "--dms", "5",
-            "--idle", "30", "--churn", "1", "--seed", "9", "--json"]
+            "--idle", "30", "--churn", "1", "--seed", "9", "--json", *adversaries]
     # different hash seeds: nothing may depend on the order of a set of keys
     a, b = (subprocess.run(args, capture_output=True, text=True, check=True, timeout=300,
                            env={**os.environ, "PYTHONHASHSEED": seed}) for seed in ("1", "2"))
