@@ -324,6 +324,8 @@ class Store:
         its own claim, up to 10 minutes ahead, and must not decide what is newest."""
         # The room is kind 1 with conv NULL (StoredMessage: conv is None for the room).
         where = "conv IS NULL AND kind = 1" if req.conv is None else "conv = ? AND kind = 2"
+        # what the user blocked or muted is not shown (docs/protocol.md, "Blocks and mutes")
+        where += " AND origin NOT IN (SELECT key FROM policy WHERE policy IN ('block', 'mute'))"
         args: list[Any] = [] if req.conv is None else [req.conv]
         at = None
         if req.before_id is not None:

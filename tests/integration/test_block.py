@@ -47,6 +47,8 @@ def test_block_and_mute_end_to_end_and_across_a_restart(make_node) -> None:
         shown = post(b, "bob's own")  # its event comes after any for the muted one
         tap.wait("chat.message", lambda e: e.id == shown.hex())
         assert all(e.id != muted.hex() for e in tap.of("chat.message"))
+        rows = request(b, "store", rpc.StoreHistory(limit=100)).messages
+        assert shown in {r.id for r in rows} and muted not in {r.id for r in rows}
         # block: its link is closed and refused; nothing of it shown or stored
         policy(b, a.key, "block")
         wait_for(lambda: not linked(b, "alice") and not linked(a, "bob"), 15,
