@@ -501,7 +501,7 @@ class LinkManager:
             elif t is LinkVerified:
                 self._verified(c, ev, now, actions)
             elif t is MessageDropped:
-                self.rejects.reject(f"peer {c.address}", ev.reason, ev.detail)
+                self.rejects.reject(f"peer {c.host}", ev.reason, f"{ev.detail} [{c.address}]")
             elif t is LinkClosed:
                 self._finish(c, ev, now, actions)
 
