@@ -10,6 +10,13 @@ says so and the app catches up by itself when it is back (docs/protocol.md).
 Keys: Enter sends to the selected conversation; Ctrl+N / Ctrl+P (or
 Alt+Down / Alt+Up) switch conversations; PageUp / PageDown scroll; Tab
 completes nicknames; Ctrl+T switches light and dark; Ctrl+Q quits.
+
+Safe among strangers: every string a peer wrote is shown through
+``common.display.safe`` (no escape sequence, control character or bidi
+override reaches the terminal) and never parsed as markup (the app builds
+``rich.text.Text``); messages are in the order they reached the node, with the
+author's claimed time shown where it differs by more than a minute; messages of
+blocked and muted keys are hidden (the router's policy table, mirrored).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from textual.widgets.option_list import Option
 
 from tazcom.common import rpc, tables
 from tazcom.common.config import Config
+from tazcom.common.display import safe
 from tazcom.common.errors import TazcomError
 from tazcom.common.events import (
     ChatMessage,
@@ -49,6 +57,7 @@ from tazcom.common.events import (
     PeerInfo,
     PeerKeyChanged,
     PeerLost,
+    PeerPolicy,
     PeerUpdated,
     ServiceHealthChanged,
     ServiceHeartbeat,
@@ -56,7 +65,7 @@ from tazcom.common.events import (
 )
 from tazcom.common.keys import safety_number
 from tazcom.common.mirror import Change
-from tazcom.common.peers import PeerAmbiguous, PeerNotFound, match_peer
+from tazcom.common.peers import PeerAmbiguous, PeerNotFound, Target, match_peer, resolve_target
 from tazcom.services.busclient import BusClient, RpcClient
 from tazcom.services.mirrorfeed import MirrorFeed
 
@@ -66,6 +75,15 @@ STATUS_MARKS = {"queued": "queued", "sent": "sent", "relayed": "relayed",
                 "delivered": "delivered", "failed": "FAILED"}
 STATE_MARKS = {"verified": "●", "connected": "◐", "discovered": "◌", "mesh": "◇",
                "offline": "○"}
+#: The author's claimed time is shown where it differs from arrival by more (seconds).
+CLAIM_SKEW = 60.0
+#: Policies whose keys' messages are not shown (a ban is about links, not messages).
+HIDDEN = ("block", "mute")
+POLICY_MARKS = {"block": " ⊘", "mute": " ∅"}
+POLICY_COMMANDS = {"/block": ("block", False), "/unblock": ("block", True),
+                   "/mute": ("mute", False), "/unmute": ("mute", True)}
+DONE = {("block", False): "blocked", ("block", True): "unblocked",
+        ("mute", False): "muted", ("mute", True): "unmuted"}
 HELP = [
     "Enter sends to the selected conversation; Ctrl+N/Ctrl+P switch conversations.",
     "/msg NICK TEXT   direct message (opens the conversation)",
@@ -73,6 +91,8 @@ HELP = [
     "/peers           who is around",
     "/whois NICK      fingerprint, key and safety number",
     "/trust NICK      accept NICK's (new) key after comparing safety numbers",
+    "/block NICK      nothing NICK writes is shown, stored or relayed here; /unblock NICK",
+    "/mute NICK       hide NICK's messages here (still relayed); /unmute NICK",
     "/help            this text;  /quit  leave (the node keeps running)",
     "Tab completes nicknames; PageUp/PageDown scroll; Ctrl+T light/dark theme.",
 ]
@@ -83,12 +103,18 @@ class Msg:
     id: str
     origin: str
     to: str | None
-    ts: float  # seconds
+    ts: float  # seconds: when the author says it wrote it (its clock)
     text: str
     own: bool = False
     status: str = ""
     reason: str = ""
     system: bool = False
+    #: Seconds: when it reached our node (our clock); its place in the conversation.
+    received: float | None = None
+
+    @property
+    def arrived(self) -> float:
+        return self.ts if self.received is None else self.received
 
     @property
     def conv(self) -> str:
@@ -173,16 +199,20 @@ class MessageView(ScrollView, can_focus=True):
     # -- rendering ------------------------------------------------------------------------
 
     def _text(self, msg: Msg) -> Text:
-        stamp = time.strftime("%H:%M", time.localtime(msg.ts))
+        # Text objects, never markup: a nickname "[link=...]" is shown as typed; and every
+        # peer string through safe(): no escape sequence reaches the terminal.
+        stamp = time.strftime("%H:%M", time.localtime(msg.arrived))
         if msg.system:
-            return Text.assemble((f"{stamp} ", "dim"), ("* " + msg.text, "italic"))
+            return Text.assemble((f"{stamp} ", "dim"), ("* " + safe(msg.text), "italic"))
         who = "me" if msg.own else self.names.get(msg.origin, msg.origin[:8])
-        text = Text.assemble((f"{stamp} ", "dim"), (who, _nick_style(msg.origin)), ": ",
-                             msg.text)
+        text = Text.assemble((f"{stamp} ", "dim"), (safe(who), _nick_style(msg.origin)), ": ",
+                             safe(msg.text))
+        if abs(msg.ts - msg.arrived) > CLAIM_SKEW:
+            text.append(f"  (claimed {time.strftime('%H:%M', time.localtime(msg.ts))})", "dim")
         if msg.own and msg.status:
             mark = STATUS_MARKS.get(msg.status, msg.status)
             style = "bold red" if msg.status == "failed" else "dim"
-            text.append(f"  [{mark}{': ' + msg.reason if msg.reason else ''}]", style)
+            text.append(f"  [{mark}{': ' + safe(msg.reason) if msg.reason else ''}]", style)
         return text
 
     def _wrap(self, msg: Msg) -> list[Strip]:
@@ -242,6 +272,9 @@ class ChatApp(App[None]):
                                     fetch=lambda req: self.call("discovery", req, 1.0))
         self.health_feed = MirrorFeed(tables.HEALTH, self.health_changed, log=log,
                                       fetch=lambda req: self.call("bus", req, 1.0))
+        # The router's blocks, mutes and bans: whose messages are hidden.
+        self.policy_feed = MirrorFeed(tables.POLICY, self.policy_changed, log=log,
+                                      fetch=lambda req: self.call("router", req, 1.0))
         #: Services whose requests went unanswered (cleared when one is answered).
         self.unreachable: set[str] = set()
         self._bus_watch: tuple[int, int] | None = None  # (pid, pidfd) of the node's bus
@@ -311,6 +344,8 @@ class ChatApp(App[None]):
             self.node_state = "down"
             self.render_status()
             return
+        with contextlib.suppress(TazcomError):  # the feed asks again when the router is back
+            self.policy_feed.take(await self.call("router", tables.POLICY.request, 1.0))
         self.node_state = "up"
         self.loaded.clear()
         await self.open_conversation(self.current, force=True)
@@ -319,13 +354,20 @@ class ChatApp(App[None]):
         if self.ready_at is None:
             self.ready_at = time.monotonic()
 
-    async def load_history(self, conv: str, before: int | None = None) -> list[Msg]:
+    async def load_history(self, conv: str, before: int | None = None,
+                           before_id: bytes | None = None) -> list[Msg]:
         req = rpc.StoreHistory(conv=None if conv == ROOM else bytes.fromhex(conv),
-                               limit=HISTORY_PAGE, before=before)
+                               limit=HISTORY_PAGE, before=before, before_id=before_id)
         reply = await self.call("store", req, timeout=5.0)
         return [Msg(id=m.id.hex(), origin=m.origin.hex(), to=m.to.hex() if m.to else None,
                     ts=m.ts / 1000, text=m.text or "", own=m.own, status=m.status,
-                    reason=m.reason) for m in reply.messages]
+                    reason=m.reason, received=None if m.received is None else m.received / 1000)
+                for m in reply.messages if m.own or not self.hidden(m.origin.hex())]
+
+    def hidden(self, key: str) -> bool:
+        """Blocked or muted here: its messages are not shown."""
+        entry = self.policy_feed.core.items.get(key)
+        return entry is not None and entry.policy in HIDDEN
 
     async def open_conversation(self, conv: str, force: bool = False) -> None:
         self.current = conv
@@ -343,6 +385,17 @@ class ChatApp(App[None]):
                 self.conversations.setdefault(conv, [])
         view.set_messages(self.conversations.get(conv, []))
         self.render_title()
+        self.render_conversations()
+
+    def policy_changed(self, changes: list[Change]) -> None:
+        """A key was blocked, muted or lifted: the open conversation is shown again from
+        the store without (or with) its messages; the others when next opened."""
+        self.loaded.clear()
+        for conv, messages in self.conversations.items():
+            self.conversations[conv] = [m for m in messages
+                                        if m.system or m.own or not self.hidden(m.origin)]
+        if self.ready_at is not None:
+            self.call_later(self.open_conversation, self.current, True)
         self.render_conversations()
 
     def names(self) -> dict[str, str]:
@@ -370,9 +423,10 @@ class ChatApp(App[None]):
 
     def on_bus_event(self, ev: Event) -> None:
         if isinstance(ev, ServiceHeartbeat | ServiceHealthChanged | PeerDiscovered | PeerUpdated
-                      | PeerLost | PeerForgotten):
+                      | PeerLost | PeerForgotten | PeerPolicy):
             self.peer_feed.on_event(ev)
             self.health_feed.on_event(ev)
+            self.policy_feed.on_event(ev)
         if isinstance(ev, ServiceHeartbeat):
             self.last_heartbeat = time.monotonic()
             if self.node_state != "up":
@@ -388,11 +442,15 @@ class ChatApp(App[None]):
             self.on_chat_status(ev)
         elif isinstance(ev, PeerKeyChanged):
             self.system(ROOM, f"KEY CHANGED: {ev.alert}")
-            self.notify(ev.alert, title="key changed", severity="warning", timeout=10)
+            self.notify(safe(ev.alert), title="key changed", severity="warning", timeout=10,
+                        markup=False)
 
     def on_chat_message(self, ev: ChatMessage) -> None:
+        if not ev.own and self.hidden(ev.origin):
+            return  # the router stops publishing them too; this covers the moment between
+        # ev.ts: when the router published it, as it committed it (arrival, our clock)
         msg = Msg(id=ev.id, origin=ev.origin, to=ev.to, ts=ev.sent / 1000, text=ev.text,
-                  own=ev.own, status=ev.status)
+                  own=ev.own, status=ev.status, received=ev.ts)
         conv = msg.conv
         messages = self.conversations.setdefault(conv, [])
         if any(m.id == msg.id for m in messages[-50:]):
@@ -491,10 +549,12 @@ class ChatApp(App[None]):
                 mark = STATE_MARKS.get(p.state, "?")
                 hops = f" {p.hops}h" if p.state == "mesh" and p.hops else ""
                 alert = " ⚠" if p.alert else ""
+                policy = self.policy_feed.core.items.get(key)
                 prompt = Text.assemble(
                     (f"{mark} ", "green" if p.state == "verified" else "dim"),
-                    (p.nickname[:14], _nick_style(key)), (f" {p.fingerprint[:4]}", "dim"),
-                    (hops, "dim"), (alert, "bold red"), (badge, "bold yellow"))
+                    (safe(p.nickname[:14]), _nick_style(key)), (f" {p.fingerprint[:4]}", "dim"),
+                    (hops, "dim"), (POLICY_MARKS.get(policy.policy, "") if policy else "", "red"),
+                    (alert, "bold red"), (badge, "bold yellow"))
             options.append(Option(prompt, id=key))
         widget = self.query_one("#conversations", OptionList)
         widget.clear_options()
@@ -512,20 +572,21 @@ class ChatApp(App[None]):
                      else self.current[:16])
             if p and p.alert:
                 title += "  KEY CHANGED: run /trust after comparing safety numbers"
-        self.query_one("#title", Static).update(title)
+        self.query_one("#title", Static).update(Text(safe(title)))  # Text: never markup
 
     def render_status(self) -> None:
         who = f"{self.me.nickname} ({self.me.fingerprint})" if self.me else "?"
         if self.node_state == "up" and not self.services_down:
-            state = "[green]node up[/]"
+            state = Text("node up", "green")
         elif self.node_state == "up":
-            state = f"[yellow]restarting: {', '.join(sorted(self.services_down))}[/]"
+            state = Text(f"restarting: {', '.join(sorted(self.services_down))}", "yellow")
         elif self.node_state == "connecting":
-            state = "[yellow]connecting to the node…[/]"
+            state = Text("connecting to the node…", "yellow")
         else:
-            state = ("[red]node not running or not answering[/] (start it: supervisord -c "
-                     "supervisord.conf); retrying")
-        self.query_one("#status", Static).update(f"{who}  {state}  [dim]/help  Ctrl+Q[/]")
+            state = Text.assemble(("node not running or not answering", "red"),
+                                  " (start it: supervisord -c supervisord.conf); retrying")
+        self.query_one("#status", Static).update(  # Text, never markup: the nickname
+            Text.assemble(safe(who), "  ", state, "  ", ("/help  Ctrl+Q", "dim")))
 
     # -- actions ----------------------------------------------------------------------------------
 
@@ -555,11 +616,13 @@ class ChatApp(App[None]):
     @work(exclusive=True, group="older")
     async def load_older(self) -> None:
         view = self.query_one(MessageView)
-        oldest = min((m.ts for m in view.messages if not m.system), default=None)
+        oldest = next((m for m in view.messages if not m.system and m.id), None)
         if oldest is None:
             return
         with contextlib.suppress(TazcomError):
-            older = await self.load_history(self.current, before=int(oldest * 1000))
+            # before_id: exact, also among messages that arrived in the same millisecond
+            older = await self.load_history(self.current, before=int(oldest.arrived * 1000) + 1,
+                                            before_id=bytes.fromhex(oldest.id))
             if older:
                 self.conversations[self.current] = older + self.conversations[self.current]
                 view.prepend(older)
@@ -605,13 +668,22 @@ class ChatApp(App[None]):
         else:
             await self.post(None if self.current == ROOM else self.current, text)
 
-    async def post(self, to: str | None, text: str) -> None:
+    async def post(self, to: str | None, text: str, typed: str | None = None) -> None:
+        """Post ``text``; when it is refused (rate_limited, blocked, ...) say why and put
+        what was typed (``typed``, else ``text``) back in the input line."""
         req = rpc.Post(client_id=os.urandom(16), to=bytes.fromhex(to) if to else None,
                        text=text)
         try:
             await self.call("router", req, timeout=5.0)
         except TazcomError as e:
-            self.system(self.current, f"not sent: {e.message}")
+            box = self.query_one("#input", Input)
+            kept = not box.value
+            if kept:
+                box.value = typed if typed is not None else text
+                box.cursor_position = len(box.value)
+            why = {"rate_limited": "too many messages"}.get(e.code, e.code)
+            self.system(self.current, f"NOT SENT ({why}): {e.message}"
+                        + ("; your text is back in the input line" if kept else ""))
 
     def find(self, query: str) -> PeerInfo | None:
         try:
@@ -637,7 +709,7 @@ class ChatApp(App[None]):
             peer = self.find(nick) if nick else None
             if peer is not None and text.strip():
                 await self.open_conversation(peer.key)
-                await self.post(peer.key, text.strip())
+                await self.post(peer.key, text.strip(), typed=line)
             elif peer is not None or not nick:
                 self.system(self.current, "usage: /msg NICK TEXT")
         elif cmd == "/nick":
@@ -659,6 +731,8 @@ class ChatApp(App[None]):
                     self.system(self.current, text)
             elif not rest:
                 self.system(self.current, "usage: /whois NICK")
+        elif cmd in POLICY_COMMANDS:
+            await self.set_policy(rest, *POLICY_COMMANDS[cmd])
         elif cmd == "/trust":
             peer = self.find(rest) if rest else None
             if peer is not None:
@@ -671,6 +745,35 @@ class ChatApp(App[None]):
                 self.system(self.current, "usage: /trust NICK")
         else:
             self.system(self.current, f"unknown command {cmd}; /help lists them")
+
+    async def set_policy(self, query: str, policy: str, remove: bool) -> None:
+        verb = "/un" + policy if remove else "/" + policy
+        if not query:
+            self.system(self.current, f"usage: {verb} NICK (or a fingerprint or key)")
+            return
+        # the peers, the keys already blocked or muted, or a full key never seen
+        known = {k: Target(k, p.fingerprint, p.nickname) for k, p in self.peers.items()}
+        for key in self.policy_feed.core.items:
+            known.setdefault(key, Target.of(key))
+        try:
+            target = resolve_target(query, known.values())
+        except PeerNotFound:
+            self.system(self.current, f"no peer matches {query!r}")
+            return
+        except PeerAmbiguous as e:
+            names = ", ".join(str(t) for t in e.candidates)
+            self.system(self.current, f"{query!r} is ambiguous: {names}")
+            return
+        try:
+            self.policy_feed.take(await self.call(
+                "router", rpc.SetPolicy(key=target.key, policy=policy, remove=remove)))
+        except TazcomError as e:
+            self.system(self.current, f"could not {verb[1:]} {target}: {e.message}")
+            return
+        what = {("block", False): ": nothing it writes is shown, stored or relayed here",
+                ("mute", False): ": its messages are hidden here (still relayed)"}
+        self.system(self.current, f"{DONE[policy, remove]} {target}"
+                    + what.get((policy, remove), ""))
 
     async def set_nick(self, name: str) -> None:
         if not name:

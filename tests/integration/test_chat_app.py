@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from tazcom.chat import ROOM, ChatApp, MessageView
 from tazcom.services.runtime import load_from_env
-from tests.harness import BULK, Node, wait_for
+from tests.harness import BULK, Node, tool, wait_for
 
 
 async def until(pilot, predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -170,3 +171,108 @@ def test_real_terminal_two_nodes(pair: tuple[Node, Node]) -> None:
         assert "# room" in screen()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+# -- safe among strangers (issue 12) -------------------------------------------------------
+
+#: A nickname of markup (nicknames are printable: no escapes) and a text of escapes.
+EVIL_NICK = "[b]eve[/b][link=x]y[/link]"
+HOSTILE = ("\x1b[2J\x1b]0;owned\x07\x1b[31mred\x9b1m \u202egnp.exe\u2069 "
+           "[bold]x[/bold] [link=http://e.vil]click[/link] 日本 👩‍👩‍👧")
+ESCAPED = ("\\x1b[2J\\x1b]0;owned\\x07\\x1b[31mred\\x9b1m \\u202egnp.exe\\u2069 "
+           "[bold]x[/bold] [link=http://e.vil]click[/link] 日本 👩‍👩‍👧")
+
+
+def harmless(text: str) -> None:
+    bad = [ch for ch in text if (ord(ch) < 0x20 and ch != "\n") or 0x7F <= ord(ch) <= 0x9F
+           or 0x202A <= ord(ch) <= 0x202E or 0x2066 <= ord(ch) <= 0x2069]
+    assert not bad, f"raw controls reach the terminal: {bad!r} in {text!r}"
+
+
+def stored(node: Node, text: str) -> bool:
+    """``text`` is in the node's store (history leaves out what is muted)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(node.home / "store.sqlite")) as db:
+        return bool(db.execute("SELECT 1 FROM messages WHERE text = ?", (text,)).fetchone())
+
+
+def screen_lines(app: ChatApp) -> list[str]:
+    """What the message view draws: the text of its rendered strips."""
+    return ["".join(seg.text for seg in strip) for strip in app.query_one(MessageView)._lines]
+
+
+def test_strangers_text_is_shown_harmlessly_and_block_mute_hide_it(make_node) -> None:
+    ann = make_node("ann", config="[router]\nroom_rate = 0.05\nroom_burst = 3\n")
+    eve = make_node("eve", env={"TAZCOM_NICK": EVIL_NICK})
+    ann.start()
+    eve.start()
+    ann.wait_up()
+    eve.wait_up()
+    ann.wait_peer(EVIL_NICK, ("verified",), timeout=20)
+    tail = ann.popen([tool("tazcom"), "events", "--topic", "chat.message", "--count", "1",
+                      "--timeout", "20", "--quiet"], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE)
+    time.sleep(1.0)  # noqa: sleep-ok - the tail subscribes before eve speaks
+    eve.cli("say", HOSTILE)
+    events_out, _ = tail.communicate(timeout=30)
+    # the CLI: events, history and peers print it escaped, markup literal
+    assert ESCAPED in events_out
+    harmless(events_out)
+    history = wait_for(lambda: (out := ann.cli("history").stdout) and HOSTILE[:4] not in out
+                       and ESCAPED in out and out, 10, "eve's text in ann's history")
+    assert f"{EVIL_NICK}: {ESCAPED}" in history
+    harmless(history)
+    peers = ann.cli("peers").stdout
+    assert EVIL_NICK in peers
+    harmless(peers)
+    assert ann.cli_json("history")[-1]["text"] == HOSTILE  # --json: the exact string
+
+    async def scenario(app: ChatApp, pilot) -> None:
+        view = app.query_one(MessageView)
+        await until(pilot, lambda: HOSTILE in texts(app), 10, "eve's message in the app")
+        lines = "\n".join(screen_lines(app))
+        harmless(lines)
+        drawn = "".join(lines.split())  # the text as wrapped, whitespace aside
+        assert "".join(f"{EVIL_NICK}: {ESCAPED}".split()) in drawn
+        listed = [str(o.prompt) for o in app.query_one("#conversations").options]
+        assert any(f"● {EVIL_NICK[:14]} " in p for p in listed), listed  # shown as typed
+        while app.current != eve.key:
+            await pilot.press("ctrl+n")
+        assert EVIL_NICK in str(app.query_one("#title").render())
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: app.current == ROOM, 5, "back in the room")
+        # /mute: hidden from then on (still stored here); /unmute shows it again
+        await pilot.press(*f"/mute {EVIL_NICK}", "enter")
+        await until(pilot, lambda: any(t.startswith("muted ") for t in texts(app)), 10,
+                    "the mute confirmed")
+        await until(pilot, lambda: HOSTILE not in texts(app), 10, "eve's message hidden")
+        eve.cli("say", "said while muted")
+        wait_for(lambda: stored(ann, "said while muted"), 10, "the muted message stored")
+        await pilot.pause(0.5)
+        assert "said while muted" not in texts(app)
+        await pilot.press(*f"/unmute {EVIL_NICK}", "enter")
+        await until(pilot, lambda: "said while muted" in texts(app), 10, "shown again")
+        # /block: nothing of eve's is shown; /unblock lifts it
+        await pilot.press(*f"/block {eve.key[:12]}", "enter")
+        await until(pilot, lambda: any(t.startswith("blocked ") for t in texts(app)), 10,
+                    "the block confirmed")
+        await until(pilot, lambda: not any(m.origin == eve.key for m in view.messages), 10,
+                    "eve's messages hidden")
+        assert [r["policy"] for r in ann.cli_json("block", "--list")] == ["block"]
+        await pilot.press(*f"/unblock {EVIL_NICK}", "enter")
+        await until(pilot, lambda: any(t.startswith("unblocked ") for t in texts(app)), 10,
+                    "the block lifted")
+        assert ann.cli_json("block", "--list") == []
+        # over this node's own limit: refused, said so, and the text is kept
+        box = app.query_one("#input")
+        for i in range(10):
+            await pilot.press(*f"burst {i}", "enter")
+            await until(pilot, lambda i=i: f"burst {i}" in texts(app) or box.value, 10,
+                        "the post answered")
+            if box.value:
+                break
+        assert box.value == f"burst {i}", "a refused post keeps its text"
+        assert any(t.startswith("NOT SENT (too many messages)") for t in texts(app))
+
+    run(scenario, ann)
