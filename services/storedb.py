@@ -57,9 +57,10 @@ MAX_LIST = 100_000
 #: CLI's 1.5 s, so a busy store answers ``store_error`` instead of not answering.
 READER_BUSY_TIMEOUT = 0.5
 #: A history reply stays under a client's 8 MiB reply limit (busclient MAX_REPLY_BYTES):
-#: at most this many bytes of texts and rows (a row's fixed part counted at its most).
+#: at most this many bytes of rows (a row's fixed part, at most 172 bytes encoded, counted as
+#: HISTORY_ROW_BYTES, plus its text and reason).
 HISTORY_MAX_BYTES = 6 * 1024 * 1024
-HISTORY_ROW_BYTES = 400
+HISTORY_ROW_BYTES = 180
 #: Ids per ``IN (...)`` query, well under SQLite's variable limit.
 CHUNK = 500
 
@@ -345,7 +346,8 @@ class Store:
             (*args, req.limit))
         try:
             for i, kind, origin, to, ts, text, status, reason, own, received in cur:
-                size += HISTORY_ROW_BYTES + len(text.encode(errors="replace") if text else b"")
+                size += HISTORY_ROW_BYTES + len(reason.encode()) + len(
+                    text.encode(errors="replace") if text else b"")
                 if entries and size > HISTORY_MAX_BYTES:
                     break  # the client pages back for the rest (before_id)
                 entries.append(rpc.HistoryEntry(
