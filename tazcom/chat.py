@@ -347,6 +347,7 @@ class ChatApp(App[None]):
         with contextlib.suppress(TazcomError):  # the feed asks again when the router is back
             self.policy_feed.take(await self.call("router", tables.POLICY.request, 1.0))
         self.node_state = "up"
+        self.last_heartbeat = time.monotonic()  # it answered: the watchdog starts from now
         self.loaded.clear()
         await self.open_conversation(self.current, force=True)
         self.render_conversations()
