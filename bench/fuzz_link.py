@@ -46,6 +46,9 @@ def main() -> None:
     r = fig.result
     closed = sum(r.closes.values())
     no_close = sum(r.no_close.values())
+    node_side = fig.no_close_node
+    lost = sum(n for reason, n in node_side.items() if known_code(reason))
+    uncoded = no_close - lost
     figures = [
         Figure("frames sent", r.frames, "frames", args.frames, "asked", "all", r.frames >=
                args.frames),
@@ -57,8 +60,11 @@ def main() -> None:
     figures += [Figure(f"  {code}", n, "links", None, "", "a reject code", known_code(code))
                 for code, n in r.closes.most_common()]
     figures += [
-        Figure("links the node closed without a close", no_close, "links", 0, "limit", "0",
-               no_close == 0),
+        Figure("links that ended without a close at the fuzzer", no_close, "links"),
+        Figure("  the node closed them with a code (link.down; the close was lost to a TCP "
+               "reset, as the fuzzer was still sending)", lost, "links"),
+        Figure("  the node ended them without a code (connection_lost, or no link.down)",
+               uncoded, "links", 0, "limit", "0", uncoded == 0),
         Figure("fatal frames the node did not answer", sum(r.unanswered.values()), "frames",
                0, "limit", "0", not r.unanswered),
         Figure("links we ended (close, broken stream)", r.ours, "links"),
@@ -67,6 +73,8 @@ def main() -> None:
     figures += [Figure(f"  {why}", n, "links") for why, n in r.refused.most_common()]
     figures += [
         Figure("router messages and envelopes refused", fig.router_dropped, "items"),
+        Figure("envelopes the router accepted (its state grows with these)", fig.accepted,
+               "envelopes"),
         Figure("  reject codes among them (router.dropped)", len(fig.router_codes), "codes"),
         Figure("  reject codes in wire.rejected", len(fig.wire_rejected), "codes"),
         Figure("legit envelopes signed by the fuzzer", len(r.legit), "envelopes"),
@@ -74,9 +82,11 @@ def main() -> None:
                not fig.tracebacks),
         Figure("services restarted", len(fig.restarts), "", 0, "limit", "0", not fig.restarts),
         Figure("forged messages shown", len(fig.forged), "", 0, "limit", "0", not fig.forged),
-        Figure("the node still chats afterwards", int(fig.chats_after), "", 1, "goal", "yes",
-               fig.chats_after),
+        Figure("the node still chats afterwards (with a new peer)", int(fig.chats_after), "",
+               1, "goal", "yes", fig.chats_after),
     ]
+    figures += [Figure(f"  {way}", int(ok), "", None, "", "report") for way, ok in
+                fig.delivered.items()]
     for service, kib in sorted(fig.growth_kib.items()):
         mib = kib / 1024
         figures.append(Figure(f"PSS growth: {service} (from "

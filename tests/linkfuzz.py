@@ -229,8 +229,8 @@ class FrameMaker:
         self.n = 0
         kinds: list[tuple[Callable[[Identity], Frame], float]] = [
             (self.router_shape, 10), (self.router_bytes, 4), (self.router_mutated, 10),
-            (self.envs_mutated, 12), (self.envs_forged, 6), (self.legit_room, 5),
-            (self.legit_dm, 2), (self.bad_dms, 4), (self.envs_mixed, 6), (self.duplicates, 2),
+            (self.envs_mutated, 12), (self.envs_forged, 6), (self.legit_room, 3),
+            (self.legit_dm, 1), (self.bad_dms, 4), (self.envs_mixed, 4), (self.duplicates, 2),
             (self.unknown_types, 4), (self.keepalive, 3), (self.rekey_storm, 1),
             (self.other_kind, 2),
             # fatal: the node closes the link
@@ -686,6 +686,7 @@ class Figures:
     #: The node's ``link.down`` reason of each link that ended without a ``close`` at our end.
     no_close_node: Counter[str]
     router_dropped: int
+    accepted: int
     router_codes: set[str]
     wire_rejected: set[str]
 
@@ -763,7 +764,7 @@ def fuzz_node(target: Any, honest: Any, frames: int, seconds: float, *, seed: in
     tap = BusTap(target, "chat.message", "router.dropped", "wire.rejected", "link.down")
     honest_tap = BusTap(honest, "chat.message")
     try:
-        dropped_before = request(target, "router", rpc.GetRouterStats()).dropped
+        before = request(target, "router", rpc.GetRouterStats())
         # a short first run, so lazily compiled code and caches are in before measuring
         warm = FuzzClient("127.0.0.1", port, target_key, enc, [honest_key, target_key],
                           seed=seed + 1000)
@@ -807,7 +808,8 @@ def fuzz_node(target: Any, honest: Any, frames: int, seconds: float, *, seed: in
                    restarts=restarts, forged=forged, pss_before=pss_before,
                    pss_after=pss_after, chats_after=all(fresh.values()),
                    delivered=delivered,
-                   router_dropped=stats.dropped - dropped_before, router_codes=codes,
+                   router_dropped=stats.dropped - before.dropped, router_codes=codes,
+                   accepted=stats.accepted - before.accepted,
                    wire_rejected=wire, no_close_node=no_close_node)
 
 
