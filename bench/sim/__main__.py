@@ -45,6 +45,10 @@ ADVERSARY_GOALS = [
      ">= 0.999", lambda v, f: v >= 0.999),
     ("delivery_dm", "honest DM delivery", ">= 0.999", lambda v, f: v >= 0.999),
     ("delivery_dm_first_pass", "... before catch-up", "report", None),
+    ("dms_only_behind_bad_relays", "... DMs whose every path crosses a bad relay", "report",
+     None),
+    ("delivery_dm_honest_paths", "honest DM delivery (via honest relays only)", ">= 0.999",
+     lambda v, f: v >= 0.999),
     ("flood_bytes_max_node", "most bytes an honest node held from the flooder",
      "<= quota_origin_bytes", lambda v, f: v <= f["quota_origin_bytes"]),
     ("flood_nodes_over_quota", "honest nodes over their quota of the flooder", "0",
@@ -94,6 +98,9 @@ def main() -> None:
                    help="fraction of nodes that drop or corrupt what they forward")
     p.add_argument("--tamper", type=float, default=1.0,
                    help="the fraction of frames a bad relay drops or corrupts")
+    p.add_argument("--bad-mode", choices=("either", "drop", "corrupt"), default="either",
+                   help="what a bad relay does to a frame: drop or corrupt it at random, or "
+                   "always the one")
     p.add_argument("--quota-origin-kib", type=float, default=None,
                    help="storage quota per origin (default: the router's, 16 MiB)")
     p.add_argument("--quota-total-kib", type=float, default=None,
@@ -101,6 +108,7 @@ def main() -> None:
     p.add_argument("--catchup-rounds", type=int, default=2,
                    help="catch-up rounds after the room messages and after the DMs")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--progress", action="store_true", help="each phase on stderr as it begins")
     a = p.parse_args()
     fig = run(Options(nodes=a.nodes, topology=a.topology, degree=a.degree, loss=a.loss,
                       latency=a.latency_ms / 1000, seed=a.seed, hop_limit=a.hop_limit,
@@ -110,9 +118,10 @@ def main() -> None:
                       hop_delay=a.hop_delay_ms / 1000, hop_jitter=a.hop_jitter_ms / 1000,
                       flooder=a.flooder, flood_rate=a.flood_rate,
                       flood_dm_rate=a.flood_dm_rate, flood_s=a.flood_s,
-                      bad_relays=a.bad_relays, tamper=a.tamper,
+                      bad_relays=a.bad_relays, tamper=a.tamper, bad_mode=a.bad_mode,
                       quota_origin_kib=a.quota_origin_kib,
-                      quota_total_kib=a.quota_total_kib, catchup_rounds=a.catchup_rounds))
+                      quota_total_kib=a.quota_total_kib, catchup_rounds=a.catchup_rounds,
+                      progress=a.progress))
     if a.json:
         print(json.dumps(fig), flush=True)
         return

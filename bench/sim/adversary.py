@@ -9,7 +9,8 @@ they forward (issue 12: "safe among strangers").
 * ``BadRelay``: an outgoing filter (``Net.filters``) on a node whose core is
   honest: each ``envs`` frame it sends is, with probability ``tamper``, either
   dropped or corrupted (one byte of each forwarded envelope's signed bytes or
-  signature flipped: an invalid envelope), chosen per frame at random (seeded).
+  signature flipped: an invalid envelope), chosen per frame at random (seeded), or
+  always the one or the other (``mode``).
   Its own envelopes (its profile) go out untouched, so the mesh still knows it.
 """
 
@@ -117,6 +118,8 @@ class BadRelay:
 
     rng: random.Random
     tamper: float = 1.0
+    #: ``either`` (drop or corrupt, at random per frame), ``drop`` or ``corrupt``.
+    mode: str = "either"
     dropped: int = 0  # envelopes
     corrupted: int = 0
 
@@ -131,7 +134,7 @@ class BadRelay:
         forwarded = [e for e in msg.entries if _origin(e[1]) != node.key]
         if not forwarded:
             return body
-        if self.rng.random() < 0.5:
+        if self.mode == "drop" or (self.mode == "either" and self.rng.random() < 0.5):
             self.dropped += len(forwarded)
             return routing.encode_envs(own) if own else None
         self.corrupted += len(forwarded)

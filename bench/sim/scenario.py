@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import resource
+import sys
 import time
 from dataclasses import dataclass
 
@@ -52,10 +53,13 @@ class Options:
     flood_s: float = 600.0
     bad_relays: float = 0.0
     tamper: float = 1.0
+    bad_mode: str = "either"
     #: Storage quotas (KiB; None: the core's defaults).
     quota_origin_kib: float | None = None
     quota_total_kib: float | None = None
     catchup_rounds: int = 2
+    #: A line on stderr as each phase begins (wall and virtual time), for long runs.
+    progress: bool = False
 
 
 def _settle(net: Net, since: float, quiet: float = 2.0, most: float = 120.0,
@@ -69,6 +73,12 @@ def _settle(net: Net, since: float, quiet: float = 2.0, most: float = 120.0,
         if net.loop.now - last >= quiet and net.directory_errors() == 0:
             return max(0.0, last - since)
     return None
+
+
+def _phase(o: Options, net: Net, started: float, name: str) -> None:
+    if o.progress:
+        print(f"bench.sim: {name} at {time.perf_counter() - started:.0f} s wall, "
+              f"{net.loop.now:.1f} s virtual", file=sys.stderr, flush=True)
 
 
 def _reach(net: Net, origin: Node, adj: dict[int, set[int]] | None = None,
@@ -93,7 +103,8 @@ def _adversaries(net: Net, o: Options, rng: random.Random) -> Adversaries:
     flooder = rng.choice(nodes) if o.flooder else None
     others = [n for n in nodes if n is not flooder]
     bad = sorted(rng.sample(others, k=round(o.bad_relays * len(nodes))), key=lambda n: n.index)
-    relays = {n.index: BadRelay(random.Random(rng.random()), o.tamper) for n in bad}
+    relays = {n.index: BadRelay(random.Random(rng.random()), o.tamper, o.bad_mode)
+              for n in bad}
     net.filters.update(relays)
     honest = [n for n in others if n.index not in relays]
     flood = None
@@ -155,6 +166,7 @@ def run(o: Options) -> dict:
                  "signatures": "real" if o.real_signatures else "counted",
                  "initial_settle_s": initial}
 
+    _phase(o, net, started, "idle")
     # idle: profiles and catch-up summaries only
     before = sum(n.sent_bytes for n in net.nodes)
     t0 = net.loop.now
@@ -170,6 +182,7 @@ def run(o: Options) -> dict:
     honest_ix = {n.index for n in honest}
     graph = net.alive_adjacency(net.edges) if adv is not None else None  # bans end
 
+    _phase(o, net, started, "room")
     # room messages: each from a random (honest) node, 20 ms apart
     net.track_wire = True
     dups0 = sum(n.core.counts["duplicates"] for n in net.nodes)
@@ -210,6 +223,7 @@ def run(o: Options) -> dict:
     fig["copies_per_msg_node"] = round(copies / ((len(room) or 1) * o.nodes), 3)
     fig["bytes_per_node_per_msg"] = round(bytes_flood / ((len(room) or 1) * o.nodes), 1)
 
+    _phase(o, net, started, "dms")
     # DMs between random (honest) pairs that know each other (the recipient's profile
     # reached us)
     dm_ids: list[tuple[bytes, Node, Node]] = []
@@ -242,10 +256,20 @@ def run(o: Options) -> dict:
     fig["dm_bytes"] = round(dm_bytes / n_dm, 1)
     fig["dm_path_hops"] = round(sum(a.core.dist.get(b.key, 0) for _, a, b in dm_ids) / n_dm, 2)
     fig["shown_twice"] = sum(n.shown_twice for n in net.nodes)
+    if adv is not None:
+        # pairs whose every path within the hop limit crosses a bad relay (or the flooder)
+        cut = [(m, b) for m, a, b in dm_ids
+               if b.index not in _reach(net, a, graph, honest_ix)]
+        fig["dms_only_behind_bad_relays"] = len(cut)
+        fig["delivery_dm_honest_paths"] = (
+            sum(1 for m, _, b in dm_ids if m in b.shown) - sum(1 for m, b in cut if m in b.shown)
+        ) / ((len(dm_ids) - len(cut)) or 1)
     net.track_wire = False
     if adv is not None:
+        _phase(o, net, started, "flood end")
         _adversary_figures(net, o, adv, fig, t0 + o.idle)
 
+    _phase(o, net, started, "churn")
     # churn: clean leaves, silent leaves and joins with an empty store, one at a time
     settles: dict[str, list[float | None]] = {"join": [], "leave": [], "silent_leave": []}
     for _ in range(o.churn):
