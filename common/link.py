@@ -23,9 +23,17 @@ tested without sockets (docs/protocol.md, "Links").
    ``pong``, ``rekey`` and ``close``; ``app`` or a second HELLO is ``bad_state``.
 3. OPEN: ``app`` messages flow both ways; ``ping``/``pong`` keep the link
    alive; each side rekeys its sending cipher after ``rekey`` signalling.
+4. CLOSE: a peer's ``close`` ends the link whatever it holds; only a reject
+   code (``[a-z][a-z0-9_]{0,47}``) passes as its reason, anything else (or a
+   ``close`` whose fields do not decode) is ``bad_close``, the peer's value
+   escaped in the detail.
 
 The state table fails closed: input in a state that does not expect it
-closes the link. Limits, each closing the link with its reject code:
+closes the link. Every decoder meets a plaintext of any msgpack shape with a
+reject code (``bad_message`` for a ``t`` that is no str, ``bad_version`` for a
+``v`` that is no int...); should one ever raise something else
+(``DECODER_FAULTS``), the link closes with ``bad_message`` all the same.
+Limits, each closing the link with its reject code:
 ``handshake_timeout`` (not OPEN within 10 s), ``slow_sender`` (a frame
 started but unfinished for 5 s), ``timeout`` (nothing received for 9 s while
 OPEN), ``rate_limited`` (more frames per second than allowed), plus every
