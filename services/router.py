@@ -323,7 +323,8 @@ class Router:
         current = self.c.policy.get(key)
         if req.remove:
             if current is None or current[0] != req.policy:
-                raise RequestFailed(f"{req.key[:16]} is not {req.policy}ed here",
+                done = {"block": "blocked", "mute": "muted"}[req.policy]
+                raise RequestFailed(f"{req.key[:16]} is not {done} here",
                                     code="not_found")
             step = self.c.set_policy(key, None, time.time(), time.monotonic(),
                                      reason=f"{req.policy} lifted by the user")
