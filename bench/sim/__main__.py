@@ -37,6 +37,8 @@ GOALS = [
 ADVERSARY_GOALS = [
     ("delivery_room", "honest room delivery (via honest or bad relays)", ">= 0.999",
      lambda v, f: v >= 0.999),
+    ("delivery_room_bound", "... at most (pairs with a path of honest relays)", "report",
+     None),
     ("delivery_room_first_pass", "... before catch-up", "report", None),
     ("room_pairs_by_catch_up", "... pairs delivered only by catch-up", "report", None),
     ("room_pairs_only_behind_bad_relays", "... pairs reachable only through bad relays",
@@ -94,6 +96,8 @@ def main() -> None:
     p.add_argument("--flood-rate", type=float, default=50.0, help="its room messages per s")
     p.add_argument("--flood-dm-rate", type=float, default=0.0, help="its DMs per s")
     p.add_argument("--flood-s", type=float, default=600.0, help="how long it floods")
+    p.add_argument("--flood-age", type=float, default=0.0,
+                   help="seconds its timestamps are set back (past 300 s: backlog)")
     p.add_argument("--bad-relays", type=float, default=0.0,
                    help="fraction of nodes that drop or corrupt what they forward")
     p.add_argument("--tamper", type=float, default=1.0,
@@ -118,6 +122,7 @@ def main() -> None:
                       hop_delay=a.hop_delay_ms / 1000, hop_jitter=a.hop_jitter_ms / 1000,
                       flooder=a.flooder, flood_rate=a.flood_rate,
                       flood_dm_rate=a.flood_dm_rate, flood_s=a.flood_s,
+                      flood_age=a.flood_age,
                       bad_relays=a.bad_relays, tamper=a.tamper, bad_mode=a.bad_mode,
                       quota_origin_kib=a.quota_origin_kib,
                       quota_total_kib=a.quota_total_kib, catchup_rounds=a.catchup_rounds,

@@ -37,6 +37,8 @@ class Flooder:
     #: For the DMs' ephemeral keys (the same run makes the same bytes).
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     text_bytes: int = 100
+    #: Seconds its timestamps are set back (0: honest; past ``FRESH_S`` they are backlog).
+    age: float = 0.0
     #: A tick of the flood: what is due is sent together (one frame per neighbour).
     interval: float = 0.02
     made: int = 0  # envelopes made
@@ -70,10 +72,10 @@ class Flooder:
         net.loop.at(now + self.interval, self._tick)
 
     def envelopes(self, rooms: int, dms: int, now: float) -> list[tuple[int, bytes, bytes]]:
-        """Signed by the flooder, stamped now (honest timestamps); its own core marks them
-        seen, so copies that come back are duplicates to it."""
+        """Signed by the flooder, stamped now (honest timestamps) or ``age`` earlier; its own
+        core marks them seen, so copies that come back are duplicates to it."""
         node, store = self.node, self.node.store
-        ts = int((EPOCH + now) * 1000)
+        ts = int((EPOCH + now - self.age) * 1000)
         specs: list[tuple[int, bytes | None, bytes]] = []
         for _ in range(rooms):
             specs.append((envelope.KIND_ROOM, None,

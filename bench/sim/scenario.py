@@ -51,6 +51,7 @@ class Options:
     flood_rate: float = 50.0
     flood_dm_rate: float = 0.0
     flood_s: float = 600.0
+    flood_age: float = 0.0
     bad_relays: float = 0.0
     tamper: float = 1.0
     bad_mode: str = "either"
@@ -112,7 +113,7 @@ def _adversaries(net: Net, o: Options, rng: random.Random) -> Adversaries:
         net.watch = flooder.key
         flood = Flooder(net, flooder, o.flood_rate, o.flood_dm_rate,
                         victims=rng.sample(honest, k=min(10, len(honest))),
-                        rng=random.Random(rng.random()))
+                        rng=random.Random(rng.random()), age=o.flood_age)
         flood.start(o.flood_s)
     return Adversaries(flooder, flood, relays, honest)
 
@@ -215,7 +216,10 @@ def run(o: Options) -> dict:
         fig["room_pairs"] = expected
         fig["room_pairs_by_catch_up"] = got - first_pass
         fig["room_pairs_missed"] = expected - got
-        fig["room_pairs_only_behind_bad_relays"] = sum(len(w - h) for _, w, h in room)
+        fig["room_pairs_only_behind_bad_relays"] = cut = sum(len(w - h) for _, w, h in room)
+        # what any protocol can reach: a relay that destroys all it forwards cuts off the
+        # nodes behind it (a node whose only link is to a bad relay)
+        fig["delivery_room_bound"] = 1 - cut / expected
         fig["delivery_room_honest_paths"] = _shown(net, room, honest_paths=True) / (
             sum(len(h) for _, _, h in room) or 1)
     fig["dup_per_msg_node"] = round(dups_flood / ((len(room) or 1) * o.nodes), 3)
