@@ -118,9 +118,11 @@ class Store:
         self.hops: dict[bytes, int] = {}
         self.received_at: dict[bytes, float] = {}  # arrival (virtual time), in arrival order
         self.seq = 0
-        #: Evictable rows (common.quota.evictable) by origin, in arrival order, with their
-        #: bytes, and each origin's sum: what ``services/storedb.py`` ``usage`` counts.
-        self.evictable: dict[bytes, dict[bytes, int]] = {}
+        #: Evictable rows (common.quota.evictable) by origin, a heap by ``oldest_first`` (then
+        #: arrival order) of ``(key..., n, row)``, and each origin's bytes: what
+        #: ``services/storedb.py`` ``usage`` counts.
+        self.evictable: dict[bytes, list[tuple[Any, ...]]] = {}
+        self._n = itertools.count()
         self.used: Counter[bytes] = Counter()
         #: New messages ever committed (not profiles), by origin, evicted ones included.
         self.stored: Counter[bytes] = Counter()
@@ -140,9 +142,10 @@ class Store:
                 if m.kind != envelope.KIND_PROFILE:
                     self.stored[m.origin] += 1
                 if quota.evictable(m.kind, m.origin, m.to, self.own):
-                    n = quota.row_bytes(m.signed, m.sig)
-                    self.evictable.setdefault(m.origin, {})[m.id] = n
-                    self.used[m.origin] += n
+                    row = (m.id, m.ts, now, quota.row_bytes(m.signed, m.sig))
+                    heapq.heappush(self.evictable.setdefault(m.origin, []),
+                                   (*quota.oldest_first(row), next(self._n), row))
+                    self.used[m.origin] += row[3]
             out.append(rpc.PutOutcome(id=m.id, new=new))
         return out
 
@@ -151,18 +154,25 @@ class Store:
                                  hops=self.hops[i]) for i in ids if i in self.rows]
 
     def evict(self, a: routercore.Evict) -> list[tuple[bytes, int]]:
-        """``common.quota``'s rule: the origin's oldest evictable rows (claimed time, then
-        arrival) until ``size`` bytes are freed."""
+        """``common.quota``'s rule: the origin's oldest evictable rows (``oldest_first``)
+        until ``size`` bytes are freed, read from a heap as far as needed."""
         assert a.own == self.own
-        mine = self.evictable.get(a.origin, {})
-        rows = sorted(((i, self.rows[i].ts, self.received_at[i], n) for i, n in mine.items()),
-                      key=quota.oldest_first)
-        gone = quota.pick_oldest(rows, a.size)
+        heap = self.evictable.get(a.origin, [])
+        taken: list[tuple[Any, ...]] = []
+
+        def oldest() -> Iterator[tuple[bytes, int, float, int]]:
+            while heap:
+                taken.append(heapq.heappop(heap))
+                yield taken[-1][-1]
+
+        gone = quota.pick_oldest(oldest(), a.size)
+        for entry in taken[len(gone):]:  # read, not freed: back in the heap
+            heapq.heappush(heap, entry)
         for i, n in gone:
-            del self.rows[i], self.hops[i], self.received_at[i], mine[i]
+            del self.rows[i], self.hops[i], self.received_at[i]
             self.used[a.origin] -= n
             self.evicted += 1
-        if not mine:
+        if not heap:
             self.evictable.pop(a.origin, None)
             self.used.pop(a.origin, None)
         return gone
