@@ -411,9 +411,19 @@ class RouterCore:
         for msg_id in late:
             yield from self.fall_back(self.awaiting.pop(msg_id), mono)
         if self.profile_at is not None and mono >= self.profile_at:
-            # a little early, at random: nodes started together do not refresh together
-            self.profile_at = mono + self.settings.profile_every * self.relay.rng.uniform(0.9, 1)
-            yield from self.publish_profile(now, mono)
+            wait = self.flood.own_allowance(KIND_PROFILE, self.own_key, mono)
+            if wait > 0:
+                # links that flap (or a peer that connects and leaves in a loop) must not
+                # make us flood profiles past the limit our neighbours hold us to: the
+                # changes are coalesced into the next profile the limit allows
+                # (a little after the token is back: our neighbours' buckets are no earlier)
+                self.profile_at = mono + min(wait + 0.01, self.settings.profile_every)
+            else:
+                self.flood.take_own(KIND_PROFILE, self.own_key, mono)
+                # a little early, at random: nodes started together do not refresh together
+                self.profile_at = mono + self.settings.profile_every * \
+                    self.relay.rng.uniform(0.9, 1)
+                yield from self.publish_profile(now, mono)
         if self.summary_at is not None and mono >= self.summary_at:
             yield from self.anti_entropy(now, mono)
 
@@ -675,7 +685,8 @@ class RouterCore:
             self.verify(env)
         except EnvelopeError as e:
             self.penalize(link, mono, invalid=True)
-            yield self.reject(f"peer {fingerprint(link)} (origin {fingerprint(env.origin)})",
+            # the source names the link only: forged origins must not each get a log line
+            yield self.reject(f"peer {fingerprint(link)}",
                               e.code, e.message)
             return None
         if env.to is not None and env.to == env.origin:
@@ -763,7 +774,8 @@ class RouterCore:
             rpc.StoredMessage(id=r.id, kind=r.kind, origin=r.origin, seq=r.seq, ts=r.ts,
                               to=r.to, signed=r.signed, sig=r.sig, hops=0, own=True, held=True)
             for r in receipts]
-        results = yield Commit(items)
+        # (nothing to commit when the only DMs to us did not open)
+        results = (yield Commit(items)) if items else []
         for a in accepted:
             self.seen.add(a.env.id, now)
         fresh = [a for a, r in zip(accepted, results[: len(accepted)], strict=True) if r.new]
@@ -862,8 +874,11 @@ class RouterCore:
 
     def flooded(self, over: str, env: Envelope, link: bytes, mono: float) -> Step:
         self.counts["rate_limited"] += 1
-        if over in ("link", "address") or env.origin == link:
-            self.penalize(link, mono)  # the neighbour floods (not a relay of someone's flood)
+        if over in ("link", "address") or (env.origin == link and env.kind in (KIND_ROOM,
+                                                                              KIND_DM)):
+            # the neighbour floods, with its own words (not a relay of someone's flood, nor
+            # a machine-made receipt or profile: those follow others' actions)
+            self.penalize(link, mono)
         source = f"origin {fingerprint(env.origin)}" if over in ("origin", "backlog") \
             else f"peer {fingerprint(link)}"
         yield self.reject(source, "rate_limited", self.flood_detail(over, env.kind))

@@ -83,10 +83,6 @@ def test_the_node_still_chats_afterwards(run: Run) -> None:
     assert delivered["peer to target"] and delivered["target to peer"], delivered
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the fuzzer's link churn makes the target originate a profile per link change; its "
-    "honest neighbour rate-limits them (0.2 profile/s per origin, burst 10), scores the "
-    "target's link for it and bans the target within seconds (router core, issue 12)"))
 def test_its_honest_neighbour_still_chats_with_it(run: Run) -> None:
     delivered = run.fig.delivered
     assert delivered["honest to target"] and delivered["target to honest"], delivered

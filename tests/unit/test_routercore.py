@@ -309,10 +309,13 @@ def test_checks_run_cheap_first(solo) -> None:
     feed(me, envs(real))
     # a copy of an accepted id is a duplicate whatever its signature says
     assert reasons(feed(me, envs((0, real[1], bytes(64))))) == []
-    limited = Net(1, settings=rc.RouterSettings(flood=FloodSettings(room_rate=0.001, room_burst=1)))
+    # the origin's allowance is spent after its signature: a forged copy spends none
+    limited = Net(1, settings=rc.RouterSettings(
+        flood=FloodSettings(room_rate=0.001, room_burst=1)))
     lim, forged = limited.nodes[0], entry(limited, alice, seq=1)
+    assert reasons(feed(lim, envs((0, forged[1], bytes(64))))) == ["bad_signature"]
     assert reasons(feed(lim, envs(entry(limited, alice, seq=2)))) == []
-    assert reasons(feed(lim, envs((0, forged[1], bytes(64))))) == ["rate_limited"]
+    assert reasons(feed(lim, envs(entry(limited, alice, seq=3)))) == ["rate_limited"]
 
 
 def test_bad_recipient_a_dm_to_its_own_origin(solo) -> None:

@@ -144,6 +144,29 @@ def test_own_allowance_is_exact(rate: float, burst: int, n: int, gap: float) -> 
         t += gap
 
 
+def test_links_that_flap_do_not_make_a_node_flood_its_profiles() -> None:
+    """A peer that connects and leaves in a loop changes our links each time: our profiles
+    are coalesced to the limit our neighbours hold us to, so they never refuse (and ban)
+    us for them."""
+    net = Net(2, settings=replace(HUMAN, scoring=ScoreSettings()))
+    net.line()
+    net.run_for(1.0)
+    me, honest = net.nodes
+    churner = b"c" * 32
+    before = len(me.store.rows)
+    for i in range(200):
+        me.set_links({honest.key} | ({churner} if i % 2 == 0 else set()))
+        net.run_for(0.1)
+    net.run_for(10.0)
+    profiles = [m for m in me.store.rows.values()
+                if m.kind == envelope.KIND_PROFILE and m.origin == me.key]
+    burst, rate = FloodSettings().profile_burst, FloodSettings().profile_rate
+    assert len(profiles) <= burst + rate * 32 + 1, (len(profiles), before)
+    assert me.key in honest.core.links and not honest.core.policy
+    assert all(r.reason != "rate_limited" for r in honest.rejected)
+    assert me.core.directory[honest.key].published[0] == 1
+
+
 # -- scores and bans -----------------------------------------------------------------------
 
 
