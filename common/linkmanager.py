@@ -68,6 +68,7 @@ from .events import (
     WireRejected,
 )
 from .keys import fingerprint
+from .limits import UNIX_TIME_MAX
 from .link import (
     BAD_CLOSE,
     Link,
@@ -176,9 +177,11 @@ class ToRouter:
 
 @dataclass(frozen=True, slots=True)
 class SavePins:
-    """Persist the pins (``Pins.dump()``) to ``pins.json``."""
+    """Persist the pins (``Pins.dump()``) to ``pins.json``: at once when ``urgent`` (the
+    user's trust or untrust, answered only once written), else within a second."""
 
     data: dict[str, Any]
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +310,7 @@ class LinkManager:
         self.identity: Identity | None = None
         self.pins = Pins()
         self._saved_pins: dict[str, Any] | None = None
+        self._saved_changes = 0
         self.conns: dict[int, Conn] = {}
         #: The one kept link of each verified peer.
         self.verified: dict[bytes, Conn] = {}
@@ -355,6 +359,7 @@ class LinkManager:
             return str(e) or type(e).__name__
         self.pins = pins
         self._saved_pins = pins.dump()
+        self._saved_changes = pins.changes
         return None
 
     # -- connections -------------------------------------------------------------------
@@ -530,10 +535,10 @@ class LinkManager:
         if refusal is not None:
             self._finish(c, c.link.close(refusal, f"{refusal} by this node", now), now, actions)
             return
-        dumped = self.pins.dump()
-        if dumped != self._saved_pins:  # check() pins on first use: persist every new pin
-            self._saved_pins = dumped
-            actions.append(SavePins(dumped))
+        if self.pins.changes != self._saved_changes:  # check() pins on first use: save it
+            self._saved_changes = self.pins.changes
+            self._saved_pins = self.pins.dump()
+            actions.append(SavePins(self._saved_pins))
         existing = self.verified.get(ev.key)
         drop: Conn | None = None
         if existing is not None and existing is not c:
@@ -687,13 +692,16 @@ class LinkManager:
 
     def links(self, now: float, wall: float) -> rpc.LinkList:
         """The ``gateway.links`` snapshot; ``wall`` is the unix time at ``now``."""
+        if not (_good_now(now) and _good_now(wall)):  # no clock: ages unknown, shown as 0
+            now = wall = 0.0
         out = []
         for c in self.conns.values():
             key = c.key or c.link.expected_key
             out.append(rpc.LinkInfo(
                 link=c.id, address=c.address, direction=c.direction,  # type: ignore[arg-type]
                 state="open" if c.link.is_open else "handshake",
-                since=max(0.0, wall - (now - c.opened)), key=key.hex() if key else None,
+                since=min(UNIX_TIME_MAX, max(0.0, wall - (now - c.opened))),
+                key=key.hex() if key else None,
                 nickname=c.link.peer_nickname, version=c.link.version,
                 frames_in=c.link.frames_in, frames_out=c.link.frames_out))
         return rpc.LinkList(epoch=self.numbering.epoch, seq=self.numbering.seq,
@@ -710,9 +718,10 @@ class LinkManager:
         dial = self.peers.setdefault(raw, PeerDial())
         self.pins.trust(raw, nickname or dial.nickname or None)
         self._saved_pins = self.pins.dump()
+        self._saved_changes = self.pins.changes
         dial.blocked = False
         dial.next_attempt = now
-        actions: list[Action] = [SavePins(self._saved_pins),
+        actions: list[Action] = [SavePins(self._saved_pins, urgent=True),
                                  Emit(PeerTrusted, {"key": raw.hex(), "trusted": True})]
         self._schedule(now, actions)
         return actions
@@ -725,7 +734,8 @@ class LinkManager:
         if not self.pins.forget(raw):
             return [Refused("not_pinned", f"{fingerprint(raw)} is not pinned")]
         self._saved_pins = self.pins.dump()
-        return [SavePins(self._saved_pins),
+        self._saved_changes = self.pins.changes
+        return [SavePins(self._saved_pins, urgent=True),
                 Emit(PeerTrusted, {"key": raw.hex(), "trusted": False})]
 
     # -- dialling ------------------------------------------------------------------------

@@ -35,11 +35,17 @@ class Pins:
     def __init__(self) -> None:
         self._by_nick: dict[str, set[bytes]] = {}
         self._trusted: set[bytes] = set()
+        #: Grows with every change: a caller saves when it moved, without comparing dumps
+        #: (a stranger after a stranger would make that quadratic).
+        self.changes = 0
 
     def check(self, nickname: str, key: bytes) -> KeyChanged | None:
         """None if ``key`` may be accepted under ``nickname`` (pinning it if new)."""
         if key in self._trusted:
-            self._by_nick.setdefault(nickname, set()).add(key)
+            keys = self._by_nick.setdefault(nickname, set())
+            if key not in keys:
+                keys.add(key)
+                self.changes += 1
             return None
         pinned = self._by_nick.get(nickname)
         if pinned and key not in pinned:
@@ -48,12 +54,14 @@ class Pins:
         return None
 
     def trust(self, key: bytes, nickname: str | None = None) -> None:
+        self.changes += 1
         self._trusted.add(key)
         if nickname:
             self._by_nick.setdefault(nickname, set()).add(key)
 
     def forget(self, key: bytes) -> bool:
         found = key in self._trusted
+        self.changes += 1
         self._trusted.discard(key)
         for keys in self._by_nick.values():
             found |= key in keys

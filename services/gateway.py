@@ -62,6 +62,7 @@ class Gateway:
         self.addresses = tuple(f"{ip}:{self.port}" for ip in ips)
         #: The link table, which this service owns (docs/protocol.md §2, "Mirrored state").
         self.policy: Mirror | None = None
+        self._pins_pending: dict[str, typing.Any] | None = None
         self.core = LinkManager(networks=interface_networks(ips), log=rt.log,
                                 numbering=rt.own_table("links"), nickname=rt.config.nickname)
         self.transports: dict[int, asyncio.Transport] = {}
@@ -93,6 +94,8 @@ class Gateway:
                 self.rt.spawn(self.dial(a), f"dial {fingerprint(a.key)}")
             elif isinstance(a, SavePins):
                 self.save_pins(a.data)
+                if a.urgent:
+                    self.write_pins()
             else:
                 self.core.rejects.reject("gateway", a.reason, a.detail)
 
@@ -116,6 +119,17 @@ class Gateway:
             self.execute(self.core.link_timer(conn, now))
 
     def save_pins(self, data: dict[str, typing.Any]) -> None:
+        """Write the newest pins at most once a second: strangers verified one after the
+        other must not make the gateway rewrite a growing file for each."""
+        first = self._pins_pending is None
+        self._pins_pending = data
+        if first:
+            self.loop.call_later(1.0, self.write_pins)
+
+    def write_pins(self) -> None:
+        data, self._pins_pending = self._pins_pending, None
+        if data is None:
+            return
         path = self.config.paths.pins_file
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -306,6 +320,7 @@ async def main(rt: Runtime) -> None:
     finally:
         reader.close()
         gw.execute(gw.core.close_all(gw.loop.time()))
+        gw.write_pins()  # what a last second changed
         for server in gw.servers:
             server.close()
         for sock in (getattr(gw, "router_push", None), getattr(gw, "router_pull", None)):
