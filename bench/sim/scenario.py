@@ -262,12 +262,11 @@ def run(o: Options) -> dict:
     fig["shown_twice"] = sum(n.shown_twice for n in net.nodes)
     if adv is not None:
         # pairs whose every path within the hop limit crosses a bad relay (or the flooder)
-        cut = [(m, b) for m, a, b in dm_ids
-               if b.index not in _reach(net, a, graph, honest_ix)]
-        fig["dms_only_behind_bad_relays"] = len(cut)
-        fig["delivery_dm_honest_paths"] = (
-            sum(1 for m, _, b in dm_ids if m in b.shown) - sum(1 for m, b in cut if m in b.shown)
-        ) / ((len(dm_ids) - len(cut)) or 1)
+        reachable = [(m, b) for m, a, b in dm_ids
+                     if b.index in _reach(net, a, graph, honest_ix)]
+        fig["dms_only_behind_bad_relays"] = len(dm_ids) - len(reachable)
+        fig["delivery_dm_honest_paths"] = sum(1 for m, b in reachable if m in b.shown) / (
+            len(reachable) or 1)
     net.track_wire = False
     if adv is not None:
         _phase(o, net, started, "flood end")
