@@ -351,3 +351,10 @@ def test_evictable_rows_are_defined_once() -> None:
     assert not quota.evictable(KIND_ROOM, me, None, me)
     assert not quota.evictable(envelope.KIND_PROFILE, other, None, me)
     assert math.isinf(FloodSettings.unlimited().room_rate) is False
+
+
+def test_loopback_is_one_machines_own_mesh_not_one_sender() -> None:
+    lim = FloodLimits(FloodSettings(address_burst=2, address_rate=0.001))
+    assert all(lim.admit_link(bytes([i]) * 32, "127.0.0.1:4000", 0) is None for i in range(9))
+    assert [lim.admit_link(bytes([i]) * 32, "[fe80::1%eth0]:4000", 0) for i in range(3)] \
+        == [None, None, "address"]
