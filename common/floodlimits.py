@@ -48,8 +48,8 @@ class FloodSettings:
     dm_burst: float = 20.0
     receipt_rate: float = 10.0
     receipt_burst: float = 100.0
-    profile_rate: float = 0.2
-    profile_burst: float = 10.0
+    profile_rate: float = 1.0
+    profile_burst: float = 30.0
     backlog_rate: float = 4.0
     backlog_burst: float = 500.0
     link_envelope_rate: float = 500.0
