@@ -206,8 +206,10 @@ def screen_lines(app: ChatApp) -> list[str]:
 
 
 def test_strangers_text_is_shown_harmlessly_and_block_mute_hide_it(make_node) -> None:
-    ann = make_node("ann", config="[router]\nroom_rate = 0.05\nroom_burst = 3\n")
-    eve = make_node("eve", env={"TAZCOM_NICK": EVIL_NICK})
+    # a service type of their own: the module's pair must not be heard by ann or eve
+    own = '[discovery]\nservice_type = "_tazcomevil._tcp.local."\n'
+    ann = make_node("ann", config="[router]\nroom_rate = 0.05\nroom_burst = 3\n" + own)
+    eve = make_node("eve", env={"TAZCOM_NICK": EVIL_NICK}, config=own)
     ann.start()
     eve.start()
     ann.wait_up()
