@@ -792,7 +792,7 @@ def fuzz_node(target: Any, honest: Any, frames: int, seconds: float, *, seed: in
         delivered = {**fresh, **{way: f() for way, f in chats.items()}}
         time.sleep(0.5)  # noqa: sleep-ok - late events of the run reach the tap
         pss_after = service_pss(target, SERVICES)
-        stats = request(target, "router", rpc.GetRouterStats())
+        stats = request(target, "router", rpc.GetRouterStats(), timeout=30)  # a busy host
         # every message shown is one its origin signed: ours honestly, or the nodes' own
         posts |= {(honest.key, text), (target.key, own)}
         forged = [e for e in tap.of(ChatMessage.TOPIC)
