@@ -98,7 +98,7 @@ class Flooder:
                 await self.one_link(host, int(port), rate, until)
             except OSError as e:
                 self.closes[f"os:{e.errno}"] += 1
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # noqa: sleep-ok - an attacker's reconnect pace, not a wait
         return {"key": bytes(self.me.verify_key).hex(),
                 "origins": [bytes(o.verify_key).hex() for o in self.origins],
                 "sent": self.sent, "frames": self.frames, "links": self.links,
