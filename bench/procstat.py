@@ -64,3 +64,31 @@ def pids_in_netns(ns: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (all its threads), from /proc/<pid>/stat,
+    in seconds (clock-tick resolution); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """One process's memory from /proc/<pid>/smaps_rollup, KiB: ``rss``, ``pss`` and ``uss``
+    (private clean + private dirty: what ending the process would free); {} if it is gone."""
+    vals: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+                vals[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    if "Pss" not in vals:
+        return {}
+    return {"rss": vals.get("Rss", 0), "pss": vals["Pss"],
+            "uss": vals.get("Private_Clean", 0) + vals.get("Private_Dirty", 0)}
