@@ -2,10 +2,14 @@
 
 An envelope is the msgpack array (docs/protocol.md, "Envelopes")::
 
-    [1, kind, origin, seq, ts, to, body]
+    [2, kind, origin, seq, ts, to, body, cert]
 
-signed by ``origin`` over ``"tazcom-envelope:" || those bytes``. Its id is
-BLAKE2b-128 of the signed bytes, so an id names exactly one signed message.
+signed over ``"tazcom-envelope:" || those bytes`` by the delegated key that
+``cert`` (common/certs.py) certifies for ``origin``, or, when ``cert`` is nil (a
+revocation), by ``origin``'s long-term key. Version 1, ``[1, kind, origin, seq,
+ts, to, body]`` signed by ``origin``'s long-term key, is still accepted (kinds 1-4).
+Its id is BLAKE2b-128 of the signed bytes, so an id names exactly one signed
+message.
 Relays check the signature before they store, show or pass anything on; the
 hop count travels beside the envelope, outside the signature, and each relay
 increments it.
@@ -26,7 +30,12 @@ Kinds and their bodies:
   neighbours it has verified links with. Flooded at start, whenever its links
   change and every two minutes, so every node knows the mesh's shape: a node
   is reachable when a path of links both ends confirm leads to it
-  (``common.gossip.distances``).
+  (``common.gossip.distances``). ``since`` (unix ms) says since when ``enc`` has
+  been the key: a sender whose DM was sealed to an older key knows when the
+  recipient erases it.
+* ``revoke`` (5): ``[dkey, at]``: the origin revokes its delegated key ``dkey``
+  from ``at`` (unix ms) on. Signed by the long-term key (``cert`` nil), flooded
+  like a profile.
 """
 
 from __future__ import annotations
@@ -36,15 +45,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgpack
-import nacl.exceptions
 import nacl.public
-import nacl.signing
 
 from . import codec
 from .errors import RemoteProtocolError, SchemaError
 from .events import Nickname
-from .keys import DOMAIN_ENVELOPE
 from .limits import (
+    CERT_MAX,
     DM_BODY_MAX,
     ENVELOPE_BODY_MAX,
     HOPS_MAX,
@@ -59,12 +66,16 @@ from .limits import (
 )
 from .schema import ArrayRecord, Code, Key, Len, Range, Record, Spread, record
 
-ENVELOPE_V = 1
+ENVELOPE_V = 2
+#: The versions this node reads (docs/protocol.md, "Envelope versions").
+ENVELOPE_VERSIONS = (1, 2)
 KIND_ROOM = 1
 KIND_DM = 2
 KIND_RECEIPT = 3
 KIND_PROFILE = 4
-KIND_NAMES = {KIND_ROOM: "room", KIND_DM: "dm", KIND_RECEIPT: "receipt", KIND_PROFILE: "profile"}
+KIND_REVOKE = 5
+KIND_NAMES = {KIND_ROOM: "room", KIND_DM: "dm", KIND_RECEIPT: "receipt", KIND_PROFILE: "profile",
+              KIND_REVOKE: "revoke"}
 MAX_TEXT_BYTES = TEXT_MAX
 #: A DM's body: the sealed box of the text and the origin (48 bytes of box overhead).
 MAX_DM_BODY = DM_BODY_MAX
@@ -89,11 +100,12 @@ class EnvelopeError(RemoteProtocolError):
 
 
 @record
-class SignedFields(ArrayRecord):
-    """What the origin signs: ``[1, kind, origin, seq, ts, to, body]``."""
+class SignedFieldsV1(ArrayRecord):
+    """Version 1, signed by the origin's long-term key: ``[1, kind, origin, seq, ts, to,
+    body]``."""
 
     CODE: ClassVar[str] = "bad_envelope"
-    TAG: ClassVar[Any] = ENVELOPE_V
+    TAG: ClassVar[Any] = 1
     TAG_CODE: ClassVar[str | None] = "bad_version"
 
     kind: Annotated[Literal[1, 2, 3, 4], Code("bad_kind")]
@@ -104,6 +116,37 @@ class SignedFields(ArrayRecord):
     #: The recipient of a DM or receipt; nil for the room and profiles.
     to: Key32 | None
     body: Annotated[bytes, Len(0, ENVELOPE_BODY_MAX)]
+
+
+@record
+class SignedFields(ArrayRecord):
+    """What is signed: ``[2, kind, origin, seq, ts, to, body, cert]``."""
+
+    CODE: ClassVar[str] = "bad_envelope"
+    TAG: ClassVar[Any] = ENVELOPE_V
+    TAG_CODE: ClassVar[str | None] = "bad_version"
+
+    kind: Annotated[Literal[1, 2, 3, 4, 5], Code("bad_kind")]
+    origin: Key32
+    seq: Annotated[int, Range(0, 2**63 - 1)]
+    #: Written at, unix milliseconds (the origin's clock).
+    ts: Annotated[int, Range(0, 2**53 - 1)]
+    #: The recipient of a DM or receipt; nil for the room, profiles and revocations.
+    to: Key32 | None
+    body: Annotated[bytes, Len(0, ENVELOPE_BODY_MAX)]
+    #: The certificate of the delegated key that signed (common/certs.py); nil: signed by
+    #: the origin's long-term key (revocations only).
+    cert: Annotated[bytes, Len(1, CERT_MAX)] | None
+
+
+@record
+class RevokeBody(ArrayRecord):
+    """A revocation's body, ``[dkey, at]``: the delegated key, refused from ``at`` (ms)."""
+
+    CODE: ClassVar[str] = "bad_envelope"
+
+    dkey: Key32
+    at: Annotated[int, Range(0, 2**53 - 1)]
 
 
 @record
@@ -134,6 +177,8 @@ class ProfileBody(Record):
     enc: Key32
     #: The nodes it has verified links with, sorted.
     links: Annotated[tuple[Key32, ...], Len(0, PROFILE_LINKS_MAX)] = ()
+    #: Since when ``enc`` is the key DMs are sealed to (unix ms; 0: not said).
+    since: Annotated[int, Range(0, 2**53 - 1)] = 0
 
 
 @record
@@ -161,6 +206,9 @@ class Envelope:
     signed: bytes
     sig: bytes
     id: bytes
+    version: int = ENVELOPE_V
+    #: The delegated key's certificate; None: signed by the origin's long-term key.
+    cert: bytes | None = None
 
     @property
     def kind_name(self) -> str:
@@ -172,11 +220,19 @@ def message_id(signed: bytes) -> bytes:
 
 
 def signed_bytes(*, kind: int, origin: bytes, seq: int, ts: int, to: bytes | None,
-                 body: bytes) -> bytes:
-    """The bytes the origin signs; raises ``EnvelopeError`` for fields ``SignedFields``
-    refuses."""
+                 body: bytes, cert: bytes | None = None, version: int | None = None) -> bytes:
+    """The bytes that are signed; raises ``EnvelopeError`` for fields ``SignedFields``
+    refuses. Without ``cert``, version 1 (signed by the origin's long-term key, as tests
+    and old nodes do) unless ``version=2`` says otherwise (a revocation)."""
+    if version is None:
+        version = 1 if cert is None else ENVELOPE_V
     try:
-        fields = SignedFields(kind, origin, seq, ts, to, body)  # type: ignore[arg-type]
+        if version == 1:
+            if cert is not None:
+                raise _fail("bad_envelope", "a version 1 envelope has no certificate")
+            fields: ArrayRecord = SignedFieldsV1(kind, origin, seq, ts, to, body)  # type: ignore[arg-type]
+        else:
+            fields = SignedFields(kind, origin, seq, ts, to, body, cert)  # type: ignore[arg-type]
     except SchemaError as e:
         raise _error(e) from None
     return codec.pack(fields.to_array())
@@ -198,14 +254,29 @@ def parse(signed: bytes, sig: bytes) -> Envelope:
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, UnicodeDecodeError):
         raise _fail("bad_envelope", "signed bytes are not a msgpack envelope") from None
-    if type(fields) is not list or len(fields) != 7:
-        raise _fail("bad_envelope", "an envelope is an array of 7")
+    if type(fields) is not list or not fields:
+        raise _fail("bad_envelope", "an envelope is an array")
+    version = fields[0]
+    if version not in ENVELOPE_VERSIONS or type(version) is not int:
+        raise _fail("bad_version", f"envelope version {str(version)[:20]!r}; this node reads "
+                                   f"{', '.join(map(str, ENVELOPE_VERSIONS))}")
+    if len(fields) != 6 + version:
+        raise _fail("bad_envelope", f"a version {version} envelope is an array of {6 + version}")
     try:
-        f = SignedFields.from_array(fields)
+        f = (SignedFields if version == 2 else SignedFieldsV1).from_array(fields)
     except SchemaError as e:
         raise _error(e) from None
     kind, origin, seq, ts, to, body = f.kind, f.origin, f.seq, f.ts, f.to, f.body
-    if kind in (KIND_ROOM, KIND_PROFILE):
+    cert = getattr(f, "cert", None)
+    if kind == KIND_REVOKE:
+        if version == 1:
+            raise _fail("bad_kind", "a revocation is a version 2 envelope")
+        if cert is not None:
+            raise _fail("bad_envelope", "a revocation is signed by the origin's long-term key")
+        revoked_key(body)
+    elif version == 2 and cert is None:
+        raise _fail("bad_cert", f"a {KIND_NAMES[kind]} needs its delegated key's certificate")
+    if kind in (KIND_ROOM, KIND_PROFILE, KIND_REVOKE):
         if to is not None:
             raise _fail("bad_envelope", f"a {KIND_NAMES[kind]} message has no recipient")
     elif to is None:
@@ -223,16 +294,30 @@ def parse(signed: bytes, sig: bytes) -> Envelope:
     elif kind == KIND_PROFILE:
         profile_fields(body)
     return Envelope(kind=kind, origin=origin, seq=seq, ts=ts, to=to, body=body,
-                    signed=signed, sig=sig, id=message_id(signed))
+                    signed=signed, sig=sig, id=message_id(signed), version=version, cert=cert)
 
 
 def verify(env: Envelope) -> None:
-    """Raise EnvelopeError(bad_signature) unless ``origin`` signed the envelope."""
+    """Raise EnvelopeError unless the envelope is signed as its version requires, with no
+    memory of certificates (a ``certs.Verifier`` caches them, and knows revocations)."""
+    from .certs import Verifier
+
+    Verifier(cache_size=1)(env)
+
+
+def revoked_key(body: bytes) -> tuple[bytes, int]:
+    """A revocation's ``(dkey, at)``; raises ``EnvelopeError``."""
     try:
-        nacl.signing.VerifyKey(env.origin).verify(DOMAIN_ENVELOPE + env.signed, env.sig)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
-            nacl.exceptions.TypeError):
-        raise _fail("bad_signature", "the origin's signature does not verify") from None
+        r = RevokeBody.from_array(codec.unpack(body, MAX_BODY))
+    except SchemaError as e:
+        raise _error(e) from None
+    except RemoteProtocolError:
+        raise _fail("bad_envelope", "revocation body is not msgpack") from None
+    return r.dkey, r.at
+
+
+def revoke_body(dkey: bytes, at_ms: int) -> bytes:
+    return codec.pack(RevokeBody(dkey, at_ms).to_array())
 
 
 # --- bodies --------------------------------------------------------------------------------
@@ -278,6 +363,8 @@ class Profile:
     nickname: str
     enc_key: bytes
     links: frozenset[bytes] = frozenset()
+    #: Since when ``enc_key`` is the key (unix ms; 0: not said).
+    since: int = 0
 
 
 def profile_fields(body: bytes) -> Profile:
@@ -287,12 +374,15 @@ def profile_fields(body: bytes) -> Profile:
         raise _error(e) from None
     except RemoteProtocolError:
         raise _fail("bad_envelope", "profile body is not msgpack") from None
-    return Profile(nickname=prof.nick, enc_key=prof.enc, links=frozenset(prof.links))
+    return Profile(nickname=prof.nick, enc_key=prof.enc, links=frozenset(prof.links),
+                   since=prof.since)
 
 
-def profile_body(nickname: str, enc_key: bytes, links: list[bytes] | None = None) -> bytes:
+def profile_body(nickname: str, enc_key: bytes, links: list[bytes] | None = None,
+                 since: int = 0) -> bytes:
     try:
-        prof = ProfileBody(nick=nickname, enc=enc_key, links=tuple(sorted(links or ())))
+        prof = ProfileBody(nick=nickname, enc=enc_key, links=tuple(sorted(links or ())),
+                           since=since)
     except SchemaError as e:
         raise _error(e) from None
     return codec.pack(prof.to_dict())

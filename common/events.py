@@ -386,6 +386,18 @@ class MeshPeer(Event):
     enc_key: Annotated[str, HEX32]
 
 
+@event("key.revoked")
+class KeyRevoked(Event):
+    """A node's revocation of one of its delegated signing keys was accepted: envelopes
+    that key signed and dated at or after ``at`` are refused from now on."""
+
+    origin: HexKey
+    #: The delegated key revoked.
+    key: HexKey
+    #: Unix milliseconds.
+    at: Annotated[int, Range(0, 2**53 - 1)]
+
+
 #: How this node treats a peer's key: ``block`` (nothing from its origin is shown, stored or
 #: relayed; its direct link is refused), ``mute`` (not shown; still stored and relayed),
 #: ``ban`` (its score fell below the threshold: its link is closed and refused until

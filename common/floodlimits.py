@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .envelope import KIND_NAMES
+from .envelope import KIND_NAMES, KIND_REVOKE
 from .gossip import Buckets, TokenBucket
 
 #: An envelope stamped more than this long before our clock is backlog (catch-up).
@@ -80,7 +80,8 @@ class FloodSettings:
         return cls(**{f.name: 1e12 for f in fields(cls)})
 
     def rate_of(self, kind: int) -> tuple[float, float]:
-        name = KIND_NAMES[kind]
+        # a revocation is as rare as a profile, and follows its limit
+        name = "profile" if kind == KIND_REVOKE else KIND_NAMES[kind]
         return getattr(self, f"{name}_rate"), getattr(self, f"{name}_burst")
 
     def describe(self) -> str:

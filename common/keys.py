@@ -23,7 +23,11 @@ DOMAIN_NOISE_STATIC = b"tazcom-noise-static:"
 #: kind is inside the signed bytes.
 DOMAIN_ENVELOPE = b"tazcom-envelope:"
 DOMAIN_BENCH = b"tazcom-bench:"
-SIGNING_DOMAINS = frozenset({DOMAIN_MDNS_TXT, DOMAIN_NOISE_STATIC, DOMAIN_ENVELOPE, DOMAIN_BENCH})
+#: A certificate for a delegated signing key (common/certs.py): the long-term key vouches
+#: for a key the router holds.
+DOMAIN_CERT = b"tazcom-cert:"
+SIGNING_DOMAINS = frozenset({DOMAIN_MDNS_TXT, DOMAIN_NOISE_STATIC, DOMAIN_ENVELOPE, DOMAIN_BENCH,
+                             DOMAIN_CERT})
 
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 

@@ -57,10 +57,14 @@ KIND_MAX = 32
 SEALED_BOX_MIN = KEY_BYTES + 16
 #: A DM's body: the sealed box of the text and its author (48 bytes of box, the map).
 DM_BODY_MAX = TEXT_MAX + 256
+#: A delegated key's certificate ([1, dkey, not_before, not_after, purpose, sig]).
+CERT_MAX = 128
+#: The longest validity of a certificate, in seconds (one day, and an hour of clock slack).
+CERT_VALIDITY_MAX = 25 * 3600
 #: Any envelope's body.
 ENVELOPE_BODY_MAX = DM_BODY_MAX + 512
 #: An envelope's signed bytes (the array around the body).
-SIGNED_MAX = ENVELOPE_BODY_MAX + 128
+SIGNED_MAX = ENVELOPE_BODY_MAX + 128 + CERT_MAX
 #: Message ids in one receipt.
 RECEIPT_IDS_MAX = 256
 #: Neighbours listed in one profile.

@@ -45,11 +45,20 @@ from typing import Any
 
 import nacl.exceptions
 
-from . import catchup, envelope, gossip, routing, rpc, status
-from .envelope import KIND_DM, KIND_PROFILE, KIND_RECEIPT, KIND_ROOM, Envelope, EnvelopeError
+from . import catchup, certs, envelope, gossip, routing, rpc, status
+from .envelope import (
+    KIND_DM,
+    KIND_PROFILE,
+    KIND_RECEIPT,
+    KIND_REVOKE,
+    KIND_ROOM,
+    Envelope,
+    EnvelopeError,
+)
 from .errors import RemoteProtocolError
-from .events import ChatMessage, ChatStatus, MeshPeer, PeerPolicy, PeerScore
+from .events import ChatMessage, ChatStatus, KeyRevoked, MeshPeer, PeerPolicy, PeerScore
 from .floodlimits import FloodLimits, FloodSettings
+from .keyring import DM_KEY_KEEP
 from .keys import fingerprint
 from .mirror import Numbering
 from .quota import QuotaBook, QuotaSettings, evictable, row_bytes
@@ -129,6 +138,8 @@ class ReserveSeq:
 @dataclass(slots=True)
 class Sign:
     items: list[bytes]
+    #: Signed by the long-term key (identity), not the delegated one: revocations only.
+    long_term: bool = False
 
 
 @dataclass(slots=True)
@@ -248,6 +259,8 @@ class Directory:
     hops: int
     #: What mesh.peer last said of it: its distance (None: unreachable) and nickname.
     published: tuple[int | None, str] = (None, "")
+    #: Since when (unix ms) ``enc_key`` is its DM key (0: its profile does not say).
+    enc_since: int = 0
 
 
 @dataclass
@@ -280,13 +293,22 @@ Entry = tuple[int, bytes, bytes]  # (hops, signed, sig) as in a router ``envs`` 
 class RouterCore:
     def __init__(self, own_key: bytes, enc_key: bytes, nickname: str,
                  settings: RouterSettings | None = None, *, numbering: Numbering | None = None,
-                 verify: Callable[[Envelope], None] = envelope.verify,
+                 verify: Callable[[Envelope], None] | None = None,
                  rng: random.Random | None = None,
                  policy_numbering: Numbering | None = None) -> None:
         self.own_key, self.enc_key, self.nickname = own_key, enc_key, nickname
         s = self.settings = settings or RouterSettings()
         self.hop_limit = s.hop_limit
-        self.verify = verify
+        #: Checks certificates once (cached) and knows the revocations accepted.
+        self.verifier = certs.Verifier()
+        self.verify = verify or self.verifier
+        #: Our delegated key's certificate: our envelopes are version 2 with it (None:
+        #: version 1, signed by the long-term key; the simulator's nodes).
+        self.cert: bytes | None = None
+        #: Since when (unix ms) ``enc_key`` is our DM key, as our profile says.
+        self.enc_since = 0
+        #: Our DMs not yet delivered -> the recipient's DM key they were sealed to.
+        self.sealed_to: dict[bytes, bytes] = {}
         self.relay = gossip.RelayQueue(max_delay=s.relay_delay, rng=rng or random.Random())
         self.link_rate = gossip.Buckets(s.link_rate, s.link_burst)
         self.flood = FloodLimits(s.flood)
@@ -329,7 +351,8 @@ class RouterCore:
         self.seq_next = self.seq_end = 0
         self.counts = {"accepted": 0, "duplicates": 0, "dropped": 0, "relayed": 0, "posted": 0,
                        "shorter": 0, "path": 0, "no_path": 0, "fallback": 0,
-                       "rate_limited": 0, "blocked": 0, "evicted": 0, "banned": 0}
+                       "rate_limited": 0, "blocked": 0, "evicted": 0, "banned": 0,
+                       "revoked": 0}
         self.recompute_at: float | None = None
         #: When our next profile goes out (monotonic); the first one at start.
         self.profile_at: float | None = 0.0
@@ -343,7 +366,8 @@ class RouterCore:
                                                                              bytes | None]],
              now: float, receipts: Iterable[rpc.WireEnvelope] = (),
              usage: Iterable[tuple[bytes, int]] = (),
-             policies: Iterable[tuple[bytes, str, float, float | None, str]] = ()) -> None:
+             policies: Iterable[tuple[bytes, str, float, float | None, str]] = (),
+             revocations: Iterable[rpc.WireEnvelope] = ()) -> None:
         """What the store holds: seen ids (oldest first), the catch-up set, the stored
         profiles, our undelivered messages and the receipts addressed to us (a crash
         between a receipt's commit and its status must not leave a DM short of
@@ -376,6 +400,12 @@ class RouterCore:
                 continue
             self._delivered += [i for i in envelope.receipt_ids(env.body)
                                 if self.own_status.get(i, ("", None))[1] == env.origin]
+        for e in revocations:
+            try:
+                env = envelope.parse(e.signed, e.sig)
+            except EnvelopeError:
+                continue
+            self.on_revoke(env)
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -437,6 +467,7 @@ class RouterCore:
                                 if to and st != "failed"])
         for key in sorted(self.links):
             yield self.summary(key)
+        yield from self.keys_gone(now)
         expires = self.settings.profile_expires
         if any(now - d.received_at > expires and d.published[0] is not None
                for d in self.directory.values()):
@@ -471,6 +502,16 @@ class RouterCore:
     def set_nickname(self, nickname: str, mono: float) -> None:
         if nickname != self.nickname:
             self.nickname = nickname
+            self.want_profile(mono)
+
+    def set_signer(self, cert: bytes | None) -> None:
+        """The certificate of the delegated key the shell signs our envelopes with."""
+        self.cert = cert
+
+    def set_enc_key(self, enc_key: bytes, since_ms: int, mono: float) -> None:
+        """Our DM key rotated: neighbours learn the new one from our next profile."""
+        if (enc_key, since_ms) != (self.enc_key, self.enc_since):
+            self.enc_key, self.enc_since = enc_key, since_ms
             self.want_profile(mono)
 
     def want_profile(self, mono: float) -> None:
@@ -833,6 +874,12 @@ class RouterCore:
                 self.index.add(env.id, env.ts)
                 if self.on_profile(env, a.hops, now):
                     self.schedule_recompute(mono)
+                yield from self.keys_gone(now)
+            elif env.kind == KIND_REVOKE:
+                self.index.add(env.id, env.ts)
+                if self.on_revoke(env):
+                    dkey, at = envelope.revoked_key(env.body)
+                    yield Emit(KeyRevoked, dict(origin=env.origin.hex(), key=dkey.hex(), at=at))
             elif env.kind == KIND_DM and mine:
                 if not self.muted(env.origin):
                     yield self.message(env, a.text or "", a.hops)
@@ -1032,8 +1079,53 @@ class RouterCore:
         self.directory[env.origin] = Directory(
             nickname=prof.nickname, enc_key=prof.enc_key, version=(env.ts, env.seq),
             links=prof.links, profile_id=env.id, received_at=now, env=env, hops=hops,
-            published=known.published if known else (None, ""))
+            published=known.published if known else (None, ""), enc_since=prof.since)
         return changed
+
+    def on_revoke(self, env: Envelope) -> bool:
+        """A revocation (signed by its origin's long-term key, checked): from now on the
+        verifier refuses what that key signed at or after the revocation time."""
+        dkey, at = envelope.revoked_key(env.body)
+        revoke = getattr(self.verify, "revoke", None) or self.verifier.revoke
+        return bool(revoke(env.origin, dkey, at))
+
+    def revoke(self, dkey: bytes, at_ms: int, now: float, mono: float
+               ) -> Generator[Action, Any, Envelope]:
+        """Our revocation of one of our delegated keys, signed by the long-term key
+        (identity), committed and flooded like a profile."""
+        [signed] = self.unsigned([(KIND_REVOKE, None, envelope.revoke_body(dkey, at_ms))],
+                                 (yield from self.reserve(1)), now, cert=None)
+        [sig] = yield Sign([signed], long_term=True)
+        env = envelope.parse(signed, sig)
+        yield Commit([rpc.StoredMessage(
+            id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=None,
+            signed=env.signed, sig=env.sig, hops=0, own=True)])
+        self.on_revoke(env)
+        self.seen.add(env.id, now)
+        self.index.add(env.id, env.ts)
+        self.counts["revoked"] += 1
+        yield Emit(KeyRevoked, dict(origin=self.own_key.hex(), key=dkey.hex(), at=at_ms))
+        yield from self.forward([(env, 0, None)], mono)
+        return env
+
+    def keys_gone(self, now: float) -> Step:
+        """Our DMs sealed to a key their recipient has erased by now (it rotated more than
+        ``DM_KEY_KEEP`` ago) can never be opened: they fail, with the reason."""
+        gone = []
+        for msg_id, key in list(self.sealed_to.items()):
+            st, to = self.own_status.get(msg_id, ("delivered", None))
+            if st in ("delivered", "failed") or to is None:
+                del self.sealed_to[msg_id]
+                continue
+            d = self.directory.get(to)
+            if d is not None and d.enc_key != key and d.enc_since \
+                    and now * 1000 >= d.enc_since + DM_KEY_KEEP * 1000:
+                gone.append(msg_id)
+                del self.sealed_to[msg_id]
+        if gone:
+            yield from self.set_status([(i, "failed") for i in gone],
+                                       "sealed to a DM key the recipient has since erased "
+                                       "(it rotates its keys; send it again)")
 
     def schedule_recompute(self, mono: float) -> None:
         if self.recompute_at is None:
@@ -1176,10 +1268,17 @@ class RouterCore:
         return list(range(first, first + n))
 
     def unsigned(self, specs: list[tuple[int, bytes | None, bytes]], seqs: list[int],
-                 now: float) -> list[bytes]:
+                 now: float, cert: bytes | bool | None = True) -> list[bytes]:
+        """``cert``: True for our certificate (None for version 1 where we have none);
+        None for a version 2 envelope the long-term key signs (a revocation)."""
         ts = int(now * 1000)
+        if cert is True:
+            cert = self.cert
+            version = 1 if cert is None else 2
+        else:
+            version = 2
         return [envelope.signed_bytes(kind=k, origin=self.own_key, seq=s, ts=ts, to=to,
-                                      body=body)
+                                      body=body, cert=cert, version=version)  # type: ignore[arg-type]
                 for (k, to, body), s in zip(specs, seqs, strict=True)]
 
     def originate(self, specs: list[tuple[int, bytes | None, bytes]], now: float
@@ -1215,6 +1314,8 @@ class RouterCore:
                     continue
                 specs.append((KIND_DM, p.to, body))
             ready.append(i)
+        sealed = {i: self.directory[posts[i].to].enc_key for i in ready  # type: ignore[index]
+                  if posts[i].to is not None}
         if not ready:
             return answers
         self.counts["posted"] += len(ready)
@@ -1231,6 +1332,8 @@ class RouterCore:
                 self.seen.add(env.id, now)
                 self.index.add(env.id, env.ts, env.to)
                 self.own_status[env.id] = ("queued", env.to)
+                if i in sealed:
+                    self.sealed_to[env.id] = sealed[i]
                 fresh.append(env)
                 yield self.message(env, posts[i].text, 0, "queued")
         sent = yield from self.forward([(env, 0, None) for env in fresh], mono)
@@ -1252,7 +1355,8 @@ class RouterCore:
 
     def publish_profile(self, now: float, mono: float) -> Step:
         """Our profile, flooded: at start, when our links change, every ``profile_every``."""
-        body = envelope.profile_body(self.nickname, self.enc_key, sorted(self.links))
+        body = envelope.profile_body(self.nickname, self.enc_key, sorted(self.links),
+                                     since=self.enc_since)
         [env] = yield from self.originate([(KIND_PROFILE, None, body)], now)
         yield Commit([rpc.StoredMessage(
             id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=None,

@@ -34,6 +34,7 @@ from .events import (
 )
 from .limits import (
     APP_BODY_MAX,
+    CERT_MAX,
     DM_BODY_MAX,
     ENVELOPE_BODY_MAX,
     ERROR_MESSAGE_MAX,
@@ -116,6 +117,30 @@ class Signature(Record):
 @record
 class Signatures(Record):
     sigs: Annotated[tuple[Sig, ...], Len(0, 1024)]
+
+
+@record
+class Certificate(Record):
+    """A delegated key's certificate (common/certs.py)."""
+
+    cert: Annotated[bytes, Len(1, CERT_MAX)]
+
+
+@record
+class SigningKeys(Record):
+    """The router's delegated signing key and DM keys (public halves only)."""
+
+    #: The delegated key envelopes are signed with now, hex.
+    key: HexKey | None
+    not_before: Annotated[int, Range(0, 2**40)] = 0
+    not_after: Annotated[int, Range(0, 2**40)] = 0
+    #: The X25519 key DMs are sealed to now, hex, and since when (unix s).
+    enc_key: HexKey | None = None
+    enc_since: Annotated[int, Range(0, 2**40)] = 0
+    #: Older DM keys still held (a DM sealed to one may still arrive), hex.
+    old_enc_keys: Annotated[tuple[HexKey, ...], Len(0, 64)] = ()
+    #: Delegated keys this node has revoked, hex.
+    revoked: Annotated[tuple[HexKey, ...], Len(0, 1024)] = ()
 
 
 @record
@@ -424,6 +449,19 @@ class SignMany(Request):
     items: Annotated[tuple[SignData, ...], Len(1, 1024)]
 
 
+@request("identity.certify", Certificate)
+class Certify(Request):
+    """Certify a delegated signing key (docs/protocol.md, "Delegated signing keys"): the
+    long-term key signs ``"tazcom-cert:" || origin || [1, dkey, not_before, not_after,
+    purpose]``. Refused (``bad_cert``) for a validity over ``CERT_VALIDITY_MAX`` or one that
+    ends in the past."""
+
+    dkey: Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]
+    not_before: Annotated[int, Range(0, 2**40)]
+    not_after: Annotated[int, Range(0, 2**40)]
+    purpose: Annotated[int, Range(1, 1)] = 1
+
+
 @request("identity.set_nickname", IdentityInfo)
 class SetNickname(Request):
     """Change this node's nickname (kept in ``$TAZCOM_HOME/nickname``; TAZCOM_NICK, when
@@ -525,6 +563,21 @@ class SetPolicy(Request):
 class GetScores(Request):
     """The score of every neighbour the router has scored (docs/protocol.md, "Peer
     scoring")."""
+
+
+@request("router.keys", SigningKeys)
+class GetSigningKeys(Request):
+    """The router's delegated signing key, its validity, and its DM keys (public)."""
+
+
+@request("router.revoke", SigningKeys)
+class Revoke(Request):
+    """Revoke a delegated key (default: the one in use, which is replaced at once):
+    identity signs the revocation, and it floods like a profile. Every node then refuses
+    envelopes signed by that key and written at or after ``at`` (unix ms; default now)."""
+
+    key: HexKey | None = None
+    at: Annotated[int, Range(0, 2**53 - 1)] | None = None
 
 
 # -- the router's calls into its store (services/storedb.py ``Store``, in-process) ----------------
@@ -687,6 +740,8 @@ def parse_reply(data: Any, reply_cls: type[Record]) -> Record:
 __all__ = [
     "REQUESTS",
     "Address",
+    "Certificate",
+    "Certify",
     "Empty",
     "Fingerprint",
     "GatewayInfo",
@@ -694,6 +749,7 @@ __all__ = [
     "GetIdentity",
     "GetLinks",
     "GetPeers",
+    "GetSigningKeys",
     "GetStatus",
     "HexKey",
     "IdentityInfo",
@@ -704,11 +760,13 @@ __all__ = [
     "Ping",
     "Pong",
     "Request",
+    "Revoke",
     "SendToPeer",
     "Sign",
     "SignMany",
     "Signature",
     "Signatures",
+    "SigningKeys",
     "StatusReport",
     "Trust",
     "Untrust",

@@ -4,8 +4,10 @@ On first start it creates ``identity.key`` (mode 0600, created exclusively so
 two starts cannot race). Later starts load it, and refuse, with one log line
 and exit code 78, a file that is corrupt, not ours, or readable by anyone
 else: the key is never silently replaced. Other processes ask it over
-``run/identity.sock`` for the public key and for signatures over
-``domain || data`` (docs/protocol.md, "identity.*"); requests are handled
+``run/identity.sock`` for the public key, for signatures over ``domain || data``
+(docs/protocol.md, "identity.*"), and for certificates of the router's delegated
+signing keys. Envelopes are signed by the router with a delegated key; the
+long-term key signs envelopes only to revoke one (docs/security.md). Requests are handled
 synchronously in arrival order, so a pipelining client gets one signature per
 request at the speed of libsodium plus one msgpack round trip.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 import nacl.bindings
@@ -26,8 +29,8 @@ from tazcom.common import rpc
 from tazcom.common.errors import KeyFileError, RemoteProtocolError
 from tazcom.common.events import IdentityChanged
 from tazcom.common.keyfile import Secrets, format_keyfile, parse_keyfile
-from tazcom.common.keys import SIGNING_DOMAINS, fingerprint
-from tazcom.common.limits import DM_BODY_MAX, SEALED_BOX_MIN
+from tazcom.common.keys import DOMAIN_CERT, DOMAIN_ENVELOPE, SIGNING_DOMAINS, fingerprint
+from tazcom.common.limits import CERT_VALIDITY_MAX, DM_BODY_MAX, SEALED_BOX_MIN
 
 from .runtime import Runtime, run
 
@@ -94,6 +97,7 @@ class Identity:
         self._unseal = nacl.public.SealedBox(self.box_secret)
         self.nickname = nickname
         self.signed = 0
+        self.certified = 0
 
     def info(self, _req: rpc.GetIdentity) -> rpc.IdentityInfo:
         return rpc.IdentityInfo(key=self.public.hex(), fingerprint=fingerprint(self.public),
@@ -125,11 +129,48 @@ class Identity:
         return rpc.Opened(items=tuple(out))
 
     def _sign(self, domain: bytes, data: bytes) -> bytes:
-        if domain not in SIGNING_DOMAINS:
+        if domain not in SIGNING_DOMAINS or domain == DOMAIN_CERT:
             raise RemoteProtocolError(f"refusing to sign for domain {domain!r}",
                                       code="bad_domain")
+        if domain == DOMAIN_ENVELOPE:
+            self._check_revocation(data)
         self.signed += 1
         return nacl.bindings.crypto_sign(domain + data, self._sk)[:64]
+
+    def _check_revocation(self, data: bytes) -> None:
+        """The long-term key signs an envelope only to revoke a delegated key: everything
+        else is signed by the router's certified key."""
+        from tazcom.common import envelope
+
+        try:
+            env = envelope.parse(data, bytes(64))
+        except envelope.EnvelopeError as e:
+            raise RemoteProtocolError(f"not an envelope: {e.message}", code="bad_domain") \
+                from None
+        if env.kind != envelope.KIND_REVOKE or env.origin != self.public:
+            raise RemoteProtocolError("the long-term key signs only this node's revocations "
+                                      "(envelopes are signed by the router's delegated key)",
+                                      code="bad_domain")
+
+    def certify(self, req: rpc.Certify) -> rpc.Certificate:
+        from tazcom.common import certs
+
+        now = int(time.time())
+        if not req.not_before < req.not_after <= req.not_before + CERT_VALIDITY_MAX \
+                or req.not_after <= now:
+            raise RemoteProtocolError(
+                f"a certificate runs 1..{CERT_VALIDITY_MAX} s and ends in the future",
+                code="bad_cert")
+        try:
+            part = certs.signed_part(self.public, req.dkey, req.not_before, req.not_after,
+                                     req.purpose)
+        except certs.CertError as e:
+            raise RemoteProtocolError(e.message, code=e.code) from None
+        self.signed += 1
+        sig = nacl.bindings.crypto_sign(DOMAIN_CERT + part, self._sk)[:64]
+        self.certified += 1
+        return rpc.Certificate(cert=certs.encode(req.dkey, req.not_before, req.not_after, sig,
+                                                 req.purpose))
 
     def sign(self, req: rpc.Sign) -> rpc.Signature:
         return rpc.Signature(sig=self._sign(req.domain, req.data))
@@ -158,6 +199,7 @@ async def main(rt: Runtime) -> None:
         rpc.GetIdentity: ident.info,
         rpc.Sign: ident.sign,
         rpc.SignMany: ident.sign_many,
+        rpc.Certify: ident.certify,
         rpc.OpenSealed: ident.open,
         rpc.SetNickname: lambda req: changed(ident.set_nickname(req)),
     })

@@ -138,10 +138,14 @@ class Runtime:
             self.log.critical("task %s failed", task.get_name(), exc_info=exc)
             self.stopping.set()
 
-    def serve(self, handlers: dict[type[rpc.Request], Handler]) -> RpcServer:
-        server = RpcServer(self.ctx, self.config, self.name, handlers)
+    def serve(self, handlers: dict[type[rpc.Request], Handler],
+              socket: str | None = None) -> RpcServer:
+        """Answer requests on ``run/<socket>.sock`` (default: this service's name; the router
+        also answers ``store.*`` on ``store.sock``, where clients of the store find it)."""
+        name = socket or self.name
+        server = RpcServer(self.ctx, self.config, name, handlers)
         self._servers.append(server)
-        self.spawn(server.serve_forever(), f"rpc-{self.name}")
+        self.spawn(server.serve_forever(), f"rpc-{name}")
         return server
 
     def client(self, service: str) -> RpcClient:

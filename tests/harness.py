@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "supervisord.conf"
 BIN = Path(sys.executable).parent
-SERVICES = ("bus", "identity", "gateway", "discovery", "store", "router")
+SERVICES = ("bus", "identity", "gateway", "discovery", "router")
 #: A node config for tests that post in bulk (a stream of hundreds of messages from one
 #: node): the per-origin flood limits, sized for people, raised out of the way. Tests of
 #: the limits themselves use the defaults.

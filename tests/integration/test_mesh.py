@@ -180,10 +180,10 @@ async def _stream(a: Node, n: int, on_progress) -> dict[bytes, str]:
     return accepted
 
 
-def test_kill_9_of_router_store_and_gateway_during_a_stream(line: Mesh) -> None:
+def test_kill_9_of_router_identity_and_gateway_during_a_stream(line: Mesh) -> None:
     a, b, c = (line.nodes[h] for h in "abc")
     c.wait_peer("node-b", ("verified",), timeout=20)
-    victims = [(100, b, "router"), (200, b, "store"), (300, b, "gateway"), (400, a, "router")]
+    victims = [(100, b, "router"), (200, a, "identity"), (300, b, "gateway"), (400, a, "router")]
     killed: list[str] = []
 
     def on_progress(count: int) -> None:
