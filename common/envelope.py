@@ -385,7 +385,10 @@ def profile_body(nickname: str, enc_key: bytes, links: list[bytes] | None = None
                            since=since)
     except SchemaError as e:
         raise _error(e) from None
-    return codec.pack(prof.to_dict())
+    fields = prof.to_dict()
+    if not since:
+        del fields["since"]  # unsaid: the same bytes as a profile from before it existed
+    return codec.pack(fields)
 
 
 def dm_plaintext(*, origin: bytes, text: str) -> bytes:

@@ -356,6 +356,8 @@ class RouterStats(Record):
     blocked: Annotated[int, Range(0, 2**63 - 1)] = 0
     evicted: Annotated[int, Range(0, 2**63 - 1)] = 0
     banned: Annotated[int, Range(0, 2**63 - 1)] = 0
+    #: Our own delegated keys revoked (``router.revoke``).
+    revoked: Annotated[int, Range(0, 2**63 - 1)] = 0
 
 
 @record

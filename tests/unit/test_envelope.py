@@ -71,7 +71,7 @@ GOOD = [1, KIND_ROOM, ORIGIN, 1, 1_700_000_000_000, None, b"hi"]
     ("fields", "code"),
     [
         (GOOD[:6], "bad_envelope"),
-        ([2, *GOOD[1:]], "bad_version"),
+        ([3, *GOOD[1:]], "bad_version"),
         ([True, *GOOD[1:]], "bad_version"),
         ([1, 9, *GOOD[2:]], "bad_kind"),
         ([1, KIND_ROOM, ORIGIN[:31], *GOOD[3:]], "bad_envelope"),

@@ -122,12 +122,12 @@ def test_identity_sign_many_cannot_be_failed_by_one_item() -> None:
     import nacl.signing
 
     from tazcom.common.keyfile import Secrets
-    from tazcom.common.keys import DOMAIN_ENVELOPE
+    from tazcom.common.keys import DOMAIN_BENCH
     from tazcom.services.identity import Identity
 
     ident = Identity(Secrets(ed25519_seed=os.urandom(32), x25519_secret=os.urandom(32)), "x")
     items = (b"", b"\x00", b"x" * 65536, os.urandom(100))
-    sigs = ident.sign_many(rpc.SignMany(domain=DOMAIN_ENVELOPE, items=items)).sigs
+    sigs = ident.sign_many(rpc.SignMany(domain=DOMAIN_BENCH, items=items)).sigs
     vk = nacl.signing.VerifyKey(ident.public)
     for data, sig in zip(items, sigs, strict=True):
-        vk.verify(DOMAIN_ENVELOPE + data, sig)
+        vk.verify(DOMAIN_BENCH + data, sig)
