@@ -196,7 +196,7 @@ class StatusReport(Record):
 Id16 = Annotated[bytes, Len(ID_BYTES, ID_BYTES)]
 Key32 = Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]
 Millis = Annotated[int, Range(0, 2**53)]
-KindNum = Annotated[int, Range(1, 4)]
+KindNum = Annotated[int, Range(1, 5)]
 Signed = Annotated[bytes, Len(1, SIGNED_MAX)]
 
 

@@ -55,12 +55,13 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from tazcom.common import envelope, gossip, quota, routing, rpc, status
+from tazcom.common import certs, envelope, gossip, quota, routing, rpc, status
 from tazcom.common import routercore as rc
 from tazcom.common.errors import RemoteProtocolError, RequestFailed, TazcomError
 from tazcom.common.events import ChatMessage, ChatStatus, MeshPeer
 from tazcom.common.floodlimits import FloodSettings
-from tazcom.common.keys import DOMAIN_ENVELOPE
+from tazcom.common.keyring import KeyRing
+from tazcom.common.keys import DOMAIN_CERT, DOMAIN_ENVELOPE
 from tazcom.common.mirror import Numbering
 from tazcom.common.scoring import ScoreSettings
 
@@ -98,6 +99,12 @@ class Identity:
             return [counted_sig(self.key, data) for data in items]
         return [nacl.bindings.crypto_sign(DOMAIN_ENVELOPE + data, self._sk)[:64]
                 for data in items]
+
+    def certify(self, dkey: bytes, not_before: int, not_after: int) -> bytes:
+        """A certificate for a delegated key, as identity.certify makes it."""
+        part = certs.signed_part(self.key, dkey, not_before, not_after)
+        return certs.encode(dkey, not_before, not_after,
+                            nacl.bindings.crypto_sign(DOMAIN_CERT + part, self._sk)[:64])
 
     def open(self, boxes: list[bytes]) -> list[bytes | None]:
         out: list[bytes | None] = []
@@ -284,10 +291,18 @@ class Node:
 
     def _new_core(self) -> rc.RouterCore:
         self.epoch += 1
-        verify = counted_verify if self.identity.counted else envelope.verify
-        return rc.RouterCore(self.key, self.identity.enc_key, self.nickname, self.settings,
+        verify = counted_verify if self.identity.counted else None
+        core = rc.RouterCore(self.key, self.identity.enc_key, self.nickname, self.settings,
                              numbering=Numbering(self.epoch), verify=verify,
                              rng=random.Random(self.net.rng.random()))
+        if self.net.delegated:
+            # as services/router.py: a delegated key identity certified signs our envelopes
+            if getattr(self, "ring", None) is None:
+                self.ring = KeyRing.new(self.net.now)
+                dkey, nb, na = self.ring.cert_request(self.net.now)
+                self.ring.certified(dkey, self.identity.certify(dkey, nb, na))
+            core.set_signer(self.ring.signer.cert)
+        return core
 
     # -- executing actions ---------------------------------------------------------------
 
@@ -334,6 +349,8 @@ class Node:
         elif t is rc.ReserveSeq:
             return self.store.reserve_seq(a.count)
         elif t is rc.Sign:
+            if self.net.delegated and not a.long_term:
+                return [self.ring.sign(item) for item in a.items]
             return self.identity.sign(a.items)
         elif t is rc.Open:
             return self.identity.open(a.boxes)
@@ -445,8 +462,10 @@ class Net:
     def __init__(self, n: int = 0, *, settings: rc.RouterSettings | None = None,
                  seed: int = 0, latency: float | Callable[[int, int], float] = 0.0,
                  loss: float = 0.0, sigs: str = "real", strict: bool = True,
-                 record: bool = True) -> None:
+                 record: bool = True, delegated: bool = False) -> None:
         self.settings = settings or OPEN
+        #: Nodes sign with certified delegated keys (envelope version 2), as real routers do.
+        self.delegated = delegated
         self.rng = random.Random(seed)
         self.latency = latency
         self.loss = loss
