@@ -297,6 +297,14 @@ def parse(signed: bytes, sig: bytes) -> Envelope:
                     signed=signed, sig=sig, id=message_id(signed), version=version, cert=cert)
 
 
+def version_of(signed: bytes) -> int | None:
+    """The version of an envelope's signed bytes, without parsing them (a fixarray, then a
+    positive fixint)."""
+    if len(signed) > 1 and 0x90 <= signed[0] <= 0x9F and signed[1] < 0x80:
+        return signed[1]
+    return None
+
+
 def verify(env: Envelope) -> None:
     """Raise EnvelopeError unless the envelope is signed as its version requires, with no
     memory of certificates (a ``certs.Verifier`` caches them, and knows revocations)."""

@@ -184,6 +184,8 @@ class Link:
         self._ping_n = 0
         self.peer_key: bytes | None = None
         self.peer_nickname: str | None = None
+        #: The peer's hello ``caps``, once open.
+        self.peer_caps: tuple[str, ...] = ()
         self.version: int | None = None
         self.close_reason: str | None = None
         self.frames_in = 0
@@ -473,6 +475,7 @@ class Link:
                     code="unsupported_version")
             self.version = hi
             self.peer_nickname = msg.nickname
+            self.peer_caps = tuple(msg.caps)
             self.state = State.OPEN
             assert self.peer_key is not None
             events.append(LinkVerified(key=self.peer_key, nickname=msg.nickname, version=hi,

@@ -97,8 +97,9 @@ BACKOFF_MAX = 30.0
 STABLE_LINK = 10.0
 #: Jitter added to a quick redial, so two nodes that lost each other do not redial in step.
 REDIAL_JITTER = 0.2
-#: Hello ``caps`` (docs/protocol.md §9, "Link messages"): we take ``app`` messages, v1.
-CAPS = ("app/1",)
+#: Hello ``caps`` (docs/protocol.md §9, "Link messages"): we take ``app`` messages, v1, and
+#: envelopes of version 2 (a node that does not say ``env/2`` is sent version 1 only).
+CAPS = ("app/1", "env/2")
 #: The reason of our normal close (the gateway stops).
 GOODBYE = "goodbye"
 #: A peer's ``close`` reason that is not a reject code we know.
@@ -703,7 +704,8 @@ class LinkManager:
                 since=min(UNIX_TIME_MAX, max(0.0, wall - (now - c.opened))),
                 key=key.hex() if key else None,
                 nickname=c.link.peer_nickname, version=c.link.version,
-                frames_in=c.link.frames_in, frames_out=c.link.frames_out))
+                frames_in=c.link.frames_in, frames_out=c.link.frames_out,
+                caps=c.link.peer_caps if c.link.is_open else ()))
         return rpc.LinkList(epoch=self.numbering.epoch, seq=self.numbering.seq,
                             links=tuple(out))
 

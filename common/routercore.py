@@ -288,6 +288,8 @@ class PostRefused:
 
 
 Entry = tuple[int, bytes, bytes]  # (hops, signed, sig) as in a router ``envs`` message
+#: The hello capability of nodes that read envelope version 2.
+CAP_ENV2 = "env/2"
 
 
 class RouterCore:
@@ -335,6 +337,8 @@ class RouterCore:
         self.index = catchup.SyncIndex()
         #: Our verified neighbours (the gateway's link table).
         self.links: set[bytes] = set()
+        #: Those that did not say ``env/2`` in their hello: they read version 1 only.
+        self.old_links: set[bytes] = set()
         #: The mesh directory (published as mesh.peer), which the router owns.
         self.numbering = numbering or Numbering(1)
         self.directory: dict[bytes, Directory] = {}
@@ -525,7 +529,11 @@ class RouterCore:
         return Send(key, routing.encode_summary(self.index.summary()[-routing.MAX_BUCKETS:]))
 
     def send_entries(self, key: bytes, entries: list[Entry]) -> Step:
-        """Envelopes to one neighbour, packed into as few frames as fit."""
+        """Envelopes to one neighbour, packed into as few frames as fit; to a neighbour that
+        reads version 1 only, version 1 envelopes only (it would refuse the others as
+        invalid: docs/protocol.md, "Envelope versions")."""
+        if key in self.old_links:
+            entries = [e for e in entries if envelope.version_of(e[1]) == 1]
         batch: list[Entry] = []
         size = 0
         for entry in entries:

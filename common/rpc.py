@@ -171,6 +171,8 @@ class LinkInfo(Record):
     version: Annotated[int, Range(1, 65535)] | None = None
     frames_in: Annotated[int, Range(0, 2**63 - 1)] = 0
     frames_out: Annotated[int, Range(0, 2**63 - 1)] = 0
+    #: The peer's hello ``caps``, once open.
+    caps: Annotated[tuple[KindName, ...], Len(0, 32)] = ()
 
 
 @record

@@ -88,12 +88,15 @@ class LinkRow:
     key: str | None
     #: The peer's nickname from its HELLO, once open.
     nickname: str | None = None
+    #: The peer's HELLO caps, once open.
+    caps: tuple[str, ...] = ()
 
 
 def link_row(info: rpc.LinkInfo) -> LinkRow:
     """The row of a ``gateway.links`` item (counters and times left out: not mirrored)."""
     return LinkRow(state=info.state, direction=info.direction, address=info.address,
-                   key=info.key, nickname=info.nickname if info.state == "open" else None)
+                   key=info.key, nickname=info.nickname if info.state == "open" else None,
+                   caps=tuple(info.caps) if info.state == "open" else ())
 
 
 def _link_update(ev: Event) -> Update[int, LinkRow] | None:
@@ -103,7 +106,7 @@ def _link_update(ev: Event) -> Update[int, LinkRow] | None:
     if isinstance(ev, PeerVerified):
         return Update(ev.epoch, ev.seq, ev.link, LinkRow(
             state="open", direction=ev.direction, address=ev.address, key=ev.key,
-            nickname=ev.nickname))
+            nickname=ev.nickname, caps=tuple(ev.caps)))
     if isinstance(ev, LinkDown):
         return Update(ev.epoch, ev.seq, ev.link, None)
     return None

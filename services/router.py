@@ -360,6 +360,8 @@ class Router:
         links = tables.verified_keys(rows)
         addresses = {bytes.fromhex(r.key): r.address for r in rows
                      if r.state == "open" and r.key}
+        self.c.old_links = {bytes.fromhex(r.key) for r in rows if r.state == "open" and r.key
+                            and core.CAP_ENV2 not in r.caps}
         self.run_now(self.c.set_links(links, time.time(), time.monotonic(), addresses))
 
     def on_identity(self, ev: Event) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -269,6 +270,38 @@ class Cli:
         _table(rows)
         return 0
 
+    # -- keys -------------------------------------------------------------------------------
+
+    async def cmd_keys(self) -> int:
+        return self.show_keys(await self.call("router", rpc.GetSigningKeys()))
+
+    async def cmd_revoke(self) -> int:
+        key = self.args.key
+        if key is not None and not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise UserError("KEY is a delegated key, 64 lowercase hex digits "
+                            "(tazcom keys shows the one in use)")
+        at = int(self.args.at * 1000) if self.args.at is not None else None
+        before = await self.call("router", rpc.GetSigningKeys())
+        keys = await self.call("router", rpc.Revoke(key=key, at=at), timeout=10.0)
+        if not self.json:
+            print(f"revoked signing key {key or before.key}: every node refuses what it "
+                  f"signed from {_when((at or time.time() * 1000) / 1000)} on")
+        return self.show_keys(keys)
+
+    def show_keys(self, keys: rpc.SigningKeys) -> int:
+        if self.json:
+            self.out(keys_row(keys))
+            return 0
+        _table([
+            ("signing key", keys.key or "none certified (is identity running?)"),
+            ("certified", f"{_when(keys.not_before)} .. {_when(keys.not_after)}"
+             if keys.key else "-"),
+            ("DM key", f"{keys.enc_key} since {_when(keys.enc_since)}"),
+            ("older DM keys held", str(len(keys.old_enc_keys))),
+            ("revoked", ", ".join(k[:16] for k in keys.revoked) or "-"),
+        ])
+        return 0
+
     # -- chat -------------------------------------------------------------------------------
 
     async def post(self, to: PeerInfo | None, text: str) -> int:
@@ -462,10 +495,14 @@ def event_row(ev: Event) -> dict[str, Any]:
 
 
 #: The row function of every command that has ``--json`` output.
+def keys_row(keys: rpc.SigningKeys) -> dict[str, Any]:
+    return keys.to_dict()
+
+
 JSON_ROWS: dict[str, Callable[..., dict[str, Any]]] = {
     "id": id_row, "peers": peer_row, "status": status_row, "trust": trust_row,
     "say": post_row, "send": post_row, "history": history_row, "events": event_row,
-    "block": policy_row, "mute": policy_row,
+    "block": policy_row, "mute": policy_row, "keys": keys_row, "revoke": keys_row,
 }
 
 
@@ -564,6 +601,17 @@ def build_parser() -> argparse.ArgumentParser:
         how = pol.add_mutually_exclusive_group()
         how.add_argument("--remove", action="store_true", help=f"un{name} PEER")
         how.add_argument("--list", action="store_true", help=f"every {name} of this node")
+    sub.add_parser("keys", parents=[common],
+                   help="the router's delegated signing key and DM keys (public halves)")
+    rv = sub.add_parser("revoke", parents=[common],
+                        help="revoke a delegated signing key; every node then refuses it",
+                        description="Revoke a delegated signing key (default: the one in "
+                        "use, replaced at once). Identity signs the revocation with the "
+                        "long-term key and it floods the mesh.")
+    rv.add_argument("key", nargs="?", help="the delegated key, hex (default: the one in use)")
+    rv.add_argument("--at", type=float, default=None,
+                    help="refuse what it signed from this unix time on (default: now); "
+                    "give when it may have been stolen")
     sub.add_parser("chat", parents=[common], help="the terminal chat app")
     ev = sub.add_parser("events", parents=[common], help="tail the node's event bus")
     ev.add_argument("--topic", default="", help="only topics starting with this prefix")
@@ -584,6 +632,8 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
     "history": Cli.cmd_history,
     "block": Cli.cmd_block,
     "mute": Cli.cmd_mute,
+    "keys": Cli.cmd_keys,
+    "revoke": Cli.cmd_revoke,
 }
 
 

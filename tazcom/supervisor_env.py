@@ -1,13 +1,18 @@
-"""Prepare the environment of ``supervisord``/``supervisorctl`` before they read their config.
+"""What supervisord needs from TAZCOM: its environment prepared, and each service started lean.
 
-Called from ``tazcom_env.pth`` at interpreter start-up, only in those two
-programs (see setup.py for why). It sets ``TAZCOM_HOME`` to the documented
-default when it is unset, ``TAZCOM_RUN`` to the node's socket directory,
+``prepare()`` is called from ``tazcom_env.pth`` at interpreter start-up, only in
+``supervisord`` and ``supervisorctl`` (see setup.py for why). It sets ``TAZCOM_HOME`` to
+the documented default when it is unset, ``TAZCOM_RUN`` to the node's socket directory,
 sets ``TAZCOM_PYTHON`` to this interpreter (the one
 that has TAZCOM installed, which supervisord.conf runs the services with), and
 creates the home's ``run`` and ``logs`` directories, which supervisord needs
 before it starts, and lets the services cache their bytecode. It must never
 raise: a broken hook would break supervisord.
+
+``python -m tazcom.supervisor_env tazcom.services.<name>`` runs a service module as
+``python -m tazcom.services.<name>`` would, after importing asyncio without ``ssl``
+(``asyncio_without_ssl``): no service uses TLS, and asyncio imports ``ssl`` whether or
+not it is used, which costs each process about 2 MiB (docs/perf/processes.md).
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ def _wake_supervisord(sock_path: str) -> None:
 
 def prepare() -> None:
     try:
+        if os.path.basename(sys.argv[0]).startswith("supervisord"):
+            # supervisord imports ssl through http.client, guarded by ``except
+            # ImportError``, and never uses it (no TLS on its Unix socket): 0.8 MiB of
+            # its memory. tests/unit/test_imports.py checks that it starts without.
+            sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
         from tazcom.common.config import Paths, home_from_env
 
         home = home_from_env(os.environ)
@@ -67,3 +77,45 @@ def prepare() -> None:
             _wake_supervisord(str(paths.run / "supervisor.sock"))
     except Exception as e:  # noqa: BLE001 - a hook that raises would break supervisord
         print(f"tazcom: could not prepare the node home: {e}", file=sys.stderr)
+
+
+def asyncio_without_ssl() -> None:
+    """Import asyncio while ``ssl`` cannot be imported, then let it be imported again.
+
+    asyncio imports ``ssl`` at once (``base_events``, ``selector_events``, ``sslproto``)
+    but is written for a Python without it: it then takes ``ssl`` as None and refuses
+    only TLS, which no service uses. (A lazily loaded ``ssl`` would not do: an ``import``
+    statement loads it.) Afterwards ``import ssl`` works as usual, so a library that
+    needs it still gets it; tests/unit/test_imports.py checks that no service does.
+    """
+    if "asyncio" in sys.modules:
+        return
+    blocked = "ssl" not in sys.modules
+    if blocked:
+        sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl: ImportError
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        if blocked and "ssl" in sys.modules and sys.modules["ssl"] is None:
+            del sys.modules["ssl"]
+
+
+def run_service(module: str) -> None:
+    """Run ``module`` as ``python -m module`` would, its imports made lean first."""
+    import runpy
+
+    asyncio_without_ssl()
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    sys.exit(0)  # a service exits from its own run(); this is for a module that returns
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or not sys.argv[1].startswith("tazcom.services."):
+        sys.exit("usage: python -m tazcom.supervisor_env tazcom.services.<name> [args]")
+    module = sys.argv[1]
+    del sys.argv[1]  # the service sees the argv that -m would give it
+    run_service(module)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ from tazcom.common.envelope import KIND_REVOKE, KIND_ROOM, EnvelopeError
 from tazcom.common.events import ChatMessage, ChatStatus, KeyRevoked
 from tazcom.common.keys import DOMAIN_CERT, DOMAIN_ENVELOPE
 from tazcom.common.limits import CERT_VALIDITY_MAX
-from tests.corenet import Identity, Net, Recorder
+from tests.corenet import Identity, Net, Recorder, frame_ids
 
 T0 = 1_800_000_000  # unix s
 
@@ -300,3 +300,27 @@ def test_identity_certifies_only_bounded_validity_and_signs_only_revocations() -
     rev = envelope.signed_bytes(kind=KIND_REVOKE, origin=ident.public, seq=1, ts=now * 1000,
                                 to=None, body=envelope.revoke_body(bytes(32), now), version=2)
     assert len(ident.sign(rpc.Sign(domain=DOMAIN_ENVELOPE, data=rev)).sig) == 64
+
+
+def test_a_neighbour_that_reads_version_1_is_sent_version_1_only() -> None:
+    """An old node refuses version 2 as invalid (and would score us down for it): it gets
+    only the version 1 envelopes (of old nodes) we relay; the new ones are not sent."""
+    net = Net(3, delegated=True)
+    net.set_edges([(0, 1), (1, 2)])
+    net.run_for(2.0)
+    a, b, c = net.nodes
+    b.core.old_links = {c.key}
+    clear = len(b.sent)
+    res = a.post("new format")
+    net.run_for(1.0)
+    assert c.shown[res.message_id] == 0
+    assert not [body for to, body in b.sent[clear:] if to == c.key
+                and res.message_id in frame_ids(body)]
+    old = Identity(b"old node")
+    signed = envelope.signed_bytes(kind=KIND_ROOM, origin=old.key, seq=1,
+                                   ts=int(net.now * 1000), to=None, body=b"old format")
+    assert envelope.version_of(signed) == 1
+    v1 = envelope.parse(signed, old.sign([signed])[0])
+    _feed(net, b, v1)
+    net.run_for(1.0)
+    assert c.shown[v1.id] == 1, "version 1 still travels to every neighbour"

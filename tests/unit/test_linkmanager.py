@@ -1056,5 +1056,5 @@ def test_every_link_code_is_a_short_identifier(reason: str) -> None:
     assert reason.isidentifier() and len(reason) <= 48
 
 
-def test_caps_name_app_v1() -> None:
-    assert CAPS == ("app/1",)
+def test_caps_name_app_v1_and_envelope_v2() -> None:
+    assert CAPS == ("app/1", "env/2")

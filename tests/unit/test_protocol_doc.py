@@ -251,6 +251,9 @@ def cli_samples() -> dict[str, list[dict[str, Any]]]:
         rows[command] = [cli.policy_row(known, build(rpc.PolicyEntry)),
                          cli.policy_row(never_seen, _with(build(rpc.PolicyEntry), until=None)),
                          cli.policy_row(known, None)]
+    keys = build(rpc.SigningKeys)
+    rows["keys"] = rows["revoke"] = [cli.keys_row(keys),
+                                     cli.keys_row(_with(keys, key=None, enc_key=None))]
     return {c: [json.loads(cli.json_line(r)) for r in rs] for c, rs in rows.items()}
 
 
