@@ -38,10 +38,11 @@ import zmq.asyncio
 
 from tazcom.common import gossip, rpc, tables
 from tazcom.common import routercore as core
-from tazcom.common.errors import RequestFailed, TazcomError
+from tazcom.common.errors import ConfigError, RequestFailed, TazcomError
 from tazcom.common.events import Event, IdentityChanged, RouterDropped
-from tazcom.common.keyring import CERT_S, ROTATE_S, KeyRing
+from tazcom.common.keyring import CERT_BACKDATE, CERT_S, ROTATE_S, KeyRing
 from tazcom.common.keys import DOMAIN_ENVELOPE, fingerprint
+from tazcom.common.limits import CERT_VALIDITY_MAX
 from tazcom.common.mirror import Change, Mirror
 from tazcom.common.rejects import RejectLog
 
@@ -95,9 +96,14 @@ class Router:
         self._out_sync = zmq.Socket.shadow(self.out.underlying)
         self._in_sync = zmq.Socket.shadow(self.inbox.underlying)
         raw = rt.config.raw.get("router", {})
+        cert_s = int(raw.get("cert_validity_s", CERT_S))
+        rotate_s = int(raw.get("dm_key_rotate_s", ROTATE_S))
+        if not 20 <= cert_s <= CERT_VALIDITY_MAX - CERT_BACKDATE or rotate_s < 20:
+            raise ConfigError(f"router.cert_validity_s must be 20.."
+                              f"{CERT_VALIDITY_MAX - CERT_BACKDATE} and "
+                              f"router.dm_key_rotate_s at least 20, not {cert_s}, {rotate_s}")
         self.keys_file = rt.config.paths.home / "router.keys"
-        self.ring = load_ring(self.keys_file, int(raw.get("cert_validity_s", CERT_S)),
-                              int(raw.get("dm_key_rotate_s", ROTATE_S)), rt)
+        self.ring = load_ring(self.keys_file, cert_s, rotate_s, rt)
         self._keys_wake = asyncio.Event()
 
     @property
@@ -291,7 +297,7 @@ class Router:
         while True:
             now = time.time()
             if self.ring.renew_due(now):
-                retry = 1.0 if await self.certify() else min(retry * 2, 30.0)
+                retry = 1.0 if await self.certify() else min(retry * 2, 8.0)
             changed = False
             if self.ring.rotate_due(now):
                 dm = self.ring.rotate(now)

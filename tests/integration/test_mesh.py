@@ -23,6 +23,7 @@ from tests.harness import BULK, BusTap, Node, request, short_tmp, wait_for
 from tests.netns import Lan, lan, why_unavailable
 
 REASON = why_unavailable()
+SHORT_CERTS = "cert_validity_s = 30\n"
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
@@ -50,9 +51,12 @@ class Mesh:
 
     def node(self, host: str) -> Node:
         if host not in self.nodes:
-            # a stream of 500 posts from one node: the per-origin limits out of the way
+            # a stream of 500 posts from one node: the per-origin limits out of the way; and
+            # certificates of 30 s, so the routers renew them (a fresh key each 15 s) all
+            # through these tests
             self.nodes[host] = Node(self.root / host, f"node-{host}", netns=self.net.ns(host),
-                                    interfaces=",".join(self.net.interfaces[host]), config=BULK)
+                                    interfaces=",".join(self.net.interfaces[host]),
+                                    config=BULK + SHORT_CERTS)
         return self.nodes[host]
 
     def stop(self) -> list[str]:
@@ -271,3 +275,86 @@ def test_star_every_room_message_reaches_every_node(star: Mesh) -> None:
         rows = [m for m in history(node) if m.id in sent]
         assert len(rows) == len(sent), f"{host} has a duplicate"
     assert hub.peers()["node-l0"]["state"] == "verified"
+
+
+def _keys(node: Node) -> rpc.SigningKeys:
+    return request(node, "router", rpc.GetSigningKeys())
+
+
+def test_identity_away_during_a_stream_and_the_router_renews_when_it_is_back(line: Mesh
+                                                                              ) -> None:
+    """Identity is off the message path: with it stopped for longer than half a certificate,
+    every post is still signed, delivered once, and the certificate is renewed (a fresh
+    key) once identity is back."""
+    a, c = line.nodes["a"], line.nodes["c"]
+    # stop identity just after a renewal: the key in use has its whole 30 s ahead
+    before = _keys(a)
+    wait_for(lambda: _keys(a).key != before.key, 30, "a renewal")
+    a.ctl("stop", "tazcom:identity")
+    first = _keys(a)
+    accepted: dict[bytes, str] = {}
+    try:
+        t0 = time.monotonic()
+        i = 0
+        # past the point (half of 30 s) where the router asks for a new certificate
+        while time.monotonic() - t0 < 17:
+            text = f"identity away {i}"
+            accepted[post(a, text, c.key).message_id] = text
+            i += 1
+            time.sleep(0.1)  # noqa: sleep-ok - the pace of a person typing, not a wait
+        assert _keys(a).key == first.key, "nobody certified a new key meanwhile"
+    finally:
+        a.ctl("start", "tazcom:identity")
+    renewed = wait_for(lambda: (k := _keys(a)).key != first.key and k.not_after
+                       > time.time() + 20 and k, 40, "a fresh certified key")
+    assert renewed.key and renewed.not_after > first.not_after
+    late = post(a, "after identity came back", c.key)
+    accepted[late.message_id] = "after identity came back"
+    wait_for(lambda: set(accepted) <= {m.id for m in history(c, a.key)}, 60,
+             "every post at c")
+    rows = [m for m in history(c, a.key) if m.id in accepted]
+    assert len(rows) == len(accepted), "none twice"
+    wait_for(lambda: status_of(a, c.key, late.message_id) == "delivered", 30,
+             "the signed receipt of the last one")
+
+
+def test_revoked_key_is_refused_across_the_line(line: Mesh) -> None:
+    """A's delegated key is stolen (read from router.keys) and revoked: a message the thief
+    signs with it after the revocation is refused at B, counted, and never reaches C;
+    A goes on with a fresh key."""
+    a, b, c = (line.nodes[h] for h in "abc")
+    import msgpack
+
+    ring = msgpack.unpackb((a.home / "router.keys").read_bytes(), raw=False)
+    secret64, cert, _nb, _na = ring["signer"]
+    stolen = secret64[32:].hex()
+    tap_c = BusTap(c, "key.revoked")
+    tap_b = BusTap(b, "router.dropped")
+    try:
+        keys = request(a, "router", rpc.Revoke(key=stolen), timeout=15)
+        assert keys.key != stolen and stolen in keys.revoked
+        tap_c.wait("key.revoked", lambda e: e.key == stolen and e.origin == a.key, 20)
+        dropped_before = request(b, "router", rpc.GetRouterStats()).dropped
+        text = f"signed with a stolen key {os.urandom(4).hex()}"
+        signed = envelope.signed_bytes(kind=envelope.KIND_ROOM, origin=bytes.fromhex(a.key),
+                                       seq=888_888, ts=int(time.time() * 1000), to=None,
+                                       body=text.encode(), cert=cert)
+        from tazcom.common import certs
+
+        body = routing.encode_envs([(0, signed, certs.sign_envelope(signed, secret64))])
+        b_port = request(b, "gateway", rpc.GetGatewayInfo()).port
+        proc = a.run(["python", "-m", "tests.peer_tool",
+                      f"{line.net.addresses['b'][0]}:{b_port}", "--nick", "thief",
+                      "--send", body.hex(), "--linger", "1"])
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["verified"]
+        tap_b.wait("router.dropped", lambda e: e.reason == "revoked", 15)
+        assert request(b, "router", rpc.GetRouterStats()).dropped > dropped_before
+    finally:
+        tap_c.close()
+        tap_b.close()
+    msg_id = envelope.message_id(signed)
+    honest = post(a, "after the revocation", c.key)
+    wait_for(lambda: honest.message_id in {m.id for m in history(c, a.key)}, 20,
+             "a's next DM, signed with its fresh key, at c")
+    for node in (b, c):
+        assert all(m.id != msg_id and m.text != text for m in history(node))
