@@ -34,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tazcom.common import codec, envelope, events, messages, routing, rpc
+from tazcom.common import certs, codec, envelope, events, messages, routing, rpc
 from tazcom.common.errors import RemoteProtocolError, RequestFailed
 from tazcom.common.link import LinkClosed, MessageDropped
 from tazcom.common.schema import _plain
@@ -52,6 +52,8 @@ ORIGIN = bytes(range(32))
 #: In a list of frames: a mutated valid link message here.
 MUTATE = object()
 SIG = b"\x00" * 64
+#: A certificate of the right shape (its signature is zeros: refused when checked).
+CERT = codec.pack([1, b"d" * 32, 1, 2, 1, SIG])
 
 # -- shapes ------------------------------------------------------------------------------------
 
@@ -184,7 +186,18 @@ def router_message(data: bytes) -> Any:
 
 
 def envelope_signed(data: bytes) -> Any:
-    return refused_or_valid(envelope.parse, data, SIG)
+    env = refused_or_valid(envelope.parse, data, SIG)
+    if env is not None:  # and its certificate and signature: refused with a code, too
+        refused_or_valid(certs.Verifier(), env)
+    return env
+
+
+def cert(data: bytes) -> Any:
+    return refused_or_valid(certs.parse, data)
+
+
+def revoke_body(data: bytes) -> Any:
+    return refused_or_valid(envelope.revoked_key, data)
 
 
 def room_body(data: bytes) -> Any:
@@ -226,7 +239,7 @@ DECODERS = {
     "link": link_message, "proof": proof, "router": router_message,
     "envelope": envelope_signed, "room": room_body, "receipt": receipt_body,
     "profile": profile_body, "dm_inner": dm_plaintext, "event": bus_event,
-    "request": request, "reply": reply,
+    "request": request, "reply": reply, "cert": cert, "revoke": revoke_body,
 }
 TOPICS = sorted(events.EVENTS)
 
@@ -257,6 +270,12 @@ def _envelope_samples() -> list[Any]:
         [1, envelope.KIND_RECEIPT, ORIGIN, 3, 5, to, envelope.receipt_body([b"i" * 16])],
         [1, envelope.KIND_PROFILE, ORIGIN, 4, 5, None,
          envelope.profile_body("nick", b"e" * 32, [b"l" * 32])],
+        [2, envelope.KIND_ROOM, ORIGIN, 5, 5, None, b"hello", CERT],
+        [2, envelope.KIND_DM, ORIGIN, 6, 5, to, dm, CERT],
+        [2, envelope.KIND_PROFILE, ORIGIN, 7, 5, None,
+         envelope.profile_body("nick", b"e" * 32, [b"l" * 32], since=9), CERT],
+        [2, envelope.KIND_REVOKE, ORIGIN, 8, 5, None, envelope.revoke_body(b"d" * 32, 5),
+         None],
     ]
 
 
@@ -284,6 +303,8 @@ BODIES = {
     "receipt": [[b"i" * 16, b"j" * 16]],
     "dm_inner": [{"from": ORIGIN, "text": "hi"}],
     "proof": [{"v": 1, "key": b"k" * 32, "sig": SIG}],
+    "revoke": [[b"d" * 32, 5]],
+    "cert": [[1, b"d" * 32, 1, 2, 1, SIG]],
 }
 
 
@@ -365,13 +386,16 @@ def test_mutated_envelopes_and_bodies(data: st.DataObject) -> None:
     if packed is not None:
         envelope_signed(packed)
     # a valid envelope around a mutated body of its kind
-    name = {1: "room", 2: "dm_inner", 3: "receipt", 4: "profile"}[fields[1]]
+    name = {1: "room", 2: "dm_inner", 3: "receipt", 4: "profile", 5: "revoke"}[fields[1]]
     inner = data.draw(mutated(data.draw(st.sampled_from(BODIES.get(name, [["x"]])))))
     body = pack(inner)
     if body is not None:
         DECODERS[name](body)
         if len(body) <= envelope.MAX_BODY:
-            envelope_signed(pack([*fields[:6], body]))
+            envelope_signed(pack([*fields[:6], body, *fields[7:]]))
+    cert_packed = pack(data.draw(mutated(BODIES["cert"][0])))
+    if cert_packed is not None:
+        cert(cert_packed)
     proof_packed = pack(data.draw(mutated(BODIES["proof"][0])))
     if proof_packed is not None:
         proof(proof_packed)
