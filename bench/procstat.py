@@ -92,3 +92,29 @@ def memory_kib(pid: int) -> dict[str, int]:
         return {}
     return {"rss": vals.get("Rss", 0), "pss": vals["Pss"],
             "uss": vals.get("Private_Clean", 0) + vals.get("Private_Dirty", 0)}
+
+
+def program_name(pid: int) -> str:
+    """A short name for a process: ``router`` for ``python -m tazcom.services.router``,
+    else the base name of its script or executable (``supervisord``, ``rnsd``)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
+    for arg in argv:
+        base = os.path.basename(arg)
+        if not arg.startswith("-") and not base.startswith("python"):
+            return base
+    return os.path.basename(argv[0]) if argv else "?"
+
+
+def pss_kib_by_program(pids: list[int]) -> dict[str, int]:
+    """PSS of each process, by program_name (processes of one name added up)."""
+    out: dict[str, int] = {}
+    for pid in pids:
+        name = program_name(pid)
+        out[name] = out.get(name, 0) + pss_kib([pid])
+    return out
