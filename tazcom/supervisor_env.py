@@ -10,9 +10,10 @@ before it starts, and lets the services cache their bytecode. It must never
 raise: a broken hook would break supervisord.
 
 ``python -m tazcom.supervisor_env tazcom.services.<name>`` runs a service module as
-``python -m tazcom.services.<name>`` would, after importing asyncio without ``ssl``
-(``asyncio_without_ssl``): no service uses TLS, and asyncio imports ``ssl`` whether or
-not it is used, which costs each process about 2 MiB (docs/perf/processes.md).
+``python -m tazcom.services.<name>`` would, after importing asyncio and hashlib without
+OpenSSL (``import_without_openssl``): asyncio imports ``ssl`` and hashlib ``_hashlib``
+whether or not they are used, and loading libssl and libcrypto costs each process about
+4 MiB, while TAZCOM uses no TLS and no hash of OpenSSL's (docs/perf/processes.md).
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ def _wake_supervisord(sock_path: str) -> None:
 def prepare() -> None:
     try:
         if os.path.basename(sys.argv[0]).startswith("supervisord"):
-            # supervisord imports ssl through http.client, guarded by ``except
-            # ImportError``, and never uses it (no TLS on its Unix socket): 0.8 MiB of
-            # its memory. tests/unit/test_imports.py checks that it starts without.
+            # supervisord imports ssl (through http.client, which does without it) and
+            # hashlib, and uses neither TLS nor OpenSSL's hashes: its imports come after
+            # this hook, so ssl stays out for good (tests/unit/test_imports.py checks that
+            # supervisord's modules import without it).
+            import_without_openssl(("hashlib",))
             sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
         from tazcom.common.config import Paths, home_from_env
 
@@ -79,32 +82,39 @@ def prepare() -> None:
         print(f"tazcom: could not prepare the node home: {e}", file=sys.stderr)
 
 
-def asyncio_without_ssl() -> None:
-    """Import asyncio while ``ssl`` cannot be imported, then let it be imported again.
+#: What every service imports with OpenSSL out of reach (hmac: the gateway's Noise).
+LEAN_IMPORTS = ("asyncio", "hashlib", "hmac")
 
-    asyncio imports ``ssl`` at once (``base_events``, ``selector_events``, ``sslproto``)
-    but is written for a Python without it: it then takes ``ssl`` as None and refuses
-    only TLS, which no service uses. (A lazily loaded ``ssl`` would not do: an ``import``
-    statement loads it.) Afterwards ``import ssl`` works as usual, so a library that
-    needs it still gets it; tests/unit/test_imports.py checks that no service does.
+
+def import_without_openssl(modules: tuple[str, ...] = LEAN_IMPORTS) -> None:
+    """Import ``modules`` while ``ssl`` and ``_hashlib`` cannot be imported, then let
+    them be imported again.
+
+    asyncio imports ``ssl`` at once (``base_events``, ``selector_events``, ``sslproto``),
+    and hashlib and hmac import ``_hashlib``, OpenSSL's hashes; all of them are written
+    for a Python without OpenSSL. asyncio then refuses only TLS, which no service uses;
+    hashlib falls back to CPython's own hashes (BLAKE2b, TAZCOM's hash, is CPython's own
+    either way). (A lazily loaded ``ssl`` would not do: an ``import`` statement loads
+    it.) Afterwards both import as usual, so a library that needs them still gets them;
+    tests/unit/test_imports.py checks that no service does.
     """
-    if "asyncio" in sys.modules:
-        return
-    blocked = "ssl" not in sys.modules
-    if blocked:
-        sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl: ImportError
+    blocked = [name for name in ("ssl", "_hashlib") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # import: ImportError
     try:
-        import asyncio  # noqa: F401
+        for module in modules:
+            __import__(module)
     finally:
-        if blocked and "ssl" in sys.modules and sys.modules["ssl"] is None:
-            del sys.modules["ssl"]
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def run_service(module: str) -> None:
     """Run ``module`` as ``python -m module`` would, its imports made lean first."""
     import runpy
 
-    asyncio_without_ssl()
+    import_without_openssl()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
     sys.exit(0)  # a service exits from its own run(); this is for a module that returns
 
