@@ -89,6 +89,7 @@ class Cli:
         """Why ``service`` did not answer: down, or up but busy (the bus says which)."""
         waited = f"{service} did not answer {req.OP} within {timeout:g} s (2 attempts)"
         state = None
+        service = SERVED_BY.get(service, service)
         if service != "bus":
             client = RpcClient(self.ctx, self.config, "bus")
             with contextlib.suppress(TazcomError):
@@ -528,6 +529,10 @@ def _match(query: str, peers: Sequence[Any], match: Callable[..., Any] = match_p
         listed = "; ".join(f"{p.nickname} {p.fingerprint} {p.key[:16]}" for p in e.candidates)
         raise UserError(f"{query!r} matches several peers: {listed}; "
                         "give more of the fingerprint or the key") from None
+
+
+#: Request sockets answered by another service than their name says.
+SERVED_BY = {"store": "router"}  # the store service was merged into the router
 
 
 def _when(t: float) -> str:

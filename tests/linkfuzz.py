@@ -44,7 +44,7 @@ from tazcom.common import codec, envelope, noise, routing, rpc
 from tazcom.common.events import ChatMessage
 from tazcom.common.keys import DOMAIN_ENVELOPE, DOMAIN_NOISE_STATIC
 from tazcom.common.link import Link, LinkClosed, LinkLimits, LinkVerified, MessageReceived
-from tazcom.common.linkmanager import LINK_CODES
+from tazcom.common.linkmanager import CAPS, LINK_CODES
 from tazcom.common.messages import Hello, Ping, Rekey, decode_message, encode_message
 
 #: Closes by the node that are a refusal of us, not of a frame: take a new identity.
@@ -181,7 +181,8 @@ class Identity:
         static, static_pub = noise.x25519_keypair()
         return Link(initiator=True, identity_key=self.key, static_private=static,
                     static_sig=self.sk.sign(DOMAIN_NOISE_STATIC + static_pub).signature,
-                    nickname=self.nickname, now=time.monotonic(), limits=CLIENT_LIMITS)
+                    nickname=self.nickname, now=time.monotonic(), limits=CLIENT_LIMITS,
+                    caps=CAPS)
 
     def envelope(self, kind: int, body: bytes, to: bytes | None = None,
                  origin: bytes | None = None) -> tuple[bytes, bytes]:

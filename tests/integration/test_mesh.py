@@ -358,3 +358,71 @@ def test_revoked_key_is_refused_across_the_line(line: Mesh) -> None:
              "a's next DM, signed with its fresh key, at c")
     for node in (b, c):
         assert all(m.id != msg_id and m.text != text for m in history(node))
+
+
+def test_forged_and_misused_certificates_are_refused_counted_and_harmless(line: Mesh) -> None:
+    """A forged certificate, a certificate a thief made for someone else's delegated public
+    key, and an envelope claiming another origin's delegated key: each refused at B with
+    its code, counted, never shown at C, and no service of B restarts."""
+    import nacl.bindings
+
+    from tazcom.common import certs
+    from tazcom.common.keys import DOMAIN_CERT
+
+    a, b, c = (line.nodes[h] for h in "abc")
+    pids = {s: b.pid(s) for s in ("gateway", "router")}
+    now = int(time.time())
+    thief_pk, thief_sk = nacl.bindings.crypto_sign_seed_keypair(os.urandom(32))
+    d_pk, d_sk = nacl.bindings.crypto_sign_seed_keypair(os.urandom(32))
+
+    def cert_by(signer_sk: bytes, origin: bytes, dkey: bytes) -> bytes:
+        part = certs.signed_part(origin, dkey, now - 60, now + 3600)
+        return certs.encode(dkey, now - 60, now + 3600,
+                            nacl.bindings.crypto_sign(DOMAIN_CERT + part, signer_sk)[:64])
+
+    a_key = bytes.fromhex(a.key)
+    a_cert = msgpack_signer(a)[1]
+    a_dkey = certs.parse(a_cert).dkey
+    cases = {
+        # a's origin, a certificate with random bytes for a signature
+        "forged": (a_key, certs.encode(d_pk, now - 60, now + 3600, os.urandom(64)), d_sk),
+        # the thief certifies a's delegated public key as its own, and signs with its own
+        # key: the signature is not a's delegated key's
+        "stolen public key": (thief_pk, cert_by(thief_sk, thief_pk, a_dkey), d_sk),
+        # the thief's own certificate, claimed for a's origin
+        "another origin's": (a_key, cert_by(thief_sk, thief_pk, d_pk), d_sk),
+    }
+    entries, ids = [], []
+    for i, (origin, cert, sk) in enumerate(cases.values()):
+        signed = envelope.signed_bytes(kind=envelope.KIND_ROOM, origin=origin, seq=700 + i,
+                                       ts=int(time.time() * 1000), to=None,
+                                       body=f"bad certificate {i}".encode(), cert=cert)
+        entries.append((0, signed, certs.sign_envelope(signed, sk)))
+        ids.append(envelope.message_id(signed))
+    before = request(b, "router", rpc.GetRouterStats()).dropped
+    tap = BusTap(b, "router.dropped")
+    try:
+        b_port = request(b, "gateway", rpc.GetGatewayInfo()).port
+        for i, entry in enumerate(entries):  # one link (and nickname: TOFU pins) each
+            proc = a.run(["python", "-m", "tests.peer_tool",
+                          f"{line.net.addresses['b'][0]}:{b_port}", "--nick", f"forger{i}",
+                          "--send", routing.encode_envs([entry]).hex(), "--linger", "1"])
+            assert json.loads(proc.stdout.strip().splitlines()[-1])["verified"]
+        wait_for(lambda: request(b, "router", rpc.GetRouterStats()).dropped >= before + 3, 15,
+                 "three refusals counted at b")
+        reasons = {e.reason for e in tap.of("router.dropped")}
+        assert reasons & {"cert_signature", "bad_signature"}, reasons
+    finally:
+        tap.close()
+    assert {s: b.pid(s) for s in pids} == pids, "no service of b restarted"
+    for node in (b, c):
+        assert not {m.id for m in history(node)} & set(ids)
+
+
+def msgpack_signer(node: Node) -> tuple[bytes, bytes]:
+    """The delegated secret key and certificate in a node's router.keys."""
+    import msgpack
+
+    ring = msgpack.unpackb((node.home / "router.keys").read_bytes(), raw=False)
+    secret64, cert, _nb, _na = ring["signer"]
+    return secret64, cert
