@@ -95,7 +95,8 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 def program_name(pid: int) -> str:
-    """A short name for a process: ``router`` for ``python -m tazcom.services.router``,
+    """A short name for a process: ``router`` for ``python -m tazcom.services.router`` (or
+    ``python -m tazcom.supervisor_env tazcom.services.router``),
     else the base name of its script or executable (``supervisord``, ``rnsd``)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -103,7 +104,10 @@ def program_name(pid: int) -> str:
         return "?"
     argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
     if "-m" in argv[:-1]:
-        return argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
+        i = argv.index("-m") + 1
+        if argv[i] == "tazcom.supervisor_env" and i + 1 < len(argv):  # the services' launcher
+            i += 1
+        return argv[i].rsplit(".", 1)[-1]
     for arg in argv:
         base = os.path.basename(arg)
         if not arg.startswith("-") and not base.startswith("python"):
