@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -38,36 +35,19 @@ import zmq.asyncio
 
 from tazcom.common import gossip, rpc, tables
 from tazcom.common import routercore as core
-from tazcom.common.errors import ConfigError, RequestFailed, TazcomError
+from tazcom.common.errors import RequestFailed, TazcomError
 from tazcom.common.events import Event, IdentityChanged, RouterDropped
-from tazcom.common.keyring import CERT_BACKDATE, CERT_S, ROTATE_S, KeyRing
-from tazcom.common.keys import DOMAIN_ENVELOPE, fingerprint
-from tazcom.common.limits import CERT_VALIDITY_MAX
+from tazcom.common.keyring import DmKey
+from tazcom.common.keys import fingerprint
 from tazcom.common.mirror import Change, Mirror
 from tazcom.common.rejects import RejectLog
 
 from .busclient import Readable, tune
+from .routerkeys import RouterKeys, by_size
 from .runtime import FatalError, Runtime, run
 from .storedb import MAINTENANCE_INTERVAL, Store, db_failure
 
 MAX_BATCH = 1024
-#: Bytes per identity request, well under rpc.max_request_bytes (256 KiB).
-PUT_BYTES = 160_000
-
-
-def by_size(items: list, size_of: Callable[[Any], int], budget: int = PUT_BYTES,
-            most: int = 256) -> list[list]:
-    """Split ``items`` so that each request stays under the RPC size limit."""
-    chunks: list[list] = [[]]
-    size = 0
-    for item in items:
-        n = size_of(item)
-        if chunks[-1] and (size + n > budget or len(chunks[-1]) >= most):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
-        size += n
-    return [c for c in chunks if c]
 
 
 class Router:
@@ -81,9 +61,8 @@ class Router:
         self._posts: list[tuple[core.PostSpec, asyncio.Future]] = []
         self._post_wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
-        # The one writer of store.sqlite; the store service reads it (history) meanwhile (WAL).
+        # The one owner of store.sqlite: it writes it, and answers store.history from it.
         self.db = Store(rt.config.paths.store_file)
-        self.identity = rt.client("identity")
         self.inbox = rt.ctx.socket(zmq.PULL)
         tune(self.inbox, rt.config)
         self.inbox.setsockopt(zmq.RCVHWM, 100_000)
@@ -95,16 +74,7 @@ class Router:
         self.out.connect(rt.config.paths.socket("gateway-in"))
         self._out_sync = zmq.Socket.shadow(self.out.underlying)
         self._in_sync = zmq.Socket.shadow(self.inbox.underlying)
-        raw = rt.config.raw.get("router", {})
-        cert_s = int(raw.get("cert_validity_s", CERT_S))
-        rotate_s = int(raw.get("dm_key_rotate_s", ROTATE_S))
-        if not 20 <= cert_s <= CERT_VALIDITY_MAX - CERT_BACKDATE or rotate_s < 20:
-            raise ConfigError(f"router.cert_validity_s must be 20.."
-                              f"{CERT_VALIDITY_MAX - CERT_BACKDATE} and "
-                              f"router.dm_key_rotate_s at least 20, not {cert_s}, {rotate_s}")
-        self.keys_file = rt.config.paths.home / "router.keys"
-        self.ring = load_ring(self.keys_file, cert_s, rotate_s, rt)
-        self._keys_wake = asyncio.Event()
+        self.keys = RouterKeys(rt, on_cert=self.on_cert, on_rotate=self.on_rotate)
         self._written = asyncio.Event()
 
     @property
@@ -114,14 +84,14 @@ class Router:
 
     async def load(self) -> None:
         ident = await self.rt.call_until_ready("identity", rpc.GetIdentity())
-        if not self.ring.usable(time.time()):
-            await self.certify(wait=True)
-        dm = self.ring.current
+        if not self.keys.ring.usable(time.time()):
+            await self.keys.certify(wait=True)
+        dm = self.keys.ring.current
         self.core = core.RouterCore(bytes.fromhex(ident.key), dm.public,
                                     ident.nickname, self.settings,
                                     numbering=self.rt.own_table("mesh"),
                                     policy_numbering=self.rt.own_table("policy"))
-        self.core.set_signer(self.ring.signer.cert)
+        self.core.set_signer(self.keys.ring.signer.cert)
         self.core.enc_since = dm.since * 1000
         now = time.time()
         seen = self.core.seen
@@ -204,9 +174,9 @@ class Router:
         elif isinstance(a, core.ReserveSeq):
             return self.db.reserve_seq(rpc.StoreReserveSeq(count=a.count)).first
         elif isinstance(a, core.Sign):
-            return self.sign_long_term(a.items) if a.long_term else self.sign(a.items)
+            return self.keys.sign_long_term(a.items) if a.long_term else self.keys.sign(a.items)
         elif isinstance(a, core.Open):
-            return self.open(a.boxes)
+            return self.keys.open(a.boxes)
         elif isinstance(a, core.Together):
             return self.together(a.actions)
         elif isinstance(a, core.Evict):
@@ -226,120 +196,21 @@ class Router:
             return [await r if asyncio.iscoroutine(r) else r for r in results]
         return gather()
 
-    def sign(self, items: list[bytes]) -> list[bytes]:
-        """With the delegated key, here: no round trip on the message path."""
-        if not self.ring.usable(time.time()):
-            self._keys_wake.set()
-            raise RequestFailed("no certified signing key: identity has not certified one "
-                                "(is it running?)", code="no_signing_key")
-        return [self.ring.sign(item) for item in items]
-
-    async def sign_long_term(self, items: list[bytes]) -> list[bytes]:
-        sigs: list[bytes] = []
-        for chunk in by_size(items, len):
-            reply = await self.identity.call(rpc.SignMany(domain=DOMAIN_ENVELOPE,
-                                                          items=tuple(chunk)), retries=20)
-            sigs += reply.sigs
-        return sigs
-
-    def open(self, boxes: list[bytes]) -> Any:
-        """With the router's DM keys, newest first. A box none of them opens may be older
-        than this router's keys (sealed to the key identity held before keys moved here):
-        identity is asked for those only."""
-        plains = [self.ring.open(b) for b in boxes]
-        missing = [i for i, p in enumerate(plains) if p is None]
-        if not missing:
-            return plains
-
-        async def ask_identity() -> list[bytes | None]:
-            try:
-                reply = await self.identity.call(
-                    rpc.OpenSealed(boxes=tuple(boxes[i] for i in missing[:256])), retries=1)
-            except TazcomError:
-                return plains
-            for i, p in zip(missing, reply.items, strict=False):
-                plains[i] = p
-            return plains
-        return ask_identity()
-
-    # -- keys ----------------------------------------------------------------------------
-
-    async def certify(self, *, wait: bool = False) -> bool:
-        """Ask identity to certify our next signing key; True when done."""
-        dkey, nb, na = self.ring.cert_request(time.time())
-        req = rpc.Certify(dkey=dkey, not_before=nb, not_after=na)
-        try:
-            if wait:
-                reply = await self.rt.call_until_ready("identity", req)
-            else:
-                reply = await self.identity.call(req, timeout=1.0, retries=0)
-        except TazcomError as e:
-            if not wait:
-                self.identity._reset()
-            self.rt.log.warning("identity did not certify a signing key (%s); the current "
-                                "one is valid %s", getattr(e, "message", e), self.validity())
-            return False
-        self.ring.certified(dkey, reply.cert)
-        save_ring(self.keys_file, self.ring)
-        if self.core is not None:
-            self.core.set_signer(self.ring.signer.cert)
-        self.rt.log.info("signing key %s certified by identity until %s",
-                         fingerprint(dkey), time.strftime("%Y-%m-%d %H:%M:%S",
-                                                          time.localtime(na)))
-        return True
-
-    def validity(self) -> str:
-        s = self.ring.signer
-        left = s.not_after - time.time()
-        return f"for {left / 3600:.1f} h more" if s.cert and left > 0 else "nowhere (expired)"
-
-    async def keys_loop(self) -> None:
-        """Renew the certificate, rotate the DM key, erase old ones, as they fall due."""
-        retry = 1.0
-        while True:
-            now = time.time()
-            if self.ring.renew_due(now):
-                retry = 1.0 if await self.certify() else min(retry * 2, 8.0)
-            changed = False
-            if self.ring.rotate_due(now):
-                dm = self.ring.rotate(now)
-                self.c.set_enc_key(dm.public, dm.since * 1000, time.monotonic())
-                self._timer_wake.set()
-                self.rt.log.info("DM key rotated; the old one is kept %d h more",
-                                 core.DM_KEY_KEEP // 3600)
-                changed = True
-            gone = self.ring.erase_due(now)
-            if gone:
-                self.rt.log.info("erased %d DM key(s) no DM can still need", len(gone))
-                changed = True
-            if changed:
-                save_ring(self.keys_file, self.ring)
-            delay = self.ring.next_deadline(time.time()) - time.time()
-            if self.ring.renew_due(time.time()):
-                delay = retry
-            self._keys_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._keys_wake.wait(), max(0.05, min(delay, 3600)))
-
-    def signing_keys(self) -> rpc.SigningKeys:
-        s, dm = self.ring.signer, self.ring.current
-        return rpc.SigningKeys(
-            key=s.public.hex() if s.cert else None, not_before=s.not_before,
-            not_after=s.not_after, enc_key=dm.public.hex(), enc_since=dm.since,
-            old_enc_keys=tuple(k.public.hex() for k in self.ring.dm[1:]),
-            revoked=tuple(k.hex() for k in self.ring.revoked))
-
     async def revoke(self, req: rpc.Revoke) -> rpc.SigningKeys:
-        dkey = bytes.fromhex(req.key) if req.key else self.ring.signer.public
+        dkey = bytes.fromhex(req.key) if req.key else self.keys.ring.signer.public
         at = req.at if req.at is not None else int(time.time() * 1000)
         await self.run(self.c.revoke(dkey, at, time.time(), time.monotonic()))
-        self.ring.revoked_now(dkey)
-        save_ring(self.keys_file, self.ring)
-        self.rt.log.warning("revoked signing key %s from %s", fingerprint(dkey),
-                            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at / 1000)))
-        if not self.ring.usable(time.time()):
-            await self.certify()
-        return self.signing_keys()
+        await self.keys.revoked(dkey, at)
+        return self.keys.table()
+
+    def on_cert(self, cert: bytes | None) -> None:
+        if self.core is not None:
+            self.core.set_signer(cert)
+
+    def on_rotate(self, dm: DmKey) -> None:
+        if self.core is not None:
+            self.core.set_enc_key(dm.public, dm.since * 1000, time.monotonic())
+            self._timer_wake.set()
 
     def history(self, req: rpc.StoreHistory) -> rpc.History:
         try:
@@ -516,39 +387,6 @@ class Router:
         self.out.close(linger=500)
 
 
-def load_ring(path: Path, cert_s: int, rotate_s: int, rt: Runtime) -> KeyRing:
-    """The router's keys from ``router.keys``; a new ring if there is none. A file that is
-    unreadable is set aside (never silently overwritten) and a new ring made: the keys in it
-    are short-lived, and a fresh certificate replaces them."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        ring = KeyRing.new(time.time(), cert_s=cert_s, rotate_s=rotate_s)
-        save_ring(path, ring)
-        return ring
-    try:
-        return KeyRing.load(data, cert_s=cert_s, rotate_s=rotate_s)
-    except ValueError as e:
-        aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
-        os.replace(path, aside)
-        rt.log.error("%s: %s; moved to %s, starting with new keys", path, e, aside.name)
-        ring = KeyRing.new(time.time(), cert_s=cert_s, rotate_s=rotate_s)
-        save_ring(path, ring)
-        return ring
-
-
-def save_ring(path: Path, ring: KeyRing) -> None:
-    """Atomically, mode 0600, synced: a crash leaves the old ring or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, ring.dump())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 async def main(rt: Runtime) -> None:
     router = Router(rt)
     try:
@@ -560,7 +398,7 @@ async def main(rt: Runtime) -> None:
                   rpc.SetPolicy: router.set_policy,
                   rpc.GetScores: lambda _r: router.c.score_table(time.time(),
                                                                  time.monotonic()),
-                  rpc.GetSigningKeys: lambda _r: router.signing_keys(),
+                  rpc.GetSigningKeys: lambda _r: router.keys.table(),
                   rpc.Revoke: router.revoke})
         # the store service was merged into the router, its one writer: clients of the store
         # still find it at run/store.sock
@@ -569,10 +407,10 @@ async def main(rt: Runtime) -> None:
         rt.spawn(router.inbox_loop(), "inbox")
         rt.spawn(router.post_loop(), "post")
         rt.spawn(router.maintenance_loop(), "maintenance")
-        rt.spawn(router.keys_loop(), "keys")
+        rt.spawn(router.keys.loop(), "keys")
         rt.spawn(router.checkpoint_loop(), "checkpoint")
         rt.ready(f"hop limit {router.settings.hop_limit}; signing key "
-                 f"{fingerprint(router.ring.signer.public)} valid {router.validity()}")
+                 f"{fingerprint(router.keys.ring.signer.public)} valid {router.keys.validity()}")
         await router.timer_loop()
     finally:
         router.close()
