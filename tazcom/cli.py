@@ -569,13 +569,23 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _global_options(default: Any) -> argparse.ArgumentParser:
+    """The options every subcommand takes, before or after its name. After the name they
+    must not reset what was given before it: argparse gives a subcommand's defaults the
+    last word, so there they default to nothing at all (SUPPRESS)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", help="node home (default: $TAZCOM_HOME, else "
-                        "~/.local/share/tazcom)")
-    common.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser = argparse.ArgumentParser(prog="tazcom", parents=[common],
+    common.add_argument("--home", default=default, help="node home (default: $TAZCOM_HOME, "
+                        "else ~/.local/share/tazcom)")
+    common.add_argument("--json", action="store_true", default=default,
+                        help="one JSON object per line")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tazcom", parents=[_global_options(None)],
                                      description="Tool of a TAZCOM chat-mesh node.")
+    parser.set_defaults(json=False)
+    common = _global_options(argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     idp = sub.add_parser("id", parents=[common],
                          help="this node's key, fingerprint and nickname")

@@ -286,3 +286,24 @@ def test_peer_text_is_harmless_in_peers_and_errors(node: StubNode, capsys) -> No
     code, out, _ = tazcom(node, capsys, "peers", "[bold]bob[/bold]", "--json")
     assert rows(out)[0]["alert"] == f"key changed {HOSTILE}"
     harmless(out)
+
+
+#: The positional arguments each subcommand needs (or none).
+NEEDS = {"trust": ["bob"], "say": ["hi"], "send": ["bob", "hi"], "block": ["bob"],
+         "mute": ["bob"]}
+
+
+@pytest.mark.parametrize("command", sorted([*cli.COMMANDS, "chat"]))
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_global_options_work_before_and_after_the_command(command: str, where: str) -> None:
+    """``tazcom --home DIR status`` once acted on the default node (issue 14): every
+    global option counts wherever it is placed, and a later one wins."""
+    parser = cli.build_parser()
+    rest = [command, *NEEDS.get(command, [])]
+    opts = ["--home", "/tmp/elsewhere", "--json"]
+    args = parser.parse_args(opts + rest if where == "before" else rest + opts)
+    assert (args.home, args.json) == ("/tmp/elsewhere", True)
+    plain = parser.parse_args(rest)
+    assert (plain.home, plain.json) == (None, False)
+    both = parser.parse_args(["--home", "/a", *rest, "--home", "/b"])
+    assert both.home == "/b"
