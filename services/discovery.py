@@ -48,7 +48,7 @@ from tazcom.common.peers import Change as PeerChange
 from tazcom.common.peers import PeerTable, TableFull
 from tazcom.common.rejects import RejectLog
 
-from .netif import resolve_interfaces
+from . import netif
 from .runtime import Runtime, run
 
 CHANGE_EVENTS: dict[str, type[Event]] = {
@@ -309,7 +309,7 @@ class Discovery:
 
 
 async def main(rt: Runtime) -> None:
-    ips = resolve_interfaces(rt.config.interfaces)
+    ips = await netif.wait_for_addresses(rt)
     disco = Discovery(rt, ips)
     disco.load()
     rt.serve({rpc.GetPeers: disco.snapshot})
@@ -332,10 +332,12 @@ async def main(rt: Runtime) -> None:
     disco.port = gateway.port
     disco.nickname = ident.nickname
     rt.ready(f"{fingerprint(disco.own_key)} on {', '.join(ips)}")
+    watcher = netif.follow(rt, ips)
     try:
         await disco.announce()
         await asyncio.Event().wait()
     finally:
+        watcher.close()
         with contextlib.suppress(TazcomError, OSError, RuntimeError):
             await browser.async_cancel()
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):

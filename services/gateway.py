@@ -46,9 +46,10 @@ from tazcom.common.linkmanager import (
 )
 from tazcom.common.mirror import Change, Mirror
 
+from . import netif
 from .busclient import Readable, tune
 from .listen import listen_sockets
-from .netif import interface_networks, resolve_interfaces
+from .netif import interface_networks
 from .runtime import FatalError, Runtime, run
 
 
@@ -292,7 +293,7 @@ class _Protocol(asyncio.Protocol):
 
 
 async def main(rt: Runtime) -> None:
-    ips = resolve_interfaces(rt.config.interfaces)
+    ips = await netif.wait_for_addresses(rt)
     gw = Gateway(rt, ips, listen_sockets(rt.config, ips))
     gw.load_pins()
     info = rpc.GatewayInfo(addresses=gw.addresses, port=gw.port)
@@ -315,9 +316,11 @@ async def main(rt: Runtime) -> None:
     gw.open_router_channel()
     reader = Readable(gw._router_pull, gw.on_router_frames)
     rt.ready("listening on " + ", ".join(gw.addresses))
+    watcher = netif.follow(rt, ips)
     try:
         await asyncio.Event().wait()
     finally:
+        watcher.close()
         reader.close()
         gw.execute(gw.core.close_all(gw.loop.time()))
         gw.write_pins()  # what a last second changed

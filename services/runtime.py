@@ -41,6 +41,8 @@ from .busclient import BusClient, Handler, RpcClient, RpcServer
 from .mirrorfeed import LIVE_AGAIN, MirrorFeed
 
 EX_CONFIG = 78
+#: Exit status of a service that asks to be started again (sysexits.h EX_TEMPFAIL).
+EX_TEMPFAIL = 75
 # supervisord counts a process as started after startsecs (1 s, supervisord.conf);
 # a fatal error must outlive that to be taken as a clean, expected exit.
 STARTSECS = 1.0
@@ -117,6 +119,8 @@ class Runtime:
         self._servers: list[RpcServer] = []
         self._clients: dict[str, RpcClient] = {}
         self.crashed: BaseException | None = None
+        #: Why the service asked to be started again (exit EX_TEMPFAIL), if it did.
+        self.restarting: str | None = None
         self.fatal: TazcomError | None = None
         #: Set while our subscriptions are known to be in effect at the broker.
         self.bus_live = asyncio.Event()
@@ -191,6 +195,20 @@ class Runtime:
         # it, which took 5-8 ms per service (docs/perf/processes.md, "Garbage collection").
         gc.collect()
         gc.freeze()
+
+    def waiting(self, detail: str) -> None:
+        """Still starting, and why: shown in ``tazcom status`` until ``ready``."""
+        self.detail = detail
+        self._heartbeat_now()
+
+    def restart(self, reason: str) -> None:
+        """Stop, and have supervisord start this service again at once (exit 75, which
+        supervisord.conf does not count as expected): for a change a clean start handles
+        best, such as new network addresses."""
+        if self.restarting is None:
+            self.restarting = reason
+            self.log.warning("starting again: %s", reason)
+            self.stopping.set()
 
     def _heartbeat_now(self) -> None:
         self.bus.emit(ServiceHeartbeat, service=self.name, pid=os.getpid(), state=self.state,
@@ -282,6 +300,8 @@ class Runtime:
             code = await self._fatal(self.fatal)
         elif self.crashed is not None:
             code = 1
+        elif self.restarting is not None:
+            code = EX_TEMPFAIL
         self.state = "stopping"
         self.bus.emit(ServiceStopping, service=self.name, pid=os.getpid())
         for task in list(self._tasks):
