@@ -120,6 +120,26 @@ class Signatures(Record):
 
 
 @record
+class StaticPeer(Record):
+    """A static peer (docs/protocol.md §9, "Static peers")."""
+
+    #: ``host:port`` (``[v6]:port``), as the gateway dials it.
+    address: Annotated[str, Len(1, 300)]
+    source: Literal["added", "config"]
+    #: The key its last verified link proved; None until one did.
+    key: HexKey | None = None
+    nickname: Nickname | None = None
+    state: Literal["linked", "dialling", "waiting", "failing"] = "waiting"
+    #: Why the last dial or link failed, for people.
+    error: Annotated[str, Len(0, 200)] = ""
+
+
+@record
+class StaticPeerList(Record):
+    items: Annotated[tuple[StaticPeer, ...], Len(0, 64)]
+
+
+@record
 class Certificate(Record):
     """A delegated key's certificate (common/certs.py)."""
 
@@ -507,6 +527,21 @@ class GetLinks(Request):
     """Every link, in handshake or open."""
 
 
+@request("gateway.connect", StaticPeerList)
+class Connect(Request):
+    """Add (or with ``remove``, remove) a static peer: dialled at ``HOST[:PORT]`` (default
+    port 4270) until linked, kept in ``$TAZCOM_HOME/static_peers.json``. Errors:
+    ``bad_address``, ``not_found``, ``too_many``."""
+
+    address: Annotated[str, Len(1, 300)]
+    remove: bool = False
+
+
+@request("gateway.static_peers", StaticPeerList)
+class GetStaticPeers(Request):
+    """Every static peer and its state."""
+
+
 @request("gateway.trust", Empty)
 class Trust(Request):
     """Accept ``key`` (pin it), clearing a key-change alert. ``nickname`` pins it to a name."""
@@ -746,6 +781,7 @@ __all__ = [
     "Address",
     "Certificate",
     "Certify",
+    "Connect",
     "Empty",
     "Fingerprint",
     "GatewayInfo",
@@ -754,6 +790,7 @@ __all__ = [
     "GetLinks",
     "GetPeers",
     "GetSigningKeys",
+    "GetStaticPeers",
     "GetStatus",
     "HexKey",
     "IdentityInfo",
@@ -771,6 +808,8 @@ __all__ = [
     "Signature",
     "Signatures",
     "SigningKeys",
+    "StaticPeer",
+    "StaticPeerList",
     "StatusReport",
     "Trust",
     "Untrust",

@@ -51,6 +51,7 @@ from .busclient import Readable, tune
 from .listen import listen_sockets
 from .netif import interface_networks
 from .runtime import FatalError, Runtime, run
+from .staticdial import StaticDialler
 
 
 class Gateway:
@@ -71,6 +72,22 @@ class Gateway:
         self.timers: dict[int | None, tuple[float, asyncio.TimerHandle]] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self._flush_soon = False
+        self.static: StaticDialler | None = None
+
+    def static_dialler(self) -> StaticDialler:
+        if self.static is None:
+            raise RequestFailed("the gateway is still starting", code="busy")
+        return self.static
+
+    def start_static(self) -> None:
+        """Dial the static peers (once our identity is known: the handshake needs it)."""
+        def protocol(dialled: str, static: str) -> asyncio.Protocol:
+            return _Protocol(self, "out", None, dialled,
+                             on_conn=lambda conn: self.static and self.static.connected(conn,
+                                                                                        static))
+        self.static = StaticDialler(self.rt, lambda: set(self.core.verified), protocol)
+        self.static.load()
+        self.static.schedule()
 
     # -- carrying out the core's actions ----------------------------------------------------
 
@@ -86,6 +103,8 @@ class Gateway:
                 self.set_timer(a.conn, a.at)
             elif isinstance(a, Emit):
                 self.rt.bus.emit(a.event, **a.fields)
+                if self.static is not None:
+                    self.static.on_emit(a.event, a.fields)
             elif isinstance(a, CloseConnection):
                 self.set_timer(a.conn, None)
                 transport = self.transports.pop(a.conn, None)
@@ -249,12 +268,14 @@ class _Protocol(asyncio.Protocol):
     """asyncio glue: hands bytes and connection ends to the core; no protocol logic here."""
 
     def __init__(self, gw: Gateway, direction: str, key: bytes | None,
-                 address: str | None = None) -> None:
+                 address: str | None = None,
+                 on_conn: typing.Callable[[int | None], object] | None = None) -> None:
         self.gw = gw
         self.direction = direction
         self.key = key
         self.address = address
         self.conn: int | None = None
+        self.on_conn = on_conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = typing.cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -267,6 +288,8 @@ class _Protocol(asyncio.Protocol):
         gw = self.gw
         self.conn, actions = gw.core.connection_made(self.direction, address, gw.loop.time(),
                                                      self.key)
+        if self.on_conn is not None:
+            self.on_conn(self.conn)
         if self.conn is None:
             transport.abort()
         else:
@@ -304,6 +327,8 @@ async def main(rt: Runtime) -> None:
         rpc.GetLinks: lambda _r: core.links(now(), time.time()),
         rpc.Trust: lambda r: gw.answer(core.trust(r.key, r.nickname, now())),
         rpc.Untrust: lambda r: gw.answer(core.untrust(r.key)),
+        rpc.Connect: lambda r: gw.static_dialler().connect(r),
+        rpc.GetStaticPeers: lambda _r: gw.static_dialler().table(),
     })
     rt.bus.emit(GatewayListening, addresses=gw.addresses, port=gw.port)
     await gw.prepare_identity()
@@ -312,6 +337,7 @@ async def main(rt: Runtime) -> None:
     # the router's blocks and bans, before the first link can be accepted
     gw.policy = rt.mirror(tables.POLICY, gw.on_policy)
     await gw.start_serving()
+    gw.start_static()
     rt.bus.subscribe("identity.changed", gw.on_identity)
     gw.open_router_channel()
     reader = Readable(gw._router_pull, gw.on_router_frames)

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 from tazcom.common.config import Config
+from tazcom.common.staticpeers import DEFAULT_PORT
 
 from .runtime import FatalError
 
@@ -52,7 +53,9 @@ def listen_sockets(config: Config, ips: list[str]) -> list[socket.socket]:
         except OSError as e:
             raise FatalError(f"cannot listen on port {config.port}: {e.strerror}") from None
     remembered = _remembered_port(config.paths.gateway_port_file)
-    for port in [p for p in (remembered,) if p] + [0, 0, 0]:
+    # the port last used, else the one static peers are dialled at by default
+    # (common/staticpeers.py), else any free one
+    for port in [p for p in (remembered, DEFAULT_PORT) if p] + [0, 0, 0]:
         try:
             socks = _bind_all(ips, port)
         except OSError as e:

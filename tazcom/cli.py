@@ -271,6 +271,35 @@ class Cli:
         _table(rows)
         return 0
 
+    # -- static peers -------------------------------------------------------------------------
+
+    async def cmd_connect(self) -> int:
+        if self.args.list:
+            table = await self.call("gateway", rpc.GetStaticPeers())
+        else:
+            table = await self.call("gateway", rpc.Connect(address=self.args.address,
+                                                           remove=self.args.remove))
+        if self.json:
+            for item in table.items:
+                self.out(static_row(item))
+            return 0
+        if not self.args.list and not self.args.remove:
+            added = {normalize_address(self.args.address)}
+            item = next(i for i in table.items if i.address in added)
+            print(f"static peer {item.address}: {item.state} (tazcom connect --list)")
+            return 0
+        if self.args.remove:
+            print(f"removed {normalize_address(self.args.address)}")
+        if not table.items:
+            print("no static peers (tazcom connect HOST[:PORT] adds one)")
+            return 0
+        rows = [("ADDRESS", "STATE", "NICKNAME", "KEY", "FROM", "LAST ERROR")]
+        for i in table.items:
+            rows.append((i.address, i.state, safe(i.nickname or "-"),
+                         i.key[:16] if i.key else "-", i.source, safe(i.error or "-")))
+        _table(rows)
+        return 0
+
     # -- keys -------------------------------------------------------------------------------
 
     async def cmd_keys(self) -> int:
@@ -496,6 +525,19 @@ def event_row(ev: Event) -> dict[str, Any]:
 
 
 #: The row function of every command that has ``--json`` output.
+def static_row(item: rpc.StaticPeer) -> dict[str, Any]:
+    return item.to_dict()
+
+
+def normalize_address(text: str) -> str:
+    from tazcom.common.staticpeers import normalize
+
+    try:
+        return normalize(text)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def keys_row(keys: rpc.SigningKeys) -> dict[str, Any]:
     return keys.to_dict()
 
@@ -504,6 +546,7 @@ JSON_ROWS: dict[str, Callable[..., dict[str, Any]]] = {
     "id": id_row, "peers": peer_row, "status": status_row, "trust": trust_row,
     "say": post_row, "send": post_row, "history": history_row, "events": event_row,
     "block": policy_row, "mute": policy_row, "keys": keys_row, "revoke": keys_row,
+    "connect": static_row,
 }
 
 
@@ -616,6 +659,16 @@ def build_parser() -> argparse.ArgumentParser:
         how = pol.add_mutually_exclusive_group()
         how.add_argument("--remove", action="store_true", help=f"un{name} PEER")
         how.add_argument("--list", action="store_true", help=f"every {name} of this node")
+    cp = sub.add_parser("connect", parents=[common],
+                        help="a static peer: dialled at HOST[:PORT] where mDNS finds nobody",
+                        description="Add a static peer, dialled at HOST[:PORT] (default port "
+                        "4270) until linked, and kept in the node home: for networks that "
+                        "filter multicast, and for nodes at other sites (a VPN, a reachable "
+                        "port).")
+    cp.add_argument("address", nargs="?", help="HOST[:PORT]")
+    how = cp.add_mutually_exclusive_group()
+    how.add_argument("--list", action="store_true", help="every static peer and its state")
+    how.add_argument("--remove", action="store_true", help="remove HOST[:PORT]")
     sub.add_parser("keys", parents=[common],
                    help="the router's delegated signing key and DM keys (public halves)")
     rv = sub.add_parser("revoke", parents=[common],
@@ -648,6 +701,7 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
     "block": Cli.cmd_block,
     "mute": Cli.cmd_mute,
     "keys": Cli.cmd_keys,
+    "connect": Cli.cmd_connect,
     "revoke": Cli.cmd_revoke,
 }
 
@@ -655,6 +709,9 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "connect" and bool(args.list) == bool(args.address):
+        parser.error("tazcom connect: give HOST[:PORT] (with or without --remove), "
+                     "or --list alone")
     if args.command in ("block", "mute") and bool(args.list) == bool(args.peer):
         parser.error(f"tazcom {args.command}: give PEER (with or without --remove), "
                      "or --list alone")

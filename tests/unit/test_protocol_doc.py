@@ -251,6 +251,9 @@ def cli_samples() -> dict[str, list[dict[str, Any]]]:
         rows[command] = [cli.policy_row(known, build(rpc.PolicyEntry)),
                          cli.policy_row(never_seen, _with(build(rpc.PolicyEntry), until=None)),
                          cli.policy_row(known, None)]
+    static = build(rpc.StaticPeer)
+    rows["connect"] = [cli.static_row(static),
+                       cli.static_row(_with(static, key=None, nickname=None))]
     keys = build(rpc.SigningKeys)
     rows["keys"] = rows["revoke"] = [cli.keys_row(keys),
                                      cli.keys_row(_with(keys, key=None, enc_key=None))]

@@ -1,0 +1,148 @@
+"""The gateway's dialler of static peers: executes ``common.staticpeers.StaticPeers``
+(resolves host names, dials, keeps ``$TAZCOM_HOME/static_peers.json``) and answers
+``gateway.connect`` and ``gateway.static_peers`` (docs/protocol.md §9, "Static peers")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from tazcom.common import rpc
+from tazcom.common.errors import RequestFailed
+from tazcom.common.events import LinkDown, PeerVerified
+from tazcom.common.linkmanager import DIAL_TIMEOUT
+from tazcom.common.staticpeers import StaticPeers, normalize, split
+
+from .runtime import Runtime
+
+#: ``factory(dialled address, static address)``: the protocol of a static dial's connection.
+ProtocolFactory = Callable[[str, str], asyncio.Protocol]
+
+
+class StaticDialler:
+    def __init__(self, rt: Runtime, verified: Callable[[], set[bytes]],
+                 factory: ProtocolFactory) -> None:
+        self.rt = rt
+        self.loop = asyncio.get_running_loop()
+        self.core = StaticPeers()
+        self.verified = verified
+        self.factory = factory
+        self.path = rt.config.paths.home / "static_peers.json"
+        #: Connections of static dials: link id -> the static address dialled.
+        self.conns: dict[int, str] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def load(self) -> None:
+        configured = []
+        for text in rt_list(self.rt.config.raw.get("gateway", {}).get("static_peers", [])):
+            try:
+                configured.append(normalize(text))
+            except ValueError as e:
+                self.rt.log.error("gateway.static_peers: %s (skipped)", e)
+        self.core.set_source("config", configured)
+        try:
+            saved = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            saved = []
+        except (OSError, ValueError) as e:
+            self.rt.log.error("%s: unreadable (%s); no static peers from it", self.path, e)
+            saved = []
+        added = []
+        for text in saved if isinstance(saved, list) else []:
+            try:
+                added.append(normalize(str(text)))
+            except ValueError as e:
+                self.rt.log.warning("%s: %s (skipped)", self.path, e)
+        self.core.set_source("added", [a for a in added if a not in configured])
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.core.added(), indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+    # -- dialling ---------------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        now = self.loop.time()
+        linked = self.verified()
+        for address in self.core.due(now, linked):
+            self.rt.spawn(self.dial(address), f"dial {address}")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = self.core.next_deadline(linked)
+        if at is not None:
+            self._timer = self.loop.call_at(max(at, now + 0.01), self.schedule)
+
+    async def dial(self, address: str) -> None:
+        host, port = split(address)
+        try:
+            infos = await self.loop.getaddrinfo(host, port, family=socket.AF_INET,
+                                                type=socket.SOCK_STREAM)
+            ip = infos[0][4][0]
+            await asyncio.wait_for(self.loop.create_connection(
+                lambda: self.factory(f"{ip}:{port}", address), ip, port), DIAL_TIMEOUT)
+        except (OSError, TimeoutError, IndexError) as e:
+            self.rt.log.debug("static peer %s: %s", address, e)
+            self.core.failed(address, self.loop.time(), str(e) or type(e).__name__)
+            self.schedule()
+
+    def connected(self, conn: int | None, address: str) -> None:
+        """The protocol of a static dial got its connection id (None: refused at once)."""
+        if conn is None:
+            self.core.failed(address, self.loop.time(), "refused by this gateway")
+            self.schedule()
+        else:
+            self.conns[conn] = address
+
+    def on_emit(self, event: type, fields: dict[str, Any]) -> None:
+        """The link core's events: a static dial's link verified, or any link down."""
+        if event is PeerVerified:
+            address = self.conns.get(fields["link"])
+            if address is not None:
+                self.core.verified(address, fields["link"], bytes.fromhex(fields["key"]),
+                                   fields["nickname"])
+        elif event is LinkDown:
+            address = self.conns.pop(fields["link"], None)
+            if address is not None:
+                self.core.down(address, self.loop.time(), fields["reason"])
+            self.schedule()
+
+    # -- requests -------------------------------------------------------------------------
+
+    def connect(self, req: rpc.Connect) -> rpc.StaticPeerList:
+        try:
+            address = normalize(req.address)
+        except ValueError as e:
+            raise RequestFailed(str(e), code="bad_address") from None
+        if req.remove:
+            entry = self.core.remove(address)
+            if entry is None:
+                raise RequestFailed(f"{address} is not a static peer here", code="not_found")
+            if entry.source == "config":
+                raise RequestFailed(f"{address} comes from the configuration "
+                                    "(gateway.static_peers): remove it there", code="not_found")
+        else:
+            try:
+                self.core.add(address)
+            except ValueError as e:
+                raise RequestFailed(str(e), code="too_many") from None
+        self.save()
+        self.schedule()
+        return self.table()
+
+    def table(self) -> rpc.StaticPeerList:
+        linked = self.verified()
+        return rpc.StaticPeerList(items=tuple(
+            rpc.StaticPeer(address=a, source=e.source, key=e.key.hex() if e.key else None,
+                           nickname=e.nickname or None, state=self.core.state(a, linked),
+                           error=e.last_error[:200])
+            for a, e in sorted(self.core.entries.items())))
+
+
+def rt_list(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
