@@ -744,7 +744,7 @@ async def fresh_peer_chats(host: str, port: int, target: Any, tap: Any, signed_i
             shown = any(e.text == said for e in tap.of(ChatMessage.TOPIC))
             conn.link.handle_timer(time.monotonic())  # keepalive
             conn.flush()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # noqa: sleep-ok - a poll interval under the deadline above
         return {"peer to target": shown, "target to peer": answer in heard}
     finally:
         conn.link.close("goodbye", "done", time.monotonic())
