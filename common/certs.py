@@ -70,9 +70,6 @@ class Cert:
     sig: bytes
     raw: bytes
 
-    def covers(self, ts_ms: int) -> bool:
-        return self.not_before * 1000 <= ts_ms <= self.not_after * 1000
-
 
 def signed_part(origin: bytes, dkey: bytes, not_before: int, not_after: int,
                 purpose: int = PURPOSE_ENVELOPES) -> bytes:
@@ -199,9 +196,5 @@ class Verifier:
                                 code="bad_signature")
 
 
-#: Reject codes of this module (docs/protocol.md, "Reject codes").
-CODES = ("bad_cert", "cert_validity", "cert_purpose", "cert_signature", "cert_not_yet_valid",
-         "cert_expired", "revoked")
-
-__all__ = ["CERT_V", "CODES", "PURPOSE_ENVELOPES", "Cert", "CertError", "Verifier", "encode",
+__all__ = ["CERT_V", "PURPOSE_ENVELOPES", "Cert", "CertError", "Verifier", "encode",
            "parse", "sign_envelope", "signed_part"]

@@ -152,10 +152,6 @@ class KeyRing:
                 continue
         return None
 
-    @property
-    def oldest_since(self) -> int:
-        return min(k.since for k in self.dm)
-
     # -- persistence ---------------------------------------------------------------------
 
     def dump(self) -> bytes:
