@@ -21,6 +21,9 @@ tested without sockets (docs/protocol.md, "Links").
    (highest common); none in common closes with ``unsupported_version``.
    While waiting for the peer's HELLO a side answers ``ping`` and takes
    ``pong``, ``rekey`` and ``close``; ``app`` or a second HELLO is ``bad_state``.
+   Each HELLO says the sender's wall clock (``clock_ms``, when the shell gave
+   ``wall``); ``LinkVerified`` reports it with ours at its arrival, an offset
+   sample for the mesh clock (common/clock.py).
 3. OPEN: ``app`` messages flow both ways; ``ping``/``pong`` keep the link
    alive; each side rekeys its sending cipher after ``rekey`` signalling.
 4. CLOSE: a peer's ``close`` ends the link whatever it holds; only a reject
@@ -51,7 +54,7 @@ import nacl.signing
 
 from . import codec, noise
 from .errors import LocalProtocolError, RemoteProtocolError, SchemaError
-from .keys import DOMAIN_NOISE_STATIC
+from .keys import DOMAIN_NOISE_STATIC, fingerprint
 from .messages import (
     MAX_PLAINTEXT,
     App,
@@ -122,6 +125,18 @@ class LinkVerified:
     version: int
     caps: tuple[str, ...]
     handshake_hash: bytes
+    #: The peer's wall clock in its hello (unix s), and ours when the hello arrived (the
+    #: ``wall`` given to ``receive_data``): an offset sample (common/clock.py). None when
+    #: either was not said.
+    peer_clock: float | None = None
+    our_clock: float | None = None
+
+    @property
+    def clock_offset(self) -> float | None:
+        """The peer's clock minus ours (seconds), or None."""
+        if self.peer_clock is None or self.our_clock is None:
+            return None
+        return self.peer_clock - self.our_clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +205,8 @@ class Link:
         self.close_reason: str | None = None
         self.frames_in = 0
         self.frames_out = 0
+        #: Our wall clock (unix s) during the current ``receive_data``, said in our hello.
+        self._wall: float | None = None
         if initiator:
             self.state = State.INITIATOR_EXPECT_MSG2
             self._out.append(encode_frame(self._hs.write_message(b"")))
@@ -291,9 +308,12 @@ class Link:
 
     # -- input --------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
+    def receive_data(self, data: bytes, now: float, wall: float | None = None) -> list[Event]:
+        """Bytes from the peer at ``now`` (monotonic); ``wall`` is our wall clock (unix s),
+        sent in our hello and compared with the peer's (None: the time is not said)."""
         if self.state is State.CLOSED or not data:
             return []
+        self._wall = wall if isinstance(wall, float | int) and 0 <= wall < 2**43 else None
         events: list[Event] = []
         try:
             frames = self._decoder.feed(data)
@@ -438,8 +458,9 @@ class Link:
         if proof.key == self.identity_key:
             raise RemoteProtocolError("the peer claims our own key", code="own_key")
         if self.expected_key is not None and proof.key != self.expected_key:
-            raise RemoteProtocolError("the peer proved a different key than announced",
-                                      code="wrong_key")
+            raise RemoteProtocolError(
+                f"the peer proved key {fingerprint(proof.key)}, not the expected "
+                f"{fingerprint(self.expected_key)}", code="wrong_key")
         self.peer_key = proof.key
 
     def _open_transport(self, now: float) -> None:
@@ -447,7 +468,9 @@ class Link:
         self._decoder.max_frame = noise.MAX_MESSAGE
         self.state = State.EXPECT_HELLO
         self._rekeyed_at = now
-        self._write(Hello(versions=self.versions, nickname=self.nickname, caps=self.caps), now)
+        self._write(Hello(versions=self.versions, nickname=self.nickname, caps=self.caps,
+                          clock_ms=None if self._wall is None else int(self._wall * 1000)),
+                    now)
 
     def _message(self, msg: Message, now: float, events: list[Event]) -> None:
         if isinstance(msg, App):
@@ -478,8 +501,11 @@ class Link:
             self.peer_caps = tuple(msg.caps)
             self.state = State.OPEN
             assert self.peer_key is not None
-            events.append(LinkVerified(key=self.peer_key, nickname=msg.nickname, version=hi,
-                                       caps=msg.caps, handshake_hash=self._hs.handshake_hash))
+            events.append(LinkVerified(
+                key=self.peer_key, nickname=msg.nickname, version=hi, caps=msg.caps,
+                handshake_hash=self._hs.handshake_hash,
+                peer_clock=None if msg.clock_ms is None else msg.clock_ms / 1000,
+                our_clock=self._wall))
         else:  # pragma: no cover - every Message subclass is handled above
             raise RemoteProtocolError(f"unexpected {msg.TYPE}", code="bad_state")
 

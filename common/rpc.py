@@ -125,13 +125,15 @@ class StaticPeer(Record):
 
     #: ``host:port`` (``[v6]:port``), as the gateway dials it.
     address: Annotated[str, Len(1, 300)]
-    source: Literal["added", "config"]
+    source: Literal["added", "config", "invite"]
     #: The key its last verified link proved; None until one did.
     key: HexKey | None = None
     nickname: Nickname | None = None
     state: Literal["linked", "dialling", "waiting", "failing"] = "waiting"
     #: Why the last dial or link failed, for people.
     error: Annotated[str, Len(0, 200)] = ""
+    #: The key an invite code requires at this address; None: any (pinned on first use).
+    expect: HexKey | None = None
 
 
 @record
@@ -535,6 +537,16 @@ class Connect(Request):
 
     address: Annotated[str, Len(1, 300)]
     remove: bool = False
+
+
+@request("gateway.join", StaticPeerList)
+class Join(Request):
+    """Join the node of an invite code (``tazcom join``): pin ``key`` and dial
+    ``addresses`` as static peers that must prove it; a different key there is refused
+    (``wrong_key``). Errors: ``bad_address``, ``bad_key`` (our own), ``too_many``."""
+
+    key: HexKey
+    addresses: Annotated[tuple[Annotated[str, Len(1, 300)], ...], Len(1, 4)]
 
 
 @request("gateway.static_peers", StaticPeerList)

@@ -26,7 +26,7 @@ STATIC_MAX = 64
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
-Source = Literal["added", "config"]
+Source = Literal["added", "config", "invite"]
 
 
 def normalize(text: str) -> str:
@@ -77,6 +77,8 @@ class Entry:
     #: The link (its id) verified through this address, if up.
     link: int | None = None
     last_error: str = ""
+    #: The key an invite code requires here (the dial refuses any other: ``wrong_key``).
+    expect: bytes | None = None
 
 
 class StaticPeers:
@@ -100,14 +102,53 @@ class StaticPeers:
         self.entries[address] = Entry("added")
         return True
 
+    def join(self, key: bytes, addresses: list[str]) -> None:
+        """The addresses of an invite code, each of which must prove ``key``; raises
+        ``ValueError`` when they do not fit. An address already listed now expects it."""
+        new = [a for a in addresses if a not in self.entries]
+        if len(self.entries) + len(new) > STATIC_MAX:
+            raise ValueError(f"at most {STATIC_MAX} static peers")
+        for address in addresses:
+            e = self.entries.setdefault(address, Entry("invite"))
+            if e.source != "config":
+                e.source = "invite"
+            e.expect = key
+            e.next_attempt, e.backoff = 0.0, BACKOFF_MIN
+
     def remove(self, address: str) -> Entry | None:
         entry = self.entries.get(address)
-        if entry is not None and entry.source == "added":
+        if entry is not None and entry.source != "config":
             del self.entries[address]
         return entry
 
-    def added(self) -> list[str]:
-        return sorted(a for a, e in self.entries.items() if e.source == "added")
+    def added(self) -> list[str | dict[str, str]]:
+        """What ``static_peers.json`` keeps: ``host:port``, or for an invite's address
+        ``{"address": ..., "key": hex}``."""
+        return [a if e.expect is None else {"address": a, "key": e.expect.hex()}
+                for a, e in sorted(self.entries.items()) if e.source != "config"]
+
+    def load_added(self, items: list[object]) -> list[str]:
+        """Take ``static_peers.json``'s content (from ``added()``); returns what was
+        skipped, and why, for the log."""
+        problems, plain, joined = [], [], []
+        for item in items:
+            try:
+                if isinstance(item, dict):
+                    key = bytes.fromhex(str(item.get("key", "")))
+                    if len(key) != 32:
+                        raise ValueError("an invite's key is 64 hex characters")
+                    joined.append((normalize(str(item.get("address", ""))), key))
+                else:
+                    plain.append(normalize(str(item)))
+            except ValueError as e:
+                problems.append(f"{item!r}: {e}")
+        configured = {a for a, e in self.entries.items() if e.source == "config"}
+        self.set_source("added", [a for a in plain if a not in configured])
+        self.set_source("invite", [])
+        for address, key in joined:
+            if len(self.entries) < STATIC_MAX:
+                self.join(key, [address])
+        return problems
 
     # -- the dialler's decisions ---------------------------------------------------------------
 
@@ -115,18 +156,27 @@ class StaticPeers:
         """The addresses to dial now: not linked (by any link to their key), not being
         dialled, and whose back-off is over."""
         out = []
+        # the addresses of one invite are tried one at a time: one link, not one per address
+        busy = {e.expect for e in self.entries.values() if e.dialling and e.expect}
         for address, e in self.entries.items():
             if e.dialling or e.link is not None or (e.key is not None and e.key in linked_keys):
+                continue
+            if e.expect is not None and (e.expect in busy or e.expect in linked_keys):
                 continue
             if now >= e.next_attempt:
                 e.dialling = True
                 out.append(address)
+                if e.expect is not None:
+                    busy.add(e.expect)
         return out
 
     def next_deadline(self, linked_keys: set[bytes]) -> float | None:
+        busy = {e.expect for e in self.entries.values() if e.dialling and e.expect}
         times = [e.next_attempt for e in self.entries.values()
                  if not e.dialling and e.link is None
-                 and not (e.key is not None and e.key in linked_keys)]
+                 and not (e.key is not None and e.key in linked_keys)
+                 and not (e.expect is not None and (e.expect in busy
+                                                    or e.expect in linked_keys))]
         return min(times, default=None)
 
     def failed(self, address: str, now: float, error: str) -> None:
@@ -162,6 +212,7 @@ class StaticPeers:
 
     def state(self, address: str, linked_keys: set[bytes]) -> str:
         e = self.entries[address]
-        if e.link is not None or (e.key is not None and e.key in linked_keys):
+        if e.link is not None or (e.key is not None and e.key in linked_keys) \
+                or (e.expect is not None and e.expect in linked_keys):
             return "linked"
         return "dialling" if e.dialling else ("failing" if e.last_error else "waiting")

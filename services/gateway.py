@@ -81,8 +81,8 @@ class Gateway:
 
     def start_static(self) -> None:
         """Dial the static peers (once our identity is known: the handshake needs it)."""
-        def protocol(dialled: str, static: str) -> asyncio.Protocol:
-            return _Protocol(self, "out", None, dialled,
+        def protocol(dialled: str, static: str, expect: bytes | None) -> asyncio.Protocol:
+            return _Protocol(self, "out", expect, dialled,
                              on_conn=lambda conn: self.static and self.static.connected(conn,
                                                                                         static))
         self.static = StaticDialler(self.rt, lambda: set(self.core.verified), protocol)
@@ -255,6 +255,17 @@ class Gateway:
 
     # -- requests ------------------------------------------------------------------------------
 
+    def join(self, req: rpc.Join) -> rpc.StaticPeerList:
+        """``gateway.join``: the invite's key is trusted (pinned) before it is dialled, so
+        its nickname, whatever it is, needs no first-use step."""
+        dialler = self.static_dialler()
+        assert self.core.identity is not None
+        if bytes.fromhex(req.key) == self.core.identity.key:
+            raise RequestFailed("this is this node's own invite code", code="bad_key")
+        self.execute([a for a in self.core.trust(req.key, None, self.loop.time())
+                      if not isinstance(a, Refused)])
+        return dialler.join(req)
+
     def answer(self, actions: list[Action]) -> rpc.Empty:
         """Carry out a request's actions; a refusal is the request's error."""
         self.execute([a for a in actions if type(a) is not Refused])
@@ -329,6 +340,7 @@ async def main(rt: Runtime) -> None:
         rpc.Untrust: lambda r: gw.answer(core.untrust(r.key)),
         rpc.Connect: lambda r: gw.static_dialler().connect(r),
         rpc.GetStaticPeers: lambda _r: gw.static_dialler().table(),
+        rpc.Join: gw.join,
     })
     rt.bus.emit(GatewayListening, addresses=gw.addresses, port=gw.port)
     await gw.prepare_identity()

@@ -19,8 +19,9 @@ from tazcom.common.staticpeers import StaticPeers, normalize, split
 
 from .runtime import Runtime
 
-#: ``factory(dialled address, static address)``: the protocol of a static dial's connection.
-ProtocolFactory = Callable[[str, str], asyncio.Protocol]
+#: ``factory(dialled address, static address, expected key)``: the protocol of a static
+#: dial's connection (the key an invite requires there, else None).
+ProtocolFactory = Callable[[str, str, bytes | None], asyncio.Protocol]
 
 
 class StaticDialler:
@@ -51,13 +52,8 @@ class StaticDialler:
         except (OSError, ValueError) as e:
             self.rt.log.error("%s: unreadable (%s); no static peers from it", self.path, e)
             saved = []
-        added = []
-        for text in saved if isinstance(saved, list) else []:
-            try:
-                added.append(normalize(str(text)))
-            except ValueError as e:
-                self.rt.log.warning("%s: %s (skipped)", self.path, e)
-        self.core.set_source("added", [a for a in added if a not in configured])
+        for problem in self.core.load_added(saved if isinstance(saved, list) else []):
+            self.rt.log.warning("%s: %s (skipped)", self.path, problem)
 
     def save(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -80,12 +76,14 @@ class StaticDialler:
 
     async def dial(self, address: str) -> None:
         host, port = split(address)
+        entry = self.core.entries.get(address)
+        expect = entry.expect if entry is not None else None
         try:
             infos = await self.loop.getaddrinfo(host, port, family=socket.AF_INET,
                                                 type=socket.SOCK_STREAM)
             ip = infos[0][4][0]
             await asyncio.wait_for(self.loop.create_connection(
-                lambda: self.factory(f"{ip}:{port}", address), ip, port), DIAL_TIMEOUT)
+                lambda: self.factory(f"{ip}:{port}", address, expect), ip, port), DIAL_TIMEOUT)
         except (OSError, TimeoutError, IndexError) as e:
             self.rt.log.debug("static peer %s: %s", address, e)
             self.core.failed(address, self.loop.time(), str(e) or type(e).__name__)
@@ -109,7 +107,10 @@ class StaticDialler:
         elif event is LinkDown:
             address = self.conns.pop(fields["link"], None)
             if address is not None:
-                self.core.down(address, self.loop.time(), fields["reason"])
+                reason = fields["reason"]
+                if fields.get("detail") and reason not in ("duplicate", "goodbye"):
+                    reason = f"{reason}: {fields['detail']}"
+                self.core.down(address, self.loop.time(), reason)
             self.schedule()
 
     # -- requests -------------------------------------------------------------------------
@@ -135,12 +136,25 @@ class StaticDialler:
         self.schedule()
         return self.table()
 
+    def join(self, req: rpc.Join) -> rpc.StaticPeerList:
+        """``gateway.join``: the caller (the gateway) has pinned ``req.key`` already."""
+        try:
+            addresses = [normalize(a) for a in req.addresses]
+            self.core.join(bytes.fromhex(req.key), addresses)
+        except ValueError as e:
+            raise RequestFailed(str(e), code="too_many" if "at most" in str(e)
+                                else "bad_address") from None
+        self.save()
+        self.schedule()
+        return self.table()
+
     def table(self) -> rpc.StaticPeerList:
         linked = self.verified()
         return rpc.StaticPeerList(items=tuple(
             rpc.StaticPeer(address=a, source=e.source, key=e.key.hex() if e.key else None,
                            nickname=e.nickname or None, state=self.core.state(a, linked),
-                           error=e.last_error[:200])
+                           error=e.last_error[:200],
+                           expect=e.expect.hex() if e.expect else None)
             for a, e in sorted(self.core.entries.items())))
 
 

@@ -300,6 +300,77 @@ class Cli:
         _table(rows)
         return 0
 
+    # -- invite codes -------------------------------------------------------------------------
+
+    async def cmd_invite(self) -> int:
+        from tazcom.common import invite
+
+        ident = await self.call("identity", rpc.GetIdentity())
+        info = await self.call("gateway", rpc.GetGatewayInfo())
+        try:
+            inv = invite.make(bytes.fromhex(ident.key), info.port, info.addresses,
+                              time.time(), self.args.ttl)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        code = invite.encode(inv)
+        if self.json:
+            self.out(invite_row(code, inv, ident.nickname))
+            return 0
+        print(f"Invite to {safe(ident.nickname)} ({ident.fingerprint}) at "
+              f"{', '.join(inv.addresses)}, valid until {_utc(inv.expires)}:\n")
+        print(f"  {code}\n")
+        if sys.stdout.isatty() or self.args.qr:
+            import segno
+
+            segno.make(code, error="m").terminal(compact=True)
+        print(f"\nOn the other node:  tazcom join {code}")
+        print("Whoever has this code can link to this node until it expires; give it only "
+              "to people you want in.")
+        return 0
+
+    async def cmd_join(self) -> int:
+        from tazcom.common import invite
+
+        try:
+            inv = invite.decode(self.args.code, time.time())
+        except invite.InviteError as e:
+            raise UserError(f"invite code refused ({e.code}): {e}") from None
+        table = await self.call("gateway", rpc.Join(key=inv.key.hex(),
+                                                    addresses=inv.addresses))
+        wanted = set(inv.addresses)
+        if not self.json:
+            print(f"joining {inv.fingerprint} at {', '.join(inv.addresses)} ...", flush=True)
+        deadline = time.monotonic() + self.args.timeout
+        mine: list[rpc.StaticPeer] = []
+        while True:
+            mine = [i for i in table.items if i.address in wanted]
+            linked = next((i for i in mine if i.state == "linked"), None)
+            wrong = next((i for i in mine if i.error.startswith("wrong_key")), None)
+            if linked is not None or wrong is not None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)  # noqa: sleep-ok - polling the gateway under a deadline
+            table = await self.call("gateway", rpc.GetStaticPeers())
+        result = "joined" if linked else ("refused" if wrong else "waiting")
+        if self.json:
+            self.out(join_row(result, inv, linked or wrong,
+                              wrong.error if wrong else "; ".join(
+                                  sorted({i.error for i in mine if i.error}))))
+        elif linked is not None:
+            print(f"joined {safe(linked.nickname or '?')} ({inv.fingerprint}) at "
+                  f"{linked.address}; its key is pinned")
+        elif wrong is not None:
+            print(f"refused: the node at {wrong.address} is not the one in the code "
+                  f"({safe(wrong.error)}); nothing was linked", file=sys.stderr)
+        else:
+            errors = "; ".join(sorted({safe(i.error) for i in mine if i.error})) or "no answer"
+            print(f"not linked within {self.args.timeout:g} s ({errors}); the node keeps "
+                  "trying (tazcom connect --list)", file=sys.stderr)
+        if wrong is not None:  # a stranger there: stop dialling it for this code
+            for i in mine:
+                with contextlib.suppress(TazcomError):
+                    await self.call("gateway", rpc.Connect(address=i.address, remove=True))
+        return 0 if linked else EXIT_ERROR
+
     # -- keys -------------------------------------------------------------------------------
 
     async def cmd_keys(self) -> int:
@@ -529,6 +600,18 @@ def static_row(item: rpc.StaticPeer) -> dict[str, Any]:
     return item.to_dict()
 
 
+def invite_row(code: str, inv: Any, nickname: str) -> dict[str, Any]:
+    return {"code": code, "key": inv.key.hex(), "fingerprint": inv.fingerprint,
+            "nickname": nickname, "addresses": list(inv.addresses), "expires": inv.expires}
+
+
+def join_row(result: str, inv: Any, item: rpc.StaticPeer | None, error: str
+             ) -> dict[str, Any]:
+    return {"result": result, "key": inv.key.hex(), "fingerprint": inv.fingerprint,
+            "nickname": item.nickname if item is not None and result == "joined" else None,
+            "address": item.address if item is not None else None, "error": error}
+
+
 def normalize_address(text: str) -> str:
     from tazcom.common.staticpeers import normalize
 
@@ -546,7 +629,7 @@ JSON_ROWS: dict[str, Callable[..., dict[str, Any]]] = {
     "id": id_row, "peers": peer_row, "status": status_row, "trust": trust_row,
     "say": post_row, "send": post_row, "history": history_row, "events": event_row,
     "block": policy_row, "mute": policy_row, "keys": keys_row, "revoke": keys_row,
-    "connect": static_row,
+    "connect": static_row, "invite": invite_row, "join": join_row,
 }
 
 
@@ -612,6 +695,17 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def _duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration such as 90s, 30m, 12h, 7d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
 def _global_options(default: Any) -> argparse.ArgumentParser:
     """The options every subcommand takes, before or after its name. After the name they
     must not reset what was given before it: argparse gives a subcommand's defaults the
@@ -669,6 +763,20 @@ def build_parser() -> argparse.ArgumentParser:
     how = cp.add_mutually_exclusive_group()
     how.add_argument("--list", action="store_true", help="every static peer and its state")
     how.add_argument("--remove", action="store_true", help="remove HOST[:PORT]")
+    ip = sub.add_parser("invite", parents=[common],
+                        help="print an invite code (and QR code) another node joins with",
+                        description="Print a short code carrying this node's key, "
+                        "addresses and port, and a QR code of it. `tazcom join CODE` on "
+                        "another node links to this one and accepts only this key.")
+    ip.add_argument("--ttl", type=_duration, default=24 * 3600,
+                    help="how long the code is valid: 90s, 30m, 12h, 7d (default 24h)")
+    ip.add_argument("--qr", action="store_true",
+                    help="print the QR code even when the output is not a terminal")
+    jp = sub.add_parser("join", parents=[common],
+                        help="link to the node of an invite code, accepting only its key")
+    jp.add_argument("code", help="the code `tazcom invite` printed")
+    jp.add_argument("--timeout", type=float, default=15.0,
+                    help="seconds to wait for the link (default 15; it keeps trying after)")
     sub.add_parser("keys", parents=[common],
                    help="the router's delegated signing key and DM keys (public halves)")
     rv = sub.add_parser("revoke", parents=[common],
@@ -702,6 +810,8 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
     "mute": Cli.cmd_mute,
     "keys": Cli.cmd_keys,
     "connect": Cli.cmd_connect,
+    "invite": Cli.cmd_invite,
+    "join": Cli.cmd_join,
     "revoke": Cli.cmd_revoke,
 }
 

@@ -290,7 +290,7 @@ def test_peer_text_is_harmless_in_peers_and_errors(node: StubNode, capsys) -> No
 
 #: The positional arguments each subcommand needs (or none).
 NEEDS = {"trust": ["bob"], "say": ["hi"], "send": ["bob", "hi"], "block": ["bob"],
-         "mute": ["bob"], "connect": ["10.0.0.1"]}
+         "mute": ["bob"], "connect": ["10.0.0.1"], "join": ["TZ1AAAA"]}
 
 
 @pytest.mark.parametrize("command", sorted([*cli.COMMANDS, "chat"]))

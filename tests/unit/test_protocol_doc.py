@@ -17,6 +17,7 @@ from tazcom.common.events import PeerInfo
 from tazcom.common.keys import SIGNING_DOMAINS
 from tazcom.common.peers import Target
 from tazcom.common.schema import fields as schema_fields
+from tazcom.common import invite
 from tazcom.common.version import PROTOCOL_VERSION
 
 from .examples import build
@@ -254,6 +255,10 @@ def cli_samples() -> dict[str, list[dict[str, Any]]]:
     static = build(rpc.StaticPeer)
     rows["connect"] = [cli.static_row(static),
                        cli.static_row(_with(static, key=None, nickname=None))]
+    inv = invite.make(bytes(32), 4270, ["10.0.0.5:4270"], 1.8e9)
+    rows["invite"] = [cli.invite_row(invite.encode(inv), inv, "alice")]
+    rows["join"] = [cli.join_row("joined", inv, static, ""),
+                    cli.join_row("waiting", inv, None, "connection refused")]
     keys = build(rpc.SigningKeys)
     rows["keys"] = rows["revoke"] = [cli.keys_row(keys),
                                      cli.keys_row(_with(keys, key=None, enc_key=None))]
