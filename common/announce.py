@@ -1,7 +1,7 @@
 """The signed mDNS announcement of a node (docs/protocol.md, "mDNS record").
 
 A node announces ``tz-<first 16 hex of its key>._tazcom._tcp.local.`` with an
-SRV record (gateway port), A records (its addresses) and a TXT record:
+SRV record (gateway port), A and AAAA records (its addresses) and a TXT record:
 
 =====  =====================================================  ================
 key    value                                                  limits
@@ -32,6 +32,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import nacl.exceptions
 import nacl.signing
 
+from .addresses import ip_of, is_link_local, join, parse_host, scope_of
 from .errors import RemoteProtocolError, SchemaError
 from .events import HexKey, Nickname
 from .keys import DOMAIN_MDNS_TXT, NodeKey, fingerprint
@@ -214,7 +215,7 @@ class Announcement:
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        return tuple(f"{a}:{self.port}" for a in self.addresses)
+        return tuple(join(a, self.port) for a in self.addresses)
 
 
 def _reject(reason: str, why: str) -> RemoteProtocolError:
@@ -248,13 +249,21 @@ def validate(
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
             nacl.exceptions.TypeError):
         raise _reject("bad_signature", "TXT signature does not verify") from None
-    usable = tuple(dict.fromkeys(a for a in addresses if _is_ipv4(a)))[:MAX_ADDRESSES]
+    usable = tuple(dict.fromkeys(h for a in addresses if (h := _usable_host(a))))[:MAX_ADDRESSES]
     if not usable:
-        raise _reject("no_address", "record has no IPv4 address")
+        raise _reject("no_address", "record has no usable IP address")
     return Announcement(name=name, key=NodeKey(rec.k), port=rec.p, nickname=rec.n,
                         signed_at=rec.t, addresses=usable)
 
 
-def _is_ipv4(text: str) -> bool:
-    parts = text.split(".")
-    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
+def _usable_host(text: str) -> str | None:
+    """The canonical text of an address from a record (IPv4, or IPv6; a link-local one
+    with the scope the receiver gave it, the interface it was heard on), or None for one
+    no node can be dialled at (a link-local one without scope among them)."""
+    host = parse_host(text)
+    if host is None:
+        return None
+    ip = ip_of(host)
+    if ip.is_multicast or ip.is_unspecified or (is_link_local(host) and not scope_of(host)):
+        return None
+    return host

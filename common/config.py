@@ -117,6 +117,8 @@ class Config:
     record_ttl: int
     max_peers: int
     resolve_timeout: float
+    #: Dial a peer's IPv6 addresses before its IPv4 ones (``node.prefer_ipv6``).
+    prefer_ipv6: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -186,6 +188,7 @@ def load_config(
     interfaces = _get(tree, "node.interfaces", list)
     if not all(isinstance(i, str) and i for i in interfaces):
         raise ConfigError("node.interfaces: expected a list of names or addresses")
+    prefer_ipv6 = _get(tree, "node.prefer_ipv6", bool) if "prefer_ipv6" in node else False
     nickname = _get(tree, "node.nickname", str) or login
     services = _get(tree, "node.services", list)
     positive = (
@@ -201,6 +204,7 @@ def load_config(
         paths=Paths(home=home_from_env(env)),
         nickname=validate_nickname(nickname),
         interfaces=tuple(interfaces),
+        prefer_ipv6=prefer_ipv6,
         port=port,
         services=tuple(str(s) for s in services),
         bus_max_event_bytes=_get(tree, "bus.max_event_bytes", int),

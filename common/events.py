@@ -44,7 +44,11 @@ DEFAULT_MAX_EVENT_BYTES = 262144
 
 ServiceName = Annotated[str, Match(r"[a-z][a-z0-9_-]{0,31}")]
 HexKey = Annotated[str, HEX32]
-Address = Annotated[str, Match(r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}"), Len(9, 21)]
+#: ``a.b.c.d:port``, ``[v6]:port`` or, link-local, ``[fe80::1%ifname]:port``
+#: (common/addresses.py; docs/protocol.md §1, "Addresses").
+Address = Annotated[str, Match(r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}"
+                               r"|\[[0-9a-f:]{2,39}(%[A-Za-z0-9_.@+-]{1,15})?\]:\d{1,5}"),
+                    Len(7, 63)]
 #: A nickname: 1..32 bytes of printable UTF-8, wherever it appears (HELLO, profile, mDNS).
 Nickname = Annotated[str, Len(1, NICK_MAX, utf8=True), Printable()]
 #: A reject code (docs/protocol.md §8).
@@ -57,6 +61,8 @@ ChatText = Annotated[str, Len(0, TEXT_MAX, utf8=True)]
 Hops = Annotated[int, Range(0, HOPS_MAX)]
 #: Unix seconds.
 UnixTime = Annotated[float, Range(0, UNIX_TIME_MAX)]
+#: A clock offset, seconds (about 100 years either way: common/clock.py ``MAX_OFFSET``).
+ClockOffsetS = Annotated[float, Range(-3.2e9, 3.2e9)]
 #: A service kind (``router``) or a capability name.
 KindName = Annotated[str, Len(1, KIND_MAX)]
 Fingerprint = Annotated[str, Match(r"[0-9a-f]{4}(-[0-9a-f]{4}){3}")]
@@ -293,6 +299,9 @@ class PeerVerified(Event):
     version: Annotated[int, Range(1, 65535)]
     caps: Annotated[tuple[KindName, ...], Len(0, 32)] = ()
     peer_state: LinkPeerState = "verified"
+    #: The peer's wall clock minus ours when its hello arrived (seconds); None when its
+    #: hello did not say the time. The gateway's mesh clock sample (``clock.offset``).
+    clock_offset: ClockOffsetS | None = None
 
 
 @event("peer.key_changed")
@@ -331,6 +340,21 @@ class LinkMessage(Event):
     key: HexKey
     kind: KindName
     body: Annotated[bytes, Len(0, APP_BODY_MAX)]
+
+
+@event("clock.offset")
+class ClockOffset(Event):
+    """The gateway's mesh clock changed (common/clock.py): what this node adds to its own
+    wall clock to stamp envelopes, judge their times and date certificates."""
+
+    epoch: Epoch
+    seq: Seq
+    #: Seconds to add to this node's wall clock (0: not corrected).
+    offset: ClockOffsetS
+    #: Verified neighbours whose clocks agree with the offset.
+    neighbours: Annotated[int, Range(0, 4096)]
+    #: Verified neighbours whose hello said their time.
+    samples: Annotated[int, Range(0, 4096)]
 
 
 @event("identity.changed")

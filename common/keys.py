@@ -26,8 +26,10 @@ DOMAIN_BENCH = b"tazcom-bench:"
 #: A certificate for a delegated signing key (common/certs.py): the long-term key vouches
 #: for a key the router holds.
 DOMAIN_CERT = b"tazcom-cert:"
+#: A peer-exchange record (common/peerexchange.py): where the neighbours listen.
+DOMAIN_PX = b"tazcom-px:"
 SIGNING_DOMAINS = frozenset({DOMAIN_MDNS_TXT, DOMAIN_NOISE_STATIC, DOMAIN_ENVELOPE, DOMAIN_BENCH,
-                             DOMAIN_CERT})
+                             DOMAIN_CERT, DOMAIN_PX})
 
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 

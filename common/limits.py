@@ -89,7 +89,7 @@ ROUTER_MESSAGE_MAX = APP_BODY_MAX
 
 #: Entries in a TXT record.
 TXT_ENTRIES_MAX = 16
-#: IPv4 addresses taken from one record.
+#: Addresses (IPv4 and IPv6) taken from one record.
 MDNS_ADDRESSES_MAX = 8
 #: A signing time (``t``), unix seconds.
 UNIX_TIME_MAX = 2**40

@@ -35,7 +35,9 @@ What it decides:
    being made; the higher key of a pair waits ``DIAL_DEFER``; failures back off
    from ``BACKOFF_MIN`` to ``BACKOFF_MAX``; a link that lasted ``STABLE_LINK``
    is redialled at once when it drops. Only addresses on our own networks are
-   dialled, from our address on that network.
+   dialled, from our address on that network, one at a time: IPv4 first, then
+   global IPv6, then link-local IPv6 (IPv6 first with ``prefer_ipv6``); a
+   dual-stack peer still ends with one link (2.).
 5. What a closed link says: ``link.down`` carries a reject code (a peer's
    ``close`` reason that is not a reject code becomes ``bad_close``, logged once with
    the peer's value escaped; a well-formed code we do not know, ``unknown_reason``;
@@ -56,6 +58,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import routing, rpc
+from .addresses import LocalNetwork, local_for, ordered, split_address
+from .clock import MAX_OFFSET as CLOCK_OFFSET_MAX
 from .errors import TazcomError
 from .events import (
     Event,
@@ -79,6 +83,8 @@ from .link import (
     MessageReceived,
 )
 from .mirror import Numbering
+from .peerexchange import CAP as PX_CAP
+from .peerexchange import KIND as PX_KIND
 from .pins import Pins
 from .rejects import RejectLog
 
@@ -99,7 +105,7 @@ STABLE_LINK = 10.0
 REDIAL_JITTER = 0.2
 #: Hello ``caps`` (docs/protocol.md §9, "Link messages"): we take ``app`` messages, v1, and
 #: envelopes of version 2 (a node that does not say ``env/2`` is sent version 1 only).
-CAPS = ("app/1", "env/2")
+CAPS = ("app/1", "env/2", PX_CAP)
 #: The reason of our normal close (the gateway stops).
 GOODBYE = "goodbye"
 #: A peer's ``close`` reason that is not a reject code we know.
@@ -150,7 +156,10 @@ class SetTimer:
 
 @dataclass(frozen=True, slots=True)
 class Dial:
-    """Open a TCP connection to ``host:port`` from ``local_ip``, giving up after ``timeout``."""
+    """Open a TCP connection to ``host:port`` from ``local_ip``, giving up after ``timeout``.
+
+    ``host`` and ``local_ip`` are IP addresses as text; a link-local IPv6 one carries the
+    scope (``fe80::1%eth0``) of our interface it is reached through."""
 
     key: bytes
     address: str
@@ -177,6 +186,15 @@ class ToRouter:
 
 
 @dataclass(frozen=True, slots=True)
+class Exchange:
+    """A peer-exchange message (kind ``px``) from the verified peer ``key``: the gateway's
+    own (common/peerexchange.py), never published."""
+
+    key: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SavePins:
     """Persist the pins (``Pins.dump()``) to ``pins.json``: at once when ``urgent`` (the
     user's trust or untrust, answered only once written), else within a second."""
@@ -193,7 +211,7 @@ class Refused:
     detail: str = ""
 
 
-Action = Send | CloseConnection | SetTimer | Dial | Emit | ToRouter | SavePins | Refused
+Action = Send | CloseConnection | SetTimer | Dial | Emit | ToRouter | Exchange | SavePins | Refused
 
 
 # -- state --------------------------------------------------------------------------------
@@ -247,21 +265,6 @@ def printable(text: Any, limit: int) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in s)[:limit]
 
 
-def split_address(address: Any) -> tuple[str, int] | None:
-    """``("a.b.c.d", port)`` of an ``"a.b.c.d:port"``, or None if it is not one."""
-    if type(address) is not str or len(address) > 21:
-        return None
-    host, _, port = address.rpartition(":")
-    try:
-        ip = ipaddress.IPv4Address(host)
-        number = int(port)
-    except ValueError:
-        return None
-    if not (port.isascii() and port.isdigit()) or not 1 <= number <= 65535:
-        return None
-    return str(ip), number
-
-
 def _key(value: Any) -> bytes | None:
     """A 32-byte key from bytes or 64 hex characters, else None."""
     if type(value) is bytes:
@@ -279,6 +282,12 @@ def _good_nickname(nickname: Any) -> bool:
         and 1 <= len(nickname.encode("utf-8", "replace")) <= 32
 
 
+def _offset(value: float | None) -> float | None:
+    """A hello's clock offset as ``peer.verified`` carries it (None: unsaid or absurd)."""
+    return value if value is not None and math.isfinite(value) \
+        and abs(value) <= CLOCK_OFFSET_MAX else None
+
+
 def _good_now(now: Any) -> bool:
     return (type(now) is float or type(now) is int) and math.isfinite(now)
 
@@ -287,15 +296,19 @@ class LinkManager:
     """Every link of one gateway and every decision about them. Pure: time arrives as ``now``."""
 
     def __init__(
-        self, *, networks: Sequence[ipaddress.IPv4Interface] = (),
+        self, *, networks: Sequence[LocalNetwork | ipaddress.IPv4Interface
+                                    | ipaddress.IPv6Interface] = (),
         numbering: Numbering | None = None, nickname: str = "node",
         limits: LinkLimits | None = None, log: logging.Logger | None = None,
         rng: random.Random | None = None, max_links: int = MAX_LINKS,
         max_handshakes: int = MAX_HANDSHAKES,
         max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS,
-        ephemeral: Callable[[], bytes] | None = None,
+        ephemeral: Callable[[], bytes] | None = None, prefer_ipv6: bool = False,
     ) -> None:
-        self.networks = list(networks)
+        #: Our addresses and their networks: only peers on them are dialled.
+        self.networks = [LocalNetwork.of(n) for n in networks]
+        #: Dial a peer's IPv6 addresses before its IPv4 ones (default: IPv4 first).
+        self.prefer_ipv6 = prefer_ipv6
         self.numbering = numbering or Numbering(1)
         self.nickname = nickname
         self.limits = limits or LinkLimits()
@@ -385,7 +398,8 @@ class LinkManager:
         if direction not in ("in", "out") or parsed is None or not _good_now(now) or (
                 key is not None and _key(key) is None) or (direction == "in" and key is not None):
             return None, [Refused("bad_message", "connection: direction in/out, an a.b.c.d:port "
-                                  "address, a finite now, a 32-byte key for out only")]
+                                  "or [v6]:port address, a finite now, a 32-byte key for "
+                                  "out only")]
         if self.identity is None:
             return None, [Refused("bad_state", "no identity yet")]
         host = parsed[0]
@@ -418,13 +432,15 @@ class LinkManager:
             self._schedule(now, actions)
         return conn.id, actions
 
-    def data_received(self, conn: int, data: bytes, now: float) -> list[Action]:
-        """Bytes arrived on connection ``conn``."""
+    def data_received(self, conn: int, data: bytes, now: float,
+                      wall: float | None = None) -> list[Action]:
+        """Bytes arrived on connection ``conn``; ``wall``: our wall clock (unix s), said in
+        our hello and compared with the peer's (``peer.verified``'s ``clock_offset``)."""
         c = self.conns.get(conn) if type(conn) is int else None
         if c is None or type(data) is not bytes or not _good_now(now):
             return [Refused("bad_message" if c else "no_link", "data for no open connection")]
         actions: list[Action] = []
-        events = c.link.receive_data(data, now)
+        events = c.link.receive_data(data, now, wall)
         if events:
             closes = self._closes
             self._link_events(c, events, now, actions)
@@ -501,6 +517,8 @@ class LinkManager:
                         router = []
                         actions.append(ToRouter(c.key, router))
                     router.append(ev.body)
+                elif ev.kind == PX_KIND:
+                    actions.append(Exchange(c.key, ev.body))
                 else:
                     actions.append(Emit(LinkMessage, {"key": c.key.hex(), "kind": ev.kind,
                                                       "body": ev.body}))
@@ -556,7 +574,7 @@ class LinkManager:
                       printable(ev.nickname, 32), fingerprint(ev.key), ev.version)
         self._emit_link(actions, PeerVerified, link=c.id, key=ev.key.hex(),
                         nickname=ev.nickname, address=c.address, direction=c.direction,
-                        version=ev.version, caps=ev.caps)
+                        version=ev.version, caps=ev.caps, clock_offset=_offset(ev.clock_offset))
         if drop is not None:  # after the new link is in place, so the peer never looks unlinked
             self._finish(drop, drop.link.close("duplicate", "already linked to this peer", now),
                          now, actions)
@@ -782,7 +800,8 @@ class LinkManager:
         if not isinstance(addresses, tuple | list) or type(state) is not str \
                 or type(nickname) is not str:
             return Refused("bad_message", "a peer has addresses, a state and a nickname")
-        good = tuple(a for a in addresses[:16] if split_address(a) is not None)
+        # one address at a time, in this order (``_dial_next``): IPv4 first unless told
+        good = ordered((a for a in addresses[:16] if type(a) is str), self.prefer_ipv6)
         if dial is None:
             if len(self.peers) >= 4 * self.max_links + 1024:
                 return Refused("table_full", "too many peers to dial")
@@ -853,22 +872,26 @@ class LinkManager:
         while dial.dialling:
             address = dial.dialling.pop(0)
             parsed = split_address(address)
-            local = self.local_ip_for(parsed[0]) if parsed else None
-            if parsed is None or local is None:
+            found = local_for(self.networks, parsed[0]) if parsed else None
+            if parsed is None or found is None:
                 self.log.debug("not dialling %s: outside our networks", address)
                 continue
-            actions.append(Dial(key, address, parsed[0], parsed[1], local))
+            local, host = found  # host: a link-local one with our interface as its scope
+            actions.append(Dial(key, address, host, parsed[1], local))
             return True
         return False
 
     def local_ip_for(self, host: str) -> str | None:
-        """Our address on the network of ``host``; None when it is on none of ours.
+        """Our address on the network of ``host``; None when it is on none of ours (or is
+        no IP address). A link-local IPv6 ``host`` is on our network only with our
+        interface as its scope (docs/protocol.md §1, "Addresses").
 
         Only addresses on our configured interfaces' networks are dialled, never via a
         default route: a LAN mesh talks to its LAN (and a test node never leaves its net).
         """
-        addr = ipaddress.IPv4Address(host)
-        return next((str(n.ip) for n in self.networks if addr in n.network), None)
+        parsed = split_address(f"[{host}]:1" if ":" in str(host) else f"{host}:1")
+        found = local_for(self.networks, parsed[0]) if parsed else None
+        return found[0] if found else None
 
     def _schedule(self, now: float, actions: list[Action]) -> None:
         """Start every dial that is due; arm the dialler's timer for the next one."""

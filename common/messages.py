@@ -66,6 +66,9 @@ class Hello(Message):
     nickname: Nickname
     #: Optional features the sender supports (e.g. "app/1").
     caps: Annotated[tuple[KindName, ...], Len(0, 32)] = ()
+    #: The sender's own wall clock (unix milliseconds, uncorrected) as it sent this
+    #: hello; None: not said (older nodes). The receiver's offset sample (common/clock.py).
+    clock_ms: Annotated[int, Range(0, 2**53 - 1)] | None = None
 
 
 @message("ping")

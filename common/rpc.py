@@ -17,6 +17,7 @@ from .errors import RequestFailed, SchemaError
 from .events import (
     Address,
     ChatText,
+    ClockOffsetS,
     Detail,
     Epoch,
     Fingerprint,
@@ -204,6 +205,18 @@ class LinkList(Record):
     epoch: Epoch
     seq: Seq
     links: Annotated[tuple[LinkInfo, ...], Len(0, 4096)]
+
+
+@record
+class ClockInfo(Record):
+    """The mesh clock at version ``(epoch, seq)`` of the gateway's clock table (the
+    fields of ``clock.offset``)."""
+
+    epoch: Epoch
+    seq: Seq
+    offset: ClockOffsetS
+    neighbours: Annotated[int, Range(0, 4096)]
+    samples: Annotated[int, Range(0, 4096)]
 
 
 @record
@@ -527,6 +540,12 @@ class SendToPeer(Request):
 @request("gateway.links", LinkList)
 class GetLinks(Request):
     """Every link, in handshake or open."""
+
+
+@request("gateway.clock", ClockInfo)
+class GetClock(Request):
+    """The mesh clock: how far this node's wall clock is off (docs/protocol.md §9, "Clock
+    offset"); the snapshot of the clock table."""
 
 
 @request("gateway.connect", StaticPeerList)

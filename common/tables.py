@@ -7,6 +7,7 @@ table      owner       updates (events)                                    snaps
 peers      discovery   peer.discovered, peer.updated, peer.lost,           discovery.snapshot
                        peer.forgotten
 links      gateway     link.up, peer.verified, link.down                   gateway.links
+clock      gateway     clock.offset                                        gateway.clock
 mesh       router      mesh.peer                                           router.mesh
 policy     router      peer.policy                                         router.policy
 health     bus         service.health                                      bus.status
@@ -25,6 +26,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from . import rpc
 from .events import (
+    ClockOffset,
     Event,
     LinkDown,
     LinkUp,
@@ -149,6 +151,41 @@ def peer_links(rows: Iterable[LinkRow]) -> dict[str, PeerLink]:
 
 def verified_keys(rows: Iterable[LinkRow]) -> set[bytes]:
     return {bytes.fromhex(r.key) for r in rows if r.state == "open" and r.key}
+
+
+# -- clock (gateway): one row, the mesh clock (common/clock.py) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClockRow:
+    """What this node adds to its wall clock, and on how many neighbours' word."""
+
+    offset: float
+    neighbours: int
+    samples: int
+
+
+#: The one key of the clock table.
+CLOCK_KEY = "mesh"
+
+
+def _clock_update(ev: Event) -> Update[str, ClockRow] | None:
+    if not isinstance(ev, ClockOffset):
+        return None
+    return Update(ev.epoch, ev.seq, CLOCK_KEY, ClockRow(ev.offset, ev.neighbours, ev.samples))
+
+
+CLOCK: Table[str, ClockRow] = Table(
+    name="clock", owner="gateway", topics=("clock.offset",), request=rpc.GetClock(),
+    update=_clock_update,
+    snapshot=lambda r: (r.epoch, r.seq, [(CLOCK_KEY, ClockRow(r.offset, r.neighbours,
+                                                              r.samples))]))
+
+
+def clock_offset(mirror: Any) -> float:
+    """The offset a mirror of the clock table holds (0 until it has one)."""
+    row = mirror.items.get(CLOCK_KEY) if mirror is not None else None
+    return row.offset if row is not None else 0.0
 
 
 # -- mesh (router) --------------------------------------------------------------------

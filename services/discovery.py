@@ -22,13 +22,13 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import time
 
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from tazcom.common import announce, rpc, tables
+from tazcom.common.addresses import ip_of, without_scope
 from tazcom.common.errors import RemoteProtocolError, TazcomError
 from tazcom.common.events import (
     DiscoveryRejected,
@@ -168,7 +168,8 @@ class Discovery:
         ttl = self.config.record_ttl
         return ServiceInfo(
             self.config.service_type, f"{label}.{self.config.service_type}",
-            addresses=[socket.inet_aton(ip) for ip in self.ips], port=port,
+            parsed_addresses=list(dict.fromkeys(without_scope(ip) for ip in self.ips)),
+            port=port,
             properties=txt, server=f"{label}.local.", host_ttl=ttl, other_ttl=ttl)
 
     async def publish_record(self, info: ServiceInfo) -> None:
@@ -282,14 +283,18 @@ class Discovery:
         info = AsyncServiceInfo(self.config.service_type, name)
         found = await info.async_request(self.aiozc.zeroconf,
                                          int(self.config.resolve_timeout * 1000))
-        addresses = info.parsed_addresses(IPVersion.V4Only) if found else []
-        source = addresses[0] if addresses else ""
+        # IPv4 first, then IPv6; a link-local one scoped with the interface it was heard
+        # on (a scope only means something here: docs/protocol.md §1, "Addresses")
+        heard = info.parsed_scoped_addresses(IPVersion.All) if found else []
+        addresses = [a for a in (netif.localized(h, self.ips) for h in heard) if a]
+        source = addresses[0] if addresses else (heard[0] if heard else "")
         if not found:
             self.reject(name, source, "unresolved", "no SRV/TXT/address answer in time")
             return
         properties = dict(info.properties or {})
         if name == self.own_name:
-            foreign = [a for a in addresses if a not in self.ips]
+            ours = {without_scope(ip) for ip in self.ips}
+            foreign = [a for a in addresses if without_scope(a) not in ours]
             if foreign:
                 self.reject(name, foreign[0], "own_key", "our name announced from another address")
             return
@@ -317,7 +322,12 @@ async def main(rt: Runtime) -> None:
     rt.bus.subscribe("identity.changed", disco.on_identity)
     for topic in ("peer.key_changed", "peer.trusted"):
         rt.bus.subscribe(topic, disco.on_alert)
-    disco.aiozc = AsyncZeroconf(interfaces=ips, ip_version=IPVersion.V4Only)
+    # python-zeroconf's own IPv6: ff02::fb on each interface, beside 224.0.0.251
+    families = {ip_of(ip).version for ip in ips}
+    disco.aiozc = AsyncZeroconf(
+        interfaces=netif.mdns_interfaces(ips),
+        ip_version=IPVersion.All if families == {4, 6} else
+        IPVersion.V6Only if families == {6} else IPVersion.V4Only)
     browser = AsyncServiceBrowser(disco.aiozc.zeroconf, [rt.config.service_type],
                                   handlers=[disco.on_service_state_change])
     cached = disco.cached_info()

@@ -27,9 +27,17 @@ import typing
 
 import zmq
 
-from tazcom.common import noise, routing, rpc, tables
+from tazcom.common import clock, noise, routing, rpc, tables
+from tazcom.common.addresses import join
 from tazcom.common.errors import RequestFailed
-from tazcom.common.events import Event, GatewayListening, IdentityChanged
+from tazcom.common.events import (
+    ClockOffset,
+    Event,
+    GatewayListening,
+    IdentityChanged,
+    LinkDown,
+    PeerVerified,
+)
 from tazcom.common.keys import DOMAIN_NOISE_STATIC, fingerprint
 from tazcom.common.linkmanager import (
     MAX_WRITE_BUFFER,
@@ -37,6 +45,7 @@ from tazcom.common.linkmanager import (
     CloseConnection,
     Dial,
     Emit,
+    Exchange,
     LinkManager,
     Refused,
     SavePins,
@@ -48,10 +57,14 @@ from tazcom.common.mirror import Change, Mirror
 
 from . import netif
 from .busclient import Readable, tune
+from .exchange import Exchanger
 from .listen import listen_sockets
 from .netif import interface_networks
 from .runtime import FatalError, Runtime, run
 from .staticdial import StaticDialler
+
+#: How often (s) the gateway looks for a step of its own wall clock.
+CLOCK_WATCH = 10.0
 
 
 class Gateway:
@@ -61,11 +74,12 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         self.socks = socks
         self.port = socks[0].getsockname()[1]
-        self.addresses = tuple(f"{ip}:{self.port}" for ip in ips)
+        self.addresses = tuple(join(ip, self.port) for ip in ips)
         #: The link table, which this service owns (docs/protocol.md §2, "Mirrored state").
         self.policy: Mirror | None = None
         self._pins_pending: dict[str, typing.Any] | None = None
         self.core = LinkManager(networks=interface_networks(ips), log=rt.log,
+                                prefer_ipv6=rt.config.prefer_ipv6,
                                 numbering=rt.own_table("links"), nickname=rt.config.nickname)
         self.transports: dict[int, asyncio.Transport] = {}
         #: conn (None: the dialler) -> (when, handle) of its armed timer.
@@ -73,6 +87,12 @@ class Gateway:
         self.servers: list[asyncio.AbstractServer] = []
         self._flush_soon = False
         self.static: StaticDialler | None = None
+        self.exchange: Exchanger | None = None
+        #: The mesh clock (common/clock.py): fed by our links' hellos, owned and published
+        #: here as the clock table (docs/protocol.md §9, "Clock offset").
+        self.clock = clock.MeshClock()
+        self.clock_numbering = rt.own_table("clock")
+        self._clock_said = 0.0
 
     def static_dialler(self) -> StaticDialler:
         if self.static is None:
@@ -88,6 +108,8 @@ class Gateway:
         self.static = StaticDialler(self.rt, lambda: set(self.core.verified), protocol)
         self.static.load()
         self.static.schedule()
+        self.exchange = Exchanger(self, lambda address, key, on_conn: _Protocol(
+            self, "out", key, address, on_conn=on_conn))
 
     # -- carrying out the core's actions ----------------------------------------------------
 
@@ -105,6 +127,13 @@ class Gateway:
                 self.rt.bus.emit(a.event, **a.fields)
                 if self.static is not None:
                     self.static.on_emit(a.event, a.fields)
+                if self.exchange is not None:
+                    self.exchange.on_emit(a.event, a.fields)
+                if a.event is PeerVerified or a.event is LinkDown:
+                    self.clock_sample(a.event, a.fields)
+            elif isinstance(a, Exchange):
+                if self.exchange is not None:
+                    self.exchange.on_message(a.key, a.body)
             elif isinstance(a, CloseConnection):
                 self.set_timer(a.conn, None)
                 transport = self.transports.pop(a.conn, None)
@@ -118,6 +147,55 @@ class Gateway:
                     self.write_pins()
             else:
                 self.core.rejects.reject("gateway", a.reason, a.detail)
+
+    # -- the mesh clock -----------------------------------------------------------------
+
+    def clock_sample(self, event: type[Event], fields: dict[str, typing.Any]) -> None:
+        """A verified link's hello gave a sample; a peer no longer verified takes its away."""
+        key = bytes.fromhex(fields["key"]) if fields.get("key") else None
+        if key is None:
+            return
+        if event is PeerVerified:
+            offset = fields.get("clock_offset")
+            estimate = self.clock.drop(key) if offset is None else self.clock.sample(key, offset)
+        elif fields.get("peer_state") != "verified":
+            estimate = self.clock.drop(key)
+        else:
+            return  # a duplicate link closed; the kept one's sample stands
+        if estimate is not None:
+            self.clock_changed(estimate)
+
+    def clock_changed(self, estimate: clock.Estimate) -> None:
+        old = self._clock_said
+        self._clock_said = estimate.offset
+        if abs(estimate.offset - old) >= clock.THRESHOLD:
+            self.rt.log.warning(
+                "clock: %s (median of %d of %d neighbours)",
+                clock.describe(estimate.offset), estimate.neighbours, estimate.samples)
+        self.rt.bus.emit(ClockOffset, epoch=self.clock_numbering.epoch,
+                         seq=self.clock_numbering.next(), offset=estimate.offset,
+                         neighbours=estimate.neighbours, samples=estimate.samples)
+
+    def clock_info(self) -> rpc.ClockInfo:
+        e = self.clock.estimate
+        return rpc.ClockInfo(epoch=self.clock_numbering.epoch, seq=self.clock_numbering.seq,
+                             offset=e.offset, neighbours=e.neighbours, samples=e.samples)
+
+    async def watch_clock(self) -> None:
+        """Tell the mesh clock when our own wall clock is stepped (set by hand, by NTP):
+        the wall clock against the boot clock, which counts suspend too, so a resume is
+        not taken for a step."""
+        boot = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+        last = time.time() - time.clock_gettime(boot)
+        while True:
+            await asyncio.sleep(CLOCK_WATCH)
+            now = time.time() - time.clock_gettime(boot)
+            if abs(now - last) >= clock.THRESHOLD:
+                self.rt.log.info("our wall clock was stepped by %+.1f s", now - last)
+                estimate = self.clock.stepped(now - last)
+                if estimate is not None:
+                    self.clock_changed(estimate)
+            last = now
 
     def set_timer(self, conn: int | None, at: float | None) -> None:
         """Arm ``conn``'s timer; one armed earlier than ``at`` stays (the core re-arms it)."""
@@ -291,7 +369,7 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = typing.cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
-        address = self.address or (f"{peer[0]}:{peer[1]}" if peer else "?:0")
+        address = self.address or (netif.endpoint_text(peer) if peer else "?:0")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -310,7 +388,8 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.conn in self.gw.transports:
-            self.gw.execute(self.gw.core.data_received(self.conn, data, self.gw.loop.time()))
+            self.gw.execute(self.gw.core.data_received(self.conn, data, self.gw.loop.time(),
+                                                       time.time()))
 
     def pause_writing(self) -> None:
         # Called from inside a write: act once that write's actions are done.
@@ -336,6 +415,7 @@ async def main(rt: Runtime) -> None:
         rpc.GetGatewayInfo: lambda _r: info,
         rpc.SendToPeer: lambda r: gw.answer(core.send(r.key, r.kind, r.body, now())),
         rpc.GetLinks: lambda _r: core.links(now(), time.time()),
+        rpc.GetClock: lambda _r: gw.clock_info(),
         rpc.Trust: lambda r: gw.answer(core.trust(r.key, r.nickname, now())),
         rpc.Untrust: lambda r: gw.answer(core.untrust(r.key)),
         rpc.Connect: lambda r: gw.static_dialler().connect(r),
@@ -350,6 +430,7 @@ async def main(rt: Runtime) -> None:
     gw.policy = rt.mirror(tables.POLICY, gw.on_policy)
     await gw.start_serving()
     gw.start_static()
+    rt.spawn(gw.watch_clock(), "clock")
     rt.bus.subscribe("identity.changed", gw.on_identity)
     gw.open_router_channel()
     reader = Readable(gw._router_pull, gw.on_router_frames)

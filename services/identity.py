@@ -25,7 +25,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from tazcom.common import rpc
+from tazcom.common import rpc, tables
 from tazcom.common.errors import KeyFileError, RemoteProtocolError
 from tazcom.common.events import IdentityChanged
 from tazcom.common.keyfile import Secrets, format_keyfile, parse_keyfile
@@ -98,6 +98,9 @@ class Identity:
         self.nickname = nickname
         self.signed = 0
         self.certified = 0
+        #: The gateway's mesh clock offset (common/clock.py): certificates are judged by
+        #: the same corrected time the router dates them with.
+        self.clock_offset = 0.0
 
     def info(self, _req: rpc.GetIdentity) -> rpc.IdentityInfo:
         return rpc.IdentityInfo(key=self.public.hex(), fingerprint=fingerprint(self.public),
@@ -155,7 +158,7 @@ class Identity:
     def certify(self, req: rpc.Certify) -> rpc.Certificate:
         from tazcom.common import certs
 
-        now = int(time.time())
+        now = int(time.time() + self.clock_offset)
         if not req.not_before < req.not_after <= req.not_before + CERT_VALIDITY_MAX \
                 or req.not_after <= now:
             raise RemoteProtocolError(
@@ -213,6 +216,12 @@ async def main(rt: Runtime) -> None:
         rt.log.info("nickname is now %s", info.nickname)
         return info
 
+    clock = None
+
+    def on_clock(_changes: object) -> None:
+        ident.clock_offset = tables.clock_offset(clock)
+
+    clock = rt.mirror(tables.CLOCK, on_clock)
     rt.ready(f"key {fingerprint(ident.public)} ({ident.nickname})")
     await asyncio.Event().wait()
 

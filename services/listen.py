@@ -1,4 +1,5 @@
-"""The gateway's listening sockets: one port on every configured address.
+"""The gateway's listening sockets: one port on every configured address, IPv4 and IPv6
+(an IPv6 socket is IPv6-only, bound with its link-local address's scope).
 
 The port is the configured ``port``, else the one used last time (so peers
 that remember our address find us after a restart), else any free one.
@@ -19,15 +20,29 @@ from .runtime import FatalError
 BACKLOG = 256
 
 
+def sockaddr(ip: str, port: int) -> tuple[socket.AddressFamily, tuple]:
+    """The family and socket address of address text ``ip`` (``fe80::1%eth0`` included)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    info = socket.getaddrinfo(ip, port, family, socket.SOCK_STREAM, 0,
+                              socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+    return family, info[0][4]
+
+
 def _bind_all(ips: list[str], port: int) -> list[socket.socket]:
     """Bind one listening socket per address, all on the same port (0: pick one)."""
     bound: list[socket.socket] = []
     try:
         for ip in ips:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                family, address = sockaddr(ip, port)
+            except socket.gaierror as e:
+                raise OSError(errno.EADDRNOTAVAIL, f"{ip}: {e.strerror}") from None
+            sock = socket.socket(family, socket.SOCK_STREAM)
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((ip, port))
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
             port = sock.getsockname()[1]
             sock.listen(BACKLOG)
             sock.setblocking(False)

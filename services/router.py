@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from tazcom.common import gossip, rpc, tables
+from tazcom.common import clock, gossip, rpc, tables
 from tazcom.common import routercore as core
 from tazcom.common.errors import RequestFailed, TazcomError
 from tazcom.common.events import Event, IdentityChanged, RouterDropped
@@ -57,6 +57,10 @@ class Router:
                                                         rt.config.raw.get("scoring", {}))
         self.core: core.RouterCore | None = None
         self.link_table: Mirror | None = None
+        #: The gateway's mesh clock (common/clock.py): every time the protocol needs (stamps,
+        #: the acceptance window, certificates) is ``wall()``, our clock plus its offset.
+        self.clock_table: Mirror | None = None
+        self.offset = 0.0
         self.rejects = RejectLog(rt.log)
         self._posts: list[tuple[core.PostSpec, asyncio.Future]] = []
         self._post_wake = asyncio.Event()
@@ -74,8 +78,13 @@ class Router:
         self.out.connect(rt.config.paths.socket("gateway-in"))
         self._out_sync = zmq.Socket.shadow(self.out.underlying)
         self._in_sync = zmq.Socket.shadow(self.inbox.underlying)
-        self.keys = RouterKeys(rt, on_cert=self.on_cert, on_rotate=self.on_rotate)
+        self.keys = RouterKeys(rt, on_cert=self.on_cert, on_rotate=self.on_rotate,
+                               clock=self.wall)
         self._written = asyncio.Event()
+
+    def wall(self) -> float:
+        """The mesh time: our wall clock corrected by the mesh clock's offset."""
+        return time.time() + self.offset
 
     @property
     def c(self) -> core.RouterCore:
@@ -84,7 +93,7 @@ class Router:
 
     async def load(self) -> None:
         ident = await self.rt.call_until_ready("identity", rpc.GetIdentity())
-        if not self.keys.ring.usable(time.time()):
+        if not self.keys.ring.usable(self.wall()):
             await self.keys.certify(wait=True)
         dm = self.keys.ring.current
         self.core = core.RouterCore(bytes.fromhex(ident.key), dm.public,
@@ -93,7 +102,7 @@ class Router:
                                     policy_numbering=self.rt.own_table("policy"))
         self.core.set_signer(self.keys.ring.signer.cert)
         self.core.enc_since = dm.since * 1000
-        now = time.time()
+        now = self.wall()
         seen = self.core.seen
         recent = self.db.recent_ids(rpc.StoreRecentIds(since=now - seen.horizon,
                                                        limit=seen.capacity))
@@ -198,8 +207,8 @@ class Router:
 
     async def revoke(self, req: rpc.Revoke) -> rpc.SigningKeys:
         dkey = bytes.fromhex(req.key) if req.key else self.keys.ring.signer.public
-        at = req.at if req.at is not None else int(time.time() * 1000)
-        await self.run(self.c.revoke(dkey, at, time.time(), time.monotonic()))
+        at = req.at if req.at is not None else int(self.wall() * 1000)
+        await self.run(self.c.revoke(dkey, at, self.wall(), time.monotonic()))
         await self.keys.revoked(dkey, at)
         return self.keys.table()
 
@@ -241,7 +250,30 @@ class Router:
                      if r.state == "open" and r.key}
         self.c.old_links = {bytes.fromhex(r.key) for r in rows if r.state == "open" and r.key
                             and core.CAP_ENV2 not in r.caps}
-        self.run_now(self.c.set_links(links, time.time(), time.monotonic(), addresses))
+        self.run_now(self.c.set_links(links, self.wall(), time.monotonic(), addresses))
+
+    def follow_clock(self) -> None:
+        self.clock_table = self.rt.mirror(tables.CLOCK, self.on_clock)
+
+    def on_clock(self, _changes: list[Change]) -> None:
+        """The mesh clock moved: from now on times are ``wall()``. A material change makes
+        our certificate and profile, dated by the old clock, wrong for the others: a fresh
+        signing key is certified with corrected times and the profile goes out again."""
+        old, self.offset = self.offset, tables.clock_offset(self.clock_table)
+        if abs(self.offset - old) < clock.MATERIAL:
+            return
+        self.rt.log.warning("clock: %s; envelopes stamped with mesh time",
+                            clock.describe(self.offset))
+        if self.core is not None:
+            self.rt.spawn(self.reclock(), "reclock")
+
+    async def reclock(self) -> None:
+        retry = 1.0
+        while not await self.keys.certify():
+            await asyncio.sleep(retry)  # identity is away: its own retry
+            retry = min(retry * 2, 30.0)
+        self.c.want_profile(time.monotonic())
+        self._timer_wake.set()
 
     def on_identity(self, ev: Event) -> None:
         if isinstance(ev, IdentityChanged):
@@ -269,7 +301,7 @@ class Router:
                 frames.clear()
                 reader.pause()
                 try:
-                    await self.run(self.c.receive(batch, time.time(), time.monotonic()))
+                    await self.run(self.c.receive(batch, self.wall(), time.monotonic()))
                 except (TazcomError, sqlite3.OperationalError) as e:
                     # Nothing of this batch was committed, so nothing was relayed as ours or
                     # acknowledged; catch-up brings it back.
@@ -290,7 +322,7 @@ class Router:
                     await asyncio.wait_for(self._timer_wake.wait(), delay)
                 continue
             try:
-                await self.run(self.c.tick(time.time(), time.monotonic()))
+                await self.run(self.c.tick(self.wall(), time.monotonic()))
             except (TazcomError, sqlite3.OperationalError) as e:
                 self.rt.log.warning("timer step failed: %s (tried again later)",
                                     getattr(e, "message", e))
@@ -313,7 +345,7 @@ class Router:
             if self._posts:
                 self._post_wake.set()
             try:
-                answers = await self.run(self.c.post([p for p, _ in posts], time.time(),
+                answers = await self.run(self.c.post([p for p, _ in posts], self.wall(),
                                                      time.monotonic()))
             except (TazcomError, sqlite3.OperationalError) as e:
                 failure = e if isinstance(e, TazcomError) else RequestFailed(
@@ -340,10 +372,10 @@ class Router:
                 done = {"block": "blocked", "mute": "muted"}[req.policy]
                 raise RequestFailed(f"{req.key[:16]} is not {done} here",
                                     code="not_found")
-            step = self.c.set_policy(key, None, time.time(), time.monotonic(),
+            step = self.c.set_policy(key, None, self.wall(), time.monotonic(),
                                      reason=f"{req.policy} lifted by the user")
         else:
-            step = self.c.set_policy(key, req.policy, time.time(), time.monotonic(),
+            step = self.c.set_policy(key, req.policy, self.wall(), time.monotonic(),
                                      reason="by the user")
         await self.run(step)
         return self.c.policy_table()
@@ -353,7 +385,7 @@ class Router:
         become ``failed`` through the core."""
         while True:
             try:
-                expired = self.db.maintain(time.time())
+                expired = self.db.maintain(self.wall())
             except sqlite3.OperationalError as e:  # disk full, locked: next time
                 self.rt.log.warning("store maintenance failed: %s", e)
                 expired = []
@@ -390,13 +422,14 @@ class Router:
 async def main(rt: Runtime) -> None:
     router = Router(rt)
     try:
+        router.follow_clock()
         await router.load()
         router.follow_links()
         rt.serve({rpc.Post: router.post, rpc.GetRouterStats: lambda _r: router.c.stats(),
                   rpc.GetMesh: lambda _r: router.c.mesh_table(),
                   rpc.GetPolicy: lambda _r: router.c.policy_table(),
                   rpc.SetPolicy: router.set_policy,
-                  rpc.GetScores: lambda _r: router.c.score_table(time.time(),
+                  rpc.GetScores: lambda _r: router.c.score_table(router.wall(),
                                                                  time.monotonic()),
                   rpc.GetSigningKeys: lambda _r: router.keys.table(),
                   rpc.Revoke: router.revoke})

@@ -47,8 +47,11 @@ def _when(t: float) -> str:
 
 class RouterKeys:
     def __init__(self, rt: Runtime, *, on_cert: Callable[[bytes | None], None],
-                 on_rotate: Callable[[DmKey], None]) -> None:
+                 on_rotate: Callable[[DmKey], None],
+                 clock: Callable[[], float] = time.time) -> None:
         self.rt = rt
+        #: The mesh time (the router's ``wall``): certificates and DM keys are dated by it.
+        self.clock = clock
         raw = rt.config.raw.get("router", {})
         cert_s = int(raw.get("cert_validity_s", CERT_S))
         rotate_s = int(raw.get("dm_key_rotate_s", ROTATE_S))
@@ -57,16 +60,18 @@ class RouterKeys:
                               f"{CERT_VALIDITY_MAX - CERT_BACKDATE} and "
                               f"router.dm_key_rotate_s at least 20, not {cert_s}, {rotate_s}")
         self.path = rt.config.paths.home / "router.keys"
-        self.ring = load_ring(self.path, cert_s, rotate_s, rt)
+        self.ring = load_ring(self.path, cert_s, rotate_s, rt, clock)
         self.identity = rt.client("identity")
         self.on_cert, self.on_rotate = on_cert, on_rotate
         self.wake = asyncio.Event()
+        #: One certificate request at a time: the ring has one pending key.
+        self._certifying = asyncio.Lock()
 
     # -- signing and opening, for the router's actions --------------------------------------
 
     def sign(self, items: list[bytes]) -> list[bytes]:
         """With the delegated key, here: no round trip on the message path."""
-        if not self.ring.usable(time.time()):
+        if not self.ring.usable(self.clock()):
             self.wake.set()
             raise RequestFailed("no certified signing key: identity has not certified one "
                                 "(is it running?)", code="no_signing_key")
@@ -105,7 +110,11 @@ class RouterKeys:
 
     async def certify(self, *, wait: bool = False) -> bool:
         """Ask identity to certify our next signing key; True when done."""
-        dkey, nb, na = self.ring.cert_request(time.time())
+        async with self._certifying:
+            return await self._certify(wait)
+
+    async def _certify(self, wait: bool) -> bool:
+        dkey, nb, na = self.ring.cert_request(self.clock())
         req = rpc.Certify(dkey=dkey, not_before=nb, not_after=na)
         try:
             if wait:
@@ -127,14 +136,14 @@ class RouterKeys:
 
     def validity(self) -> str:
         s = self.ring.signer
-        left = s.not_after - time.time()
+        left = s.not_after - self.clock()
         return f"for {left / 3600:.1f} h more" if s.cert and left > 0 else "nowhere (expired)"
 
     async def loop(self) -> None:
         """Renew the certificate, rotate the DM key, erase old ones, as they fall due."""
         retry = 1.0
         while True:
-            now = time.time()
+            now = self.clock()
             if self.ring.renew_due(now):
                 retry = 1.0 if await self.certify() else min(retry * 2, 8.0)
             changed = False
@@ -149,8 +158,8 @@ class RouterKeys:
                 changed = True
             if changed:
                 save_ring(self.path, self.ring)
-            delay = self.ring.next_deadline(time.time()) - time.time()
-            if self.ring.renew_due(time.time()):
+            delay = self.ring.next_deadline(self.clock()) - self.clock()
+            if self.ring.renew_due(self.clock()):
                 delay = retry
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -163,7 +172,7 @@ class RouterKeys:
         save_ring(self.path, self.ring)
         self.rt.log.warning("revoked signing key %s from %s", fingerprint(dkey),
                             _when(at_ms / 1000))
-        if not self.ring.usable(time.time()):
+        if not self.ring.usable(self.clock()):
             await self.certify()
 
     def table(self) -> rpc.SigningKeys:
@@ -175,14 +184,15 @@ class RouterKeys:
             revoked=tuple(k.hex() for k in self.ring.revoked))
 
 
-def load_ring(path: Path, cert_s: int, rotate_s: int, rt: Runtime) -> KeyRing:
+def load_ring(path: Path, cert_s: int, rotate_s: int, rt: Runtime,
+              clock: Callable[[], float] = time.time) -> KeyRing:
     """The router's keys from ``router.keys``; a new ring if there is none. A file that is
     unreadable is set aside (never silently overwritten) and a new ring made: the keys in it
     are short-lived, and a fresh certificate replaces them."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        ring = KeyRing.new(time.time(), cert_s=cert_s, rotate_s=rotate_s)
+        ring = KeyRing.new(clock(), cert_s=cert_s, rotate_s=rotate_s)
         save_ring(path, ring)
         return ring
     try:
@@ -191,7 +201,7 @@ def load_ring(path: Path, cert_s: int, rotate_s: int, rt: Runtime) -> KeyRing:
         aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
         os.replace(path, aside)
         rt.log.error("%s: %s; moved to %s, starting with new keys", path, e, aside.name)
-        ring = KeyRing.new(time.time(), cert_s=cert_s, rotate_s=rotate_s)
+        ring = KeyRing.new(clock(), cert_s=cert_s, rotate_s=rotate_s)
         save_ring(path, ring)
         return ring
 

@@ -17,6 +17,7 @@ from tazcom.common.events import LinkDown, PeerVerified
 from tazcom.common.linkmanager import DIAL_TIMEOUT
 from tazcom.common.staticpeers import StaticPeers, normalize, split
 
+from . import netif
 from .runtime import Runtime
 
 #: ``factory(dialled address, static address, expected key)``: the protocol of a static
@@ -79,11 +80,24 @@ class StaticDialler:
         entry = self.core.entries.get(address)
         expect = entry.expect if entry is not None else None
         try:
-            infos = await self.loop.getaddrinfo(host, port, family=socket.AF_INET,
-                                                type=socket.SOCK_STREAM)
-            ip = infos[0][4][0]
-            await asyncio.wait_for(self.loop.create_connection(
-                lambda: self.factory(f"{ip}:{port}", address, expect), ip, port), DIAL_TIMEOUT)
+            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            # one address at a time, IPv4 first unless node.prefer_ipv6
+            v6_first = self.rt.config.prefer_ipv6
+            targets = list(dict.fromkeys(i[4] for i in sorted(
+                infos, key=lambda i: (i[0] == socket.AF_INET6) != v6_first)))[:4]
+            if not targets:
+                raise OSError(f"{host}: no address")
+            for n, target in enumerate(targets):
+                dialled = netif.endpoint_text(target)
+                ip = str(target[0]) + (f"%{target[3]}" if len(target) >= 4 and target[3] else "")
+                try:
+                    await asyncio.wait_for(self.loop.create_connection(
+                        lambda d=dialled: self.factory(d, address, expect), ip, port),
+                        DIAL_TIMEOUT)
+                    break
+                except (OSError, TimeoutError):
+                    if n == len(targets) - 1:
+                        raise
         except (OSError, TimeoutError, IndexError) as e:
             self.rt.log.debug("static peer %s: %s", address, e)
             self.core.failed(address, self.loop.time(), str(e) or type(e).__name__)

@@ -467,9 +467,11 @@ class Cli:
         except NodeNotRunning:
             rows = await self._status_without_bus()
             note = "the bus is not answering: states come from pinging each service"
+        clock = await self._clock() if any(r.service == "gateway" and r.state == "up"
+                                           for r in rows) else None
         if self.json:
             for r in rows:
-                self.out(status_row(r))
+                self.out(status_row(r, clock if r.service == "gateway" else None))
             return 0
         now = time.time()
         table = [("SERVICE", "STATE", "PID", "SINCE", "DETAIL")]
@@ -477,9 +479,18 @@ class Cli:
             since = _ago(now, r.since, "offline") if r.since else "-"
             table.append((r.service, r.state, str(r.pid or "-"), since, r.detail or ""))
         _table(table)
+        if clock is not None:
+            print(clock_line(clock))
         if note:
             print(f"({note})")
         return 0
+
+    async def _clock(self) -> rpc.ClockInfo | None:
+        """The gateway's mesh clock, or None when it does not answer."""
+        try:
+            return await self.call("gateway", rpc.GetClock(), timeout=1.0)  # type: ignore[no-any-return]
+        except TazcomError:  # NodeNotRunning included: no clock line
+            return None
 
     async def _status_without_bus(self) -> list[ServiceHealth]:
         async def ping(service: str) -> ServiceHealth:
@@ -562,8 +573,27 @@ def peer_row(peer: PeerInfo, number: str | None = None, *,
     return row
 
 
-def status_row(health: ServiceHealth) -> dict[str, Any]:
-    return health.to_dict()
+def status_row(health: ServiceHealth, clock: rpc.ClockInfo | None = None) -> dict[str, Any]:
+    """A service's health; the gateway's row also says the mesh clock (when it answers)."""
+    row = health.to_dict()
+    if clock is not None:
+        row |= {"clock_offset": clock.offset, "clock_neighbours": clock.neighbours,
+                "clock_samples": clock.samples}
+    return row
+
+
+def clock_line(clock: rpc.ClockInfo) -> str:
+    """``tazcom status``'s clock line (docs/protocol.md §9, "Clock offset")."""
+    from tazcom.common.clock import describe
+
+    if clock.offset:
+        return (f"clock: {describe(clock.offset)} (median of {clock.neighbours} "
+                f"neighbour{'s' if clock.neighbours != 1 else ''}); envelopes stamped with "
+                f"mesh time")
+    if not clock.samples:
+        return "clock: no neighbour has said its time yet"
+    return (f"clock: in step with the mesh ({clock.neighbours} of {clock.samples} "
+            f"neighbour{'s' if clock.samples != 1 else ''} agree)")
 
 
 def trust_row(peer: PeerInfo, *, trusted: bool) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def test_a_node_started_before_its_network_links_once_it_comes_up(late) -> None:
     b.start().wait_up(30)
     a.start()
     # A runs and says what it waits for; nothing exits, nothing is "restarting"
-    wait_for(lambda: all("waiting for an IPv4 address" in (a.status().get(s) or {}).get(
+    wait_for(lambda: all("waiting for an IP address" in (a.status().get(s) or {}).get(
         "detail", "") for s in ("gateway", "discovery")), 20, "a waiting for its interface")
     states = {s: r.get("state") for s, r in a.status().items()}
     assert states["gateway"] == states["discovery"] == "starting", states

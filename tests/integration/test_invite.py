@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import time
 
-from tazcom.common import invite
-from tests.harness import wait_for
+from tazcom.common import invite, rpc
+from tests.harness import request, wait_for
 
 
 def _config(kind: str) -> str:
@@ -71,3 +71,28 @@ def test_bad_codes_are_refused_before_dialling(make_node) -> None:
     assert own.returncode == 1 and "own invite" in own.stderr, own.stderr
     assert b.cli_json("connect", "--list") == []
     wait_for(lambda: a.tracebacks() == [] and b.tracebacks() == [], 1, "no tracebacks")
+
+
+def test_one_invite_is_enough_peer_exchange_links_the_rest(make_node) -> None:
+    """b and c each join a with a's code; neither can find the other by mDNS. a tells
+    each, signed, where the other listens: they link within seconds."""
+    a = make_node("px-a", config=_config("pa")).start()
+    b = make_node("px-b", config=_config("pb")).start()
+    c = make_node("px-c", config=_config("pc")).start()
+    for n in (a, b, c):
+        n.wait_up()
+    code = a.cli_json("invite")[0]["code"]
+    assert b.cli_json("join", code)[0]["result"] == "joined"
+    t0 = time.monotonic()
+    assert c.cli_json("join", code)[0]["result"] == "joined"
+    b.wait_peer("px-c", ("verified",), timeout=10)
+    c.wait_peer("px-b", ("verified",), timeout=10)
+    took = time.monotonic() - t0
+    assert took < 10, took
+    # a row shows only an address a verified link used (the dialled side's), nothing
+    # that a peer only claimed
+    for node, other in ((b, c), (c, b)):
+        used = {li.address for li in request(node, "gateway", rpc.GetLinks()).links
+                if li.state == "open" and li.key == other.key and li.direction == "out"}
+        row = next(p for p in node.peers().values() if p["key"] == other.key)
+        assert set(row["addresses"]) <= used, (row, used)

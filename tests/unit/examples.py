@@ -18,7 +18,8 @@ from tazcom.common.schema import fields as schema_fields
 SAMPLES_BY_PATTERN = {
     r"[0-9a-f]{64}": "ab" * 32,
     r"[a-z][a-z0-9_-]{0,31}": "discovery",
-    r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}": "10.0.0.1:4242",
+    r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}"
+    r"|\[[0-9a-f:]{2,39}(%[A-Za-z0-9_.@+-]{1,15})?\]:\d{1,5}": "10.0.0.1:4242",
     r"[0-9a-f]{4}(-[0-9a-f]{4}){3}": "0123-4567-89ab-cdef",
     r"[a-z][a-z0-9_]{0,47}": "no_link",
     r"[0-9a-f]{32}": "cd" * 16,

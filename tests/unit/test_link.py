@@ -435,3 +435,58 @@ def test_a_peers_close_reason_passes_only_as_a_reject_code(reason: object,
     assert b.data_to_send() == b""  # the peer closed: nothing to answer
     if expected == "bad_close":
         assert events[0].detail.isascii() and "\x1b" not in events[0].detail
+
+
+def test_hello_carries_the_wall_clock_and_verified_reports_the_offset() -> None:
+    """Each side's hello says its own clock; LinkVerified gives the peer's minus ours."""
+    a = A.link(True, expected_key=B.key)
+    b = B.link(False)
+    ev_a: list = []
+    ev_b: list = []
+    wall_a, wall_b = 1.7e9, 1.7e9 - 3 * 86400  # b is three days behind
+    for _ in range(10):
+        da, db = a.data_to_send(), b.data_to_send()
+        if not da and not db:
+            break
+        ev_b += b.receive_data(da, 1.0, wall_b) if da else []
+        ev_a += a.receive_data(db, 1.0, wall_a) if db else []
+    [va], [vb] = ev_a, ev_b
+    assert (va.peer_clock, va.our_clock) == (wall_b, wall_a)
+    assert va.clock_offset == -3 * 86400 and vb.clock_offset == 3 * 86400
+
+
+def test_a_hello_without_the_time_gives_no_offset() -> None:
+    """An older node says no time (no ``wall``): no sample, the link works the same."""
+    a, b = connected()
+    assert b.is_open
+    x = A.link(True, expected_key=B.key)
+    y = B.link(False)
+    ev_x, _ = pump(x, y)
+    assert ev_x[0].peer_clock is None and ev_x[0].clock_offset is None
+    assert Hello(versions=(1, 1), nickname="n").clock_ms is None
+    for bad in (float("nan"), float("inf"), -1.0, "now"):  # a shell's bad clock: not said
+        z = A.link(True, expected_key=B.key)
+        w = B.link(False)
+        ev_z: list = []
+        for _ in range(10):
+            dz, dw = z.data_to_send(), w.data_to_send()
+            if not dz and not dw:
+                break
+            if dz:
+                w.receive_data(dz, 1.0, 1.7e9)
+            if dw:
+                ev_z += z.receive_data(dw, 1.0, bad)  # type: ignore[arg-type]
+        assert ev_z[0].our_clock is None and ev_z[0].peer_clock == 1.7e9
+
+
+def test_hello_clock_field_is_checked() -> None:
+    """``clock_ms`` is an int in range or absent; anything else is the peer's bad message."""
+    from tazcom.common.errors import SchemaError
+
+    body = encode_message(Hello(versions=(1, 1), nickname="n", clock_ms=1_700_000_000_000))
+    assert decode_message(body).clock_ms == 1_700_000_000_000  # type: ignore[attr-defined]
+    for bad in (-1, 2**53, "x", 1.5e12):
+        obj = codec.unpack(body, 1000)
+        obj["clock_ms"] = bad
+        with pytest.raises(SchemaError):
+            decode_message(codec.pack(obj))

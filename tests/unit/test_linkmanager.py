@@ -146,6 +146,8 @@ class Net:
         self.emitted_at: list[float] = []
         self.to_router: list[tuple[LinkManager, ToRouter]] = []
         self.refused: list[tuple[LinkManager, Refused]] = []
+        #: id(core) -> its wall clock's error (s); a core not listed says no time (None).
+        self.clock_error: dict[int, float] = {}
         self.port = 40000
         #: Connections waiting for their listener to accept them.
         self.backlog: list[End] = []
@@ -285,7 +287,10 @@ class Net:
             del end.outbox[: len(data)]
             moved = True
             if not other.closed and not other.dead and other.conn is not None:
-                self.run(other.core, other.core.data_received(other.conn, data, self.now))
+                error = self.clock_error.get(id(other.core))
+                wall = None if error is None else 1.7e9 + self.now + error
+                self.run(other.core, other.core.data_received(other.conn, data, self.now,
+                                                              wall))
         if end.closed and not end.outbox and not other.closed and not end.dead:
             self.lost(other)  # the FIN after the last byte
             moved = True
@@ -1058,3 +1063,24 @@ def test_every_link_code_is_a_short_identifier(reason: str) -> None:
 
 def test_caps_name_app_v1_and_envelope_v2() -> None:
     assert CAPS == ("app/1", "env/2")
+
+
+def test_peer_verified_carries_the_clock_offset_of_the_peers_hello() -> None:
+    """Each side's hello says its wall clock; ``peer.verified`` gives the peer's minus ours
+    (the gateway's mesh clock sample). A side that says no time gives no offset."""
+    net, low, high = pair()
+    net.clock_error[id(low)] = -3 * 86400.0  # three days behind
+    net.clock_error[id(high)] = 0.0
+    introduce(net, low, high)
+    net.settle(dials=True)
+    assert net.linked(low, high)
+    [at_low] = net.events(low, PeerVerified)
+    [at_high] = net.events(high, PeerVerified)
+    assert at_low["clock_offset"] == pytest.approx(3 * 86400.0)
+    assert at_high["clock_offset"] == pytest.approx(-3 * 86400.0)
+    PeerVerified(src="gateway", ts=1.0, **at_low)  # a valid event
+    net2, low2, high2 = pair()
+    net2.clock_error[id(low2)] = 0.0  # high2 says no time: an older node
+    introduce(net2, low2, high2)
+    net2.settle(dials=True)
+    assert [e["clock_offset"] for e in net2.events(low2, PeerVerified)] == [None]
