@@ -106,7 +106,9 @@ class App(Message):
 
 
 def encode_message(msg: Message) -> bytes:
-    body = msg.to_dict()
+    # An optional field that is nil is left out: absent and nil mean the same (a hello
+    # without ``clock_ms`` is the same bytes as before the field existed).
+    body = {k: v for k, v in msg.to_dict().items() if v is not None}
     body["t"] = msg.TYPE
     body["v"] = msg.V
     return codec.pack(body)

@@ -51,6 +51,7 @@ from tazcom.common.errors import TazcomError
 from tazcom.common.events import (
     ChatMessage,
     ChatStatus,
+    ClockOffset,
     Event,
     PeerDiscovered,
     PeerForgotten,
@@ -275,6 +276,9 @@ class ChatApp(App[None]):
         # The router's blocks, mutes and bans: whose messages are hidden.
         self.policy_feed = MirrorFeed(tables.POLICY, self.policy_changed, log=log,
                                       fetch=lambda req: self.call("router", req, 1.0))
+        # The gateway's mesh clock: a warning line while this node's clock is corrected.
+        self.clock_feed = MirrorFeed(tables.CLOCK, lambda _c: self.render_clock(), log=log,
+                                     fetch=lambda req: self.call("gateway", req, 1.0))
         #: Services whose requests went unanswered (cleared when one is answered).
         self.unreachable: set[str] = set()
         self._bus_watch: tuple[int, int] | None = None  # (pid, pidfd) of the node's bus
@@ -295,6 +299,7 @@ class ChatApp(App[None]):
             with Vertical(id="right"):
                 yield Static("", id="title")
                 yield MessageView(id="messages")
+        yield Static("", id="clock")
         yield Static("", id="status")
         yield Input(placeholder="message, or /help", id="input")
 
@@ -346,6 +351,8 @@ class ChatApp(App[None]):
             return
         with contextlib.suppress(TazcomError):  # the feed asks again when the router is back
             self.policy_feed.take(await self.call("router", tables.POLICY.request, 1.0))
+        with contextlib.suppress(TazcomError):  # likewise the gateway
+            self.clock_feed.take(await self.call("gateway", tables.CLOCK.request, 1.0))
         self.node_state = "up"
         self.last_heartbeat = time.monotonic()  # it answered: the watchdog starts from now
         self.loaded.clear()
@@ -410,7 +417,7 @@ class ChatApp(App[None]):
     @work(exclusive=True, group="bus")
     async def follow_bus(self) -> None:
         bus = BusClient(self.ctx, self.config, "chat", publish=False)
-        for prefix in ("chat.", "peer.", "mesh.", "service."):
+        for prefix in ("chat.", "peer.", "mesh.", "service.", "clock."):
             bus.subscribe(prefix)
         try:
             while True:
@@ -424,10 +431,11 @@ class ChatApp(App[None]):
 
     def on_bus_event(self, ev: Event) -> None:
         if isinstance(ev, ServiceHeartbeat | ServiceHealthChanged | PeerDiscovered | PeerUpdated
-                      | PeerLost | PeerForgotten | PeerPolicy):
+                      | PeerLost | PeerForgotten | PeerPolicy | ClockOffset):
             self.peer_feed.on_event(ev)
             self.health_feed.on_event(ev)
             self.policy_feed.on_event(ev)
+            self.clock_feed.on_event(ev)
         if isinstance(ev, ServiceHeartbeat):
             self.last_heartbeat = time.monotonic()
             if self.node_state != "up":
@@ -574,6 +582,18 @@ class ChatApp(App[None]):
             if p and p.alert:
                 title += "  KEY CHANGED: run /trust after comparing safety numbers"
         self.query_one("#title", Static).update(Text(safe(title)))  # Text: never markup
+
+    def render_clock(self) -> None:
+        """A warning line while the node corrects its clock by the mesh's (offset not 0)."""
+        from tazcom.common.clock import describe
+
+        row = self.clock_feed.core.items.get(tables.CLOCK_KEY)
+        line = self.query_one("#clock", Static)
+        line.display = row is not None and row.offset != 0
+        if row is not None and row.offset:
+            line.update(Text(f"⚠ this device's clock is {describe(row.offset)} (median of "
+                             f"{row.neighbours} neighbours); messages are stamped with mesh "
+                             f"time"))
 
     def render_status(self) -> None:
         who = f"{self.me.nickname} ({self.me.fingerprint})" if self.me else "?"
