@@ -187,12 +187,15 @@ def describe(offset: float) -> str:
     if not offset:
         return "in step with the mesh"
     s = abs(offset)
-    if s >= 86400:
-        amount = f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
-    elif s >= 3600:
-        amount = f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+    if s >= 86400 - 1800:  # to the nearest hour (a measured offset is a little off)
+        hours = round(s / 3600)
+        amount = f"{hours // 24} d {hours % 24} h"
+    elif s >= 3600 - 30:
+        minutes = round(s / 60)
+        amount = f"{minutes // 60} h {minutes % 60} min"
     elif s >= 60:
-        amount = f"{int(s // 60)} min {int(s % 60)} s"
+        seconds = round(s)
+        amount = f"{seconds // 60} min {seconds % 60} s"
     else:
         amount = f"{s:.1f} s"
     return f"{amount} behind the mesh" if offset > 0 else f"{amount} ahead of the mesh"

@@ -78,7 +78,9 @@ class StaticDialler:
     async def dial(self, address: str) -> None:
         host, port = split(address)
         entry = self.core.entries.get(address)
-        expect = entry.expect if entry is not None else None
+        # an invite's key, else the key this address proved before: another node answering
+        # there (a reassigned address, a spoof) is refused with wrong_key, not taken
+        expect = (entry.expect or entry.key) if entry is not None else None
         try:
             infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             # one address at a time, IPv4 first unless node.prefer_ipv6

@@ -17,6 +17,7 @@ The switch namespace never has IPv6: it only bridges.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import shutil
@@ -120,7 +121,7 @@ class Lan:
                     _ip("addr", "add", f"{address}/24", "dev", inner, ns=ns)
                     self.addresses[host].append(address)
                 if self.ipv6:  # ff02::fb needs no route: it is link-scoped
-                    address6 = f"fd21:3:{b}::{index}"
+                    address6 = str(ipaddress.IPv6Address(f"fd21:3:{b}::{index}"))
                     _ip("-6", "addr", "add", f"{address6}/64", "dev", inner, "nodad", ns=ns)
                     self.addresses6[host].append(address6)
                 _ip("link", "set", inner, "up", ns=ns)

@@ -54,3 +54,25 @@ def test_a_static_peer_that_never_answers_backs_off_and_says_why(make_node) -> N
     assert row["error"] and row["key"] is None
     bad = a.cli("connect", "not a host", check=False)
     assert bad.returncode != 0 and "neither an IP address nor a host name" in bad.stderr
+
+
+def test_a_static_peer_answering_as_someone_else_is_refused(make_node) -> None:
+    """The address of a static peer that proved a key is dialled expecting that key: a
+    node that later answers there as someone else (its address reassigned, a spoof) is
+    refused with the reason, and not linked."""
+    a = make_node("stat-d", config=_config("sd")).start()
+    b = make_node("stat-e", config=_config("se")).start()
+    a.wait_up()
+    b.wait_up()
+    port = request(b, "gateway", rpc.GetGatewayInfo()).port
+    a.cli("connect", f"127.0.0.1:{port}")
+    a.wait_peer("stat-e", ("verified",), timeout=10)
+    b_key = b.key
+    b.stop()
+    impostor = make_node("stat-f", config=_config("sf"), port=port).start().wait_up()
+    row = wait_for(lambda: next((r for r in a.cli_json("connect", "--list")
+                                 if "wrong_key" in r["error"]), None), 20,
+                   "a refusing the other node at b's address")
+    assert row["state"] != "linked" and row["key"] == b_key, row
+    assert impostor.cli_json("id")[0]["fingerprint"] in row["error"], row
+    assert "stat-f" not in {n for n, p in a.peers().items() if p["state"] == "verified"}

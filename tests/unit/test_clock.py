@@ -177,3 +177,7 @@ def test_describe() -> None:
     assert clock.describe(3 * DAY + 60) == "3 d 0 h behind the mesh"
     assert clock.describe(-7200.4) == "2 h 0 min ahead of the mesh"
     assert clock.describe(0.0) == "in step with the mesh"
+    assert clock.describe(3 * DAY - 0.3) == "3 d 0 h behind the mesh"  # rounded, not cut
+    assert clock.describe(-7199.8) == "2 h 0 min ahead of the mesh"
+    assert clock.describe(90.4) == "1 min 30 s behind the mesh"
+    assert clock.describe(-3.25) == "3.2 s ahead of the mesh"

@@ -457,7 +457,7 @@ def test_hello_carries_the_wall_clock_and_verified_reports_the_offset() -> None:
 
 def test_a_hello_without_the_time_gives_no_offset() -> None:
     """An older node says no time (no ``wall``): no sample, the link works the same."""
-    a, b = connected()
+    _a, b = connected()
     assert b.is_open
     x = A.link(True, expected_key=B.key)
     y = B.link(False)
