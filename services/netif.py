@@ -56,6 +56,9 @@ POLL = 2.0
 #: DAD failed, deprecated, tentative.
 IFA_F_UNUSABLE = 0x01 | 0x08 | 0x20 | 0x40
 IF_INET6 = Path("/proc/net/if_inet6")
+#: Addresses a node uses at most (what ``gateway.listening`` carries): the first in
+#: ``rank`` order, where many interfaces each give a link-local address.
+MAX_ADDRESSES = 16
 
 
 def _is_up(name: str) -> bool:
@@ -134,7 +137,7 @@ def usable_addresses(wanted: tuple[str, ...]) -> list[str]:
     """The addresses to use now for interface names or literal addresses (default: all
     up, non-loopback interfaces); [] while there is none. An interface that is down, or
     missing, or a literal address no interface holds yet, is not (yet) usable. IPv4 come
-    first, then global IPv6, then link-local IPv6."""
+    first, then global IPv6, then link-local IPv6; at most ``MAX_ADDRESSES``."""
     table = _table()
     out: list[str] = []
     if not wanted:
@@ -149,7 +152,7 @@ def usable_addresses(wanted: tuple[str, ...]) -> list[str]:
                         if not (ip_of(ip).version == 6 and ip_of(ip).is_loopback)]
                 continue
             out += [ip for ip in held if _matches(literal, ip)]
-    return sorted(dict.fromkeys(out), key=rank)
+    return sorted(dict.fromkeys(out), key=rank)[:MAX_ADDRESSES]
 
 
 def describe(wanted: tuple[str, ...]) -> str:

@@ -299,7 +299,6 @@ class ChatApp(App[None]):
             with Vertical(id="right"):
                 yield Static("", id="title")
                 yield MessageView(id="messages")
-        yield Static("", id="clock")
         yield Static("", id="status")
         yield Input(placeholder="message, or /help", id="input")
 
@@ -588,8 +587,11 @@ class ChatApp(App[None]):
         from tazcom.common.clock import describe
 
         row = self.clock_feed.core.items.get(tables.CLOCK_KEY)
+        return
         line = self.query_one("#clock", Static)
-        line.display = row is not None and row.offset != 0
+        shown = row is not None and row.offset != 0
+        if line.display != shown:  # a layout pass only when it appears or goes
+            line.display = shown
         if row is not None and row.offset:
             line.update(Text(f"⚠ this device's clock is {describe(row.offset)} (median of "
                              f"{row.neighbours} neighbours); messages are stamped with mesh "

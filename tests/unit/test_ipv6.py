@@ -29,6 +29,7 @@ from tazcom.common.events import LinkUp, PeerInfo
 from tazcom.common.keys import fingerprint
 from tazcom.common.linkmanager import Dial, LinkManager
 from tazcom.common.mirror import Change
+from tazcom.common.staticpeers import normalize
 from tazcom.services import netif
 
 from .test_linkmanager import HIGH, LOW, Net, Node
@@ -306,6 +307,15 @@ def test_usable_addresses_v4_and_v6(wanted: tuple[str, ...], usable: list[str]) 
     assert netif.usable_addresses(wanted) == usable
 
 
+def test_many_interfaces_give_at_most_sixteen_addresses_ipv4_first(monkeypatch) -> None:
+    table = {f"veth{i}": [(f"fe80::{i + 1}%veth{i}", 64)] for i in range(30)}
+    table["eth0"] = [("fe80::99%eth0", 64), ("192.168.1.5", 24)]
+    monkeypatch.setattr(netif, "_addresses_by_interface", lambda: table)
+    monkeypatch.setattr(netif, "_is_up", lambda name: True)
+    usable = netif.usable_addresses(())
+    assert len(usable) == netif.MAX_ADDRESSES == 16 and usable[0] == "192.168.1.5"
+
+
 @pytest.mark.usefixtures("kernel")
 def test_networks_and_mdns_interfaces() -> None:
     ips = ["10.0.0.1", "fd00::1", "fe80::1%veth0", "fe80::1%veth1", "fd00::7"]
@@ -329,6 +339,16 @@ def test_socket_addresses_and_resolved_ones_get_our_interface_as_scope() -> None
     assert netif.localized("fe80::1", ["fe80::9%veth0", "fe80::9%veth1"]) is None
     assert netif.localized("FD00::1", []) == "fd00::1"
     assert netif.localized("junk", []) is None
+
+
+@pytest.mark.parametrize(("typed", "static"), [
+    ("[FE80::1%eth0]:99", "[fe80::1%eth0]:99"),
+    ("fd00::1", "[fd00::1]:4270"),
+    ("[fd00::1]", "[fd00::1]:4270"),
+])
+def test_static_peers_are_written_as_endpoints(typed: str, static: str) -> None:
+    assert normalize(typed) == static
+    assert split_address(static) is not None
 
 
 def test_prefer_ipv6_is_a_boolean_setting() -> None:
