@@ -299,6 +299,7 @@ class ChatApp(App[None]):
             with Vertical(id="right"):
                 yield Static("", id="title")
                 yield MessageView(id="messages")
+        yield Static("", id="clock")
         yield Static("", id="status")
         yield Input(placeholder="message, or /help", id="input")
 
@@ -587,7 +588,6 @@ class ChatApp(App[None]):
         from tazcom.common.clock import describe
 
         row = self.clock_feed.core.items.get(tables.CLOCK_KEY)
-        return
         line = self.query_one("#clock", Static)
         shown = row is not None and row.offset != 0
         if line.display != shown:  # a layout pass only when it appears or goes

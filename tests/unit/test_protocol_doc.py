@@ -12,12 +12,11 @@ from typing import Any
 import pytest
 
 from tazcom import cli
-from tazcom.common import announce, envelope, events, messages, routing, rpc
+from tazcom.common import announce, envelope, events, invite, messages, routing, rpc
 from tazcom.common.events import PeerInfo
 from tazcom.common.keys import SIGNING_DOMAINS
 from tazcom.common.peers import Target
 from tazcom.common.schema import fields as schema_fields
-from tazcom.common import invite
 from tazcom.common.version import PROTOCOL_VERSION
 
 from .examples import build
