@@ -297,7 +297,7 @@ class LinkManager:
 
     def __init__(
         self, *, networks: Sequence[LocalNetwork | ipaddress.IPv4Interface
-                                    | ipaddress.IPv6Interface] = (),
+                                    | ipaddress.IPv6Interface | str] = (),
         numbering: Numbering | None = None, nickname: str = "node",
         limits: LinkLimits | None = None, log: logging.Logger | None = None,
         rng: random.Random | None = None, max_links: int = MAX_LINKS,

@@ -1,7 +1,9 @@
 """Discovery: announce this node over mDNS, find the others, own the peer table.
 
 It announces ``tz-<key prefix>._tazcom._tcp.local.`` (python-zeroconf's
-asyncio API, on the configured interfaces only) with a TXT record signed by
+asyncio API, on the configured interfaces only, over IPv4 and IPv6: its
+``IPVersion.All``/``V6Only`` and ff02::fb on each interface; docs/protocol.md §1,
+"Addresses") with a TXT record signed by
 the identity service, browses for the same type, and validates every record
 it resolves (``common.announce``). Valid records feed the peer table
 (``common.peers``), whose changes go out as ``peer.discovered`` /

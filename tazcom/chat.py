@@ -148,18 +148,30 @@ class MessageView(ScrollView, can_focus=True):
     # -- content -----------------------------------------------------------------------
 
     def set_messages(self, messages: list[Msg]) -> None:
+        """Show ``messages``, scrolled to the newest."""
+        self._show(messages)
+        self._to_end()
+
+    def _show(self, messages: list[Msg]) -> None:
         self.messages = list(messages)
         self.by_id = {m.id: i for i, m in enumerate(self.messages) if m.id}
         self._rewrap()
+
+    def _to_end(self) -> None:
+        # max_scroll_y follows virtual_size only once the layout has seen it (newer
+        # Textual): scroll now, and again after that refresh
         self.scroll_end(animate=False, immediate=True)
+        self.call_after_refresh(self.scroll_end, animate=False, immediate=True)
 
     def prepend(self, older: list[Msg]) -> None:
         older = [m for m in older if m.id not in self.by_id]
         if not older:
             return
         before = len(self._lines)
-        self.set_messages(older + self.messages)
-        self.scroll_to(y=len(self._lines) - before, animate=False, immediate=True)
+        self._show(older + self.messages)
+        y = len(self._lines) - before  # the line that was at the top stays there
+        self.scroll_to(y=y, animate=False, immediate=True)
+        self.call_after_refresh(self.scroll_to, y=y, animate=False, immediate=True)
 
     def add(self, msg: Msg) -> None:
         if msg.id and msg.id in self.by_id:
@@ -173,7 +185,7 @@ class MessageView(ScrollView, can_focus=True):
         self._lines += self._wrap(msg)
         self._resize()
         if at_end:
-            self.scroll_end(animate=False, immediate=True)
+            self._to_end()
 
     def update(self, msg_id: str, status: str, reason: str = "") -> bool:
         i = self.by_id.get(msg_id)
