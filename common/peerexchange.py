@@ -19,14 +19,13 @@ peer cannot make us knock on arbitrary hosts).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import nacl.exceptions
 import nacl.signing
 
-from . import codec
+from . import addresses, codec
 from .errors import RemoteProtocolError
 from .keys import DOMAIN_PX, fingerprint
 
@@ -53,25 +52,14 @@ def host_of(address: str) -> str:
 
 
 def parse_address(text: object) -> str | None:
-    """``ip:port`` / ``[v6(%scope)]:port`` normalized, or None."""
-    if type(text) is not str or len(text) > MAX_ADDRESS:
+    """A unicast endpoint (common/addresses.py) in its canonical text, or None."""
+    parsed = addresses.split_address(text)
+    if parsed is None or len(str(text)) > MAX_ADDRESS:
         return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        return None
-    bracketed = host.startswith("[") and host.endswith("]")
-    host = host[1:-1] if bracketed else host
-    ip_text, _, scope = host.partition("%")
-    try:
-        ip = ipaddress.ip_address(ip_text)
-    except ValueError:
-        return None
-    if (ip.version == 6 and not bracketed) or (ip.version == 4 and (bracketed or scope)):
-        return None
+    ip = addresses.ip_of(parsed[0])
     if ip.is_multicast or ip.is_unspecified:
         return None
-    return f"[{ip}{'%' + scope if scope else ''}]:{port}" if ip.version == 6 \
-        else f"{ip}:{port}"
+    return addresses.join(*parsed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +181,13 @@ class PeerExchange:
     # -- what we hear ----------------------------------------------------------------------
 
     def receive(self, rec: Record, now: float,
-                defer: Callable[[bytes], float] = lambda _k: 0.0) -> str | None:
+                defer: Callable[[bytes], float] = lambda _k: 0.0,
+                scope: str | None = None) -> str | None:
         """Take a decoded record from its (verified) origin; a new candidate waits
-        ``defer(key)`` (the higher key of a pair lets the lower dial first). Returns why
-        the record was ignored (for the log), or None."""
+        ``defer(key)`` (the higher key of a pair lets the lower dial first). A link-local
+        entry is reachable only on the link the record came over: it takes that link's
+        ``scope`` (our interface), and is skipped when the link has none. Returns why the
+        record was ignored (for the log), or None."""
         src = self.sources.setdefault(rec.origin, Source())
         if rec.ts_ms == src.ts_ms:
             return None  # the same record again (the link came back)
@@ -210,6 +201,11 @@ class PeerExchange:
         for key, address in rec.entries:
             if key == self.key or key == rec.origin:
                 continue
+            host, port = addresses.split_address(address) or ("", 0)
+            if addresses.is_link_local(host):
+                if scope is None:
+                    continue
+                address = addresses.join(addresses.with_scope(host, scope), port)
             if not self.routed and not self.is_local(address):
                 continue
             listed.add((key, address))

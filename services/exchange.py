@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tazcom.common import codec, peerexchange, rpc
+from tazcom.common import addresses, codec, peerexchange, rpc
 from tazcom.common.errors import TazcomError
 from tazcom.common.events import LinkDown, PeerVerified
 from tazcom.common.keys import DOMAIN_PX, fingerprint
@@ -113,7 +113,10 @@ class Exchanger:
         except TazcomError as e:
             self.gw.core.rejects.reject(who, e.code, f"px: {e.message}")
             return
-        why = self.core.receive(rec, self.loop.time(), self.gw.core.defer)
+        conn = self.gw.core.verified.get(key)
+        parsed = addresses.split_address(conn.address) if conn is not None else None
+        scope = addresses.scope_of(parsed[0]) if parsed else None
+        why = self.core.receive(rec, self.loop.time(), self.gw.core.defer, scope)
         if why is not None:
             self.gw.core.rejects.reject(who, "px_ignored", why)
         self.schedule()
@@ -139,8 +142,7 @@ class Exchanger:
             self._timer = self.loop.call_at(max(at, now + 0.05), self.schedule)
 
     async def _dial(self, cand: DialCandidate) -> None:
-        host, _, port = cand.address.rpartition(":")
-        host = host.strip("[]")
+        host, port = addresses.split_address(cand.address) or ("", 0)
         local = self.gw.core.local_ip_for(host)
         conn_seen = False
 
@@ -154,7 +156,7 @@ class Exchanger:
 
         try:
             await asyncio.wait_for(self.loop.create_connection(
-                lambda: self.factory(cand.address, cand.key, on_conn), host, int(port),
+                lambda: self.factory(cand.address, cand.key, on_conn), host, port,
                 local_addr=(local, 0) if local else None), DIAL_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as e:
             self.rt.log.debug("px candidate %s at %s: %s", fingerprint(cand.key),

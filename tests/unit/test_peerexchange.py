@@ -157,3 +157,15 @@ def test_neighbours_are_listed_at_proven_addresses_only() -> None:
     entries = px.neighbours([(b, "out", "10.0.0.11:4270"), (c, "in", "10.0.0.12:50001"),
                              (d, "in", "10.0.0.13:50002")])
     assert entries == ((b, "10.0.0.11:4270"), (c, "10.0.0.12:4270"))
+
+
+def test_a_link_local_entry_takes_the_scope_of_the_link_it_came_over() -> None:
+    px = PeerExchange(is_local=lambda _a: True)
+    px.key = b"\x01" * 32
+    k = b"\x03" * 32
+    px.receive(Record(b"\x02" * 32, 1, (), ((k, "[fe80::5%wlan0]:4270"),)), 0.0, scope="tz0")
+    assert [d.address for d in px.due(0.0, set(), set())] == ["[fe80::5%tz0]:4270"]
+    other = PeerExchange(is_local=lambda _a: True)
+    other.key = b"\x01" * 32
+    other.receive(Record(b"\x02" * 32, 1, (), ((k, "[fe80::5]:4270"),)), 0.0, scope=None)
+    assert other.candidates == {}, "over an IPv4 link, a link-local address means nothing"
