@@ -85,6 +85,7 @@ class Readable:
         self.fd = sock.getsockopt(zmq.FD)
         self._scheduled = False
         self.paused = False
+        self.closed = False
         self.loop.add_reader(self.fd, self._ready)
         self.poke()  # anything that arrived before we watched
 
@@ -103,6 +104,8 @@ class Readable:
 
     def _ready(self) -> None:
         self._scheduled = False
+        if self.closed:  # a poke scheduled before close() still runs once
+            return
         recv = self.sock.recv_multipart
         for _ in range(self.BATCH):
             if self.paused:
@@ -117,6 +120,7 @@ class Readable:
         self.poke()  # more waiting: let other work run first
 
     def close(self) -> None:
+        self.closed = True
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.fd)
 

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import zmq
+
 from tazcom.common import addresses, codec, peerexchange, rpc
 from tazcom.common.errors import TazcomError
 from tazcom.common.events import LinkDown, PeerVerified
@@ -46,6 +48,7 @@ class Exchanger:
         self._announce: asyncio.TimerHandle | None = None
         self._signing = False
         self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
 
     # -- telling -------------------------------------------------------------------------
 
@@ -63,8 +66,15 @@ class Exchanger:
                 self.told.discard(bytes.fromhex(fields["key"]))
             self._soon()
 
+    def close(self) -> None:
+        """The gateway stops: nothing more is signed, sent or dialled."""
+        self.closed = True
+        for handle in (self._announce, self._timer):
+            if handle is not None:
+                handle.cancel()
+
     def _soon(self) -> None:
-        if self._announce is None:
+        if self._announce is None and not self.closed:
             self._announce = self.loop.call_later(SETTLE, self._announce_now)
 
     def _links(self) -> list[tuple[bytes, str, str]]:
@@ -86,12 +96,15 @@ class Exchanger:
         try:
             raw = self.core.record(entries, time.time()).pack()
             reply = await self.rt.client("identity").call(rpc.Sign(domain=DOMAIN_PX, data=raw))
+            if self.closed:
+                return
             self.sent = (entries, codec.pack([raw, reply.sig]))
             self.told.clear()
             self._send(self.sent[1])
-        except TazcomError as e:
-            self.rt.log.warning("peer exchange: cannot sign our record (%s); later", e)
-            self.loop.call_later(2.0, self._soon)
+        except (TazcomError, zmq.ZMQError) as e:
+            if not self.closed:  # else: the gateway is stopping, its sockets with it
+                self.rt.log.warning("peer exchange: cannot sign our record (%s); later", e)
+                self.loop.call_later(2.0, self._soon)
         finally:
             self._signing = False
 
@@ -130,6 +143,8 @@ class Exchanger:
                 for k in (c.link.expected_key, c.link.peer_key) if k is not None}
 
     def schedule(self) -> None:
+        if self.closed:
+            return
         now = self.loop.time()
         verified = set(self.gw.core.verified)
         for cand in self.core.due(now, verified, self._busy()):

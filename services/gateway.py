@@ -441,6 +441,8 @@ async def main(rt: Runtime) -> None:
     finally:
         watcher.close()
         reader.close()
+        if gw.exchange is not None:
+            gw.exchange.close()
         gw.execute(gw.core.close_all(gw.loop.time()))
         gw.write_pins()  # what a last second changed
         for server in gw.servers:
