@@ -221,12 +221,15 @@ class AddressWatcher:
     """Calls ``on_change(addresses)`` whenever the usable set differs from ``current``."""
 
     def __init__(self, wanted: tuple[str, ...], current: list[str],
-                 on_change: Callable[[list[str]], None]) -> None:
+                 on_change: Callable[[list[str]], None], *, poll: bool = False) -> None:
+        """``poll``: poll every ``POLL`` s even where netlink exists (bench.netif)."""
         self.wanted, self.current, self.on_change = wanted, set(current), on_change
         self.loop = asyncio.get_running_loop()
         self._handle: asyncio.TimerHandle | None = None
         self._sock: socket.socket | None = None
         try:
+            if poll:
+                raise OSError("polling asked for")
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
             sock.setblocking(False)
