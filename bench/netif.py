@@ -90,7 +90,7 @@ def main() -> None:
     from tazcom.services.netif import POLL
 
     figures = []
-    for mode, (times, per_check) in results.items():
+    for mode, (times, _) in results.items():
         figures.append(Figure(f"{mode}: change seen, median", statistics.median(times), "s",
                               LINKS_BACK, "links back", "< limit",
                               statistics.median(times) < LINKS_BACK))

@@ -27,11 +27,10 @@ import typing
 
 import zmq
 
-from tazcom.common import clock, noise, routing, rpc, tables
+from tazcom.common import noise, routing, rpc, tables
 from tazcom.common.addresses import join
 from tazcom.common.errors import RequestFailed
 from tazcom.common.events import (
-    ClockOffset,
     Event,
     GatewayListening,
     IdentityChanged,
@@ -58,13 +57,11 @@ from tazcom.common.mirror import Change, Mirror
 from . import netif
 from .busclient import Readable, tune
 from .exchange import Exchanger
+from .gatewayclock import ClockKeeper
 from .listen import listen_sockets
 from .netif import interface_networks
 from .runtime import FatalError, Runtime, run
 from .staticdial import StaticDialler
-
-#: How often (s) the gateway looks for a step of its own wall clock.
-CLOCK_WATCH = 10.0
 
 
 class Gateway:
@@ -88,11 +85,8 @@ class Gateway:
         self._flush_soon = False
         self.static: StaticDialler | None = None
         self.exchange: Exchanger | None = None
-        #: The mesh clock (common/clock.py): fed by our links' hellos, owned and published
-        #: here as the clock table (docs/protocol.md §9, "Clock offset").
-        self.clock = clock.MeshClock()
-        self.clock_numbering = rt.own_table("clock")
-        self._clock_said = 0.0
+        #: The mesh clock, fed by our links' hellos (docs/protocol.md §9, "Clock offset").
+        self.clock = ClockKeeper(rt)
 
     def static_dialler(self) -> StaticDialler:
         if self.static is None:
@@ -130,7 +124,7 @@ class Gateway:
                 if self.exchange is not None:
                     self.exchange.on_emit(a.event, a.fields)
                 if a.event is PeerVerified or a.event is LinkDown:
-                    self.clock_sample(a.event, a.fields)
+                    self.clock.on_emit(a.event, a.fields)
             elif isinstance(a, Exchange):
                 if self.exchange is not None:
                     self.exchange.on_message(a.key, a.body)
@@ -147,55 +141,6 @@ class Gateway:
                     self.write_pins()
             else:
                 self.core.rejects.reject("gateway", a.reason, a.detail)
-
-    # -- the mesh clock -----------------------------------------------------------------
-
-    def clock_sample(self, event: type[Event], fields: dict[str, typing.Any]) -> None:
-        """A verified link's hello gave a sample; a peer no longer verified takes its away."""
-        key = bytes.fromhex(fields["key"]) if fields.get("key") else None
-        if key is None:
-            return
-        if event is PeerVerified:
-            offset = fields.get("clock_offset")
-            estimate = self.clock.drop(key) if offset is None else self.clock.sample(key, offset)
-        elif fields.get("peer_state") != "verified":
-            estimate = self.clock.drop(key)
-        else:
-            return  # a duplicate link closed; the kept one's sample stands
-        if estimate is not None:
-            self.clock_changed(estimate)
-
-    def clock_changed(self, estimate: clock.Estimate) -> None:
-        old = self._clock_said
-        self._clock_said = estimate.offset
-        if abs(estimate.offset - old) >= clock.THRESHOLD:
-            self.rt.log.warning(
-                "clock: %s (median of %d of %d neighbours)",
-                clock.describe(estimate.offset), estimate.neighbours, estimate.samples)
-        self.rt.bus.emit(ClockOffset, epoch=self.clock_numbering.epoch,
-                         seq=self.clock_numbering.next(), offset=estimate.offset,
-                         neighbours=estimate.neighbours, samples=estimate.samples)
-
-    def clock_info(self) -> rpc.ClockInfo:
-        e = self.clock.estimate
-        return rpc.ClockInfo(epoch=self.clock_numbering.epoch, seq=self.clock_numbering.seq,
-                             offset=e.offset, neighbours=e.neighbours, samples=e.samples)
-
-    async def watch_clock(self) -> None:
-        """Tell the mesh clock when our own wall clock is stepped (set by hand, by NTP):
-        the wall clock against the boot clock, which counts suspend too, so a resume is
-        not taken for a step."""
-        boot = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
-        last = time.time() - time.clock_gettime(boot)
-        while True:
-            await asyncio.sleep(CLOCK_WATCH)
-            now = time.time() - time.clock_gettime(boot)
-            if abs(now - last) >= clock.THRESHOLD:
-                self.rt.log.info("our wall clock was stepped by %+.1f s", now - last)
-                estimate = self.clock.stepped(now - last)
-                if estimate is not None:
-                    self.clock_changed(estimate)
-            last = now
 
     def set_timer(self, conn: int | None, at: float | None) -> None:
         """Arm ``conn``'s timer; one armed earlier than ``at`` stays (the core re-arms it)."""
@@ -415,7 +360,7 @@ async def main(rt: Runtime) -> None:
         rpc.GetGatewayInfo: lambda _r: info,
         rpc.SendToPeer: lambda r: gw.answer(core.send(r.key, r.kind, r.body, now())),
         rpc.GetLinks: lambda _r: core.links(now(), time.time()),
-        rpc.GetClock: lambda _r: gw.clock_info(),
+        rpc.GetClock: lambda _r: gw.clock.info(),
         rpc.Trust: lambda r: gw.answer(core.trust(r.key, r.nickname, now())),
         rpc.Untrust: lambda r: gw.answer(core.untrust(r.key)),
         rpc.Connect: lambda r: gw.static_dialler().connect(r),
@@ -430,7 +375,7 @@ async def main(rt: Runtime) -> None:
     gw.policy = rt.mirror(tables.POLICY, gw.on_policy)
     await gw.start_serving()
     gw.start_static()
-    rt.spawn(gw.watch_clock(), "clock")
+    rt.spawn(gw.clock.watch(), "clock")
     rt.bus.subscribe("identity.changed", gw.on_identity)
     gw.open_router_channel()
     reader = Readable(gw._router_pull, gw.on_router_frames)
