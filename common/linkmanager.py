@@ -52,9 +52,9 @@ import ipaddress
 import logging
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import routing, rpc
@@ -72,7 +72,7 @@ from .events import (
     WireRejected,
 )
 from .keys import fingerprint
-from .limits import UNIX_TIME_MAX
+from .limits import APP_BODY_MAX, KIND_MAX, UNIX_TIME_MAX
 from .link import (
     BAD_CLOSE,
     Link,
@@ -93,6 +93,14 @@ MAX_HANDSHAKES_PER_ADDRESS = 8
 MAX_LINKS = 256
 #: A peer that does not read: bytes waiting to be sent to it before the link is closed.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
+#: Bulk messages (file chunks) are written only while the socket takes them: in bursts of
+#: this many bytes, and not while the transport holds more than this unsent (the gateway
+#: pauses us there, and TCP_NOTSENT_LOWAT bounds what the kernel holds). A chat message
+#: written meanwhile waits behind at most this much bulk, not behind a whole file.
+BULK_HIGH = 64 * 1024
+#: Bulk bytes queued per link at most; beyond, ``queue`` answers ``busy`` (the sender's
+#: window of outstanding chunks keeps it far under).
+BULK_QUEUE_MAX = 4 * 1024 * 1024
 DIAL_TIMEOUT = 3.0
 #: The higher key of a pair waits this long before dialling, so simultaneous
 #: dials (and the duplicate that one of them must then close) are rare.
@@ -186,6 +194,14 @@ class ToRouter:
 
 
 @dataclass(frozen=True, slots=True)
+class WantWrite:
+    """Bulk waits on link ``conn``: call ``write_resumed`` once its transport can take
+    more (at once if it holds under BULK_HIGH, else when it drains)."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
 class Exchange:
     """A peer-exchange message (kind ``px``) from the verified peer ``key``: the gateway's
     own (common/peerexchange.py), never published."""
@@ -211,7 +227,8 @@ class Refused:
     detail: str = ""
 
 
-Action = Send | CloseConnection | SetTimer | Dial | Emit | ToRouter | Exchange | SavePins | Refused
+Action = (Send | CloseConnection | SetTimer | Dial | Emit | ToRouter | Exchange | SavePins
+          | WantWrite | Refused)
 
 
 # -- state --------------------------------------------------------------------------------
@@ -247,6 +264,12 @@ class Conn:
     handshake_hash: bytes = b""
     #: Counted among the handshakes in progress.
     handshaking: bool = True
+    #: Bulk ``app`` messages (kind, body) not yet encrypted: encrypted when written, so
+    #: chat queued later still goes first.
+    bulk: deque[tuple[str, bytes]] = field(default_factory=deque)
+    bulk_bytes: int = 0
+    #: The transport holds over BULK_HIGH unsent: no bulk until it drains.
+    write_paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +503,23 @@ class LinkManager:
         """Over ``MAX_WRITE_BUFFER`` bytes wait to be sent on ``conn``: the peer does not read."""
         return self.close(conn, "slow_reader", "the peer does not read what we send", now)
 
+    def write_paused(self, conn: int) -> None:
+        """The transport of ``conn`` holds over BULK_HIGH unsent bytes: hold bulk back."""
+        c = self.conns.get(conn) if type(conn) is int else None
+        if c is not None:
+            c.write_paused = True
+
+    def write_resumed(self, conn: int) -> list[Action]:
+        """The transport of ``conn`` can take more: the next burst of bulk."""
+        c = self.conns.get(conn) if type(conn) is int else None
+        if c is None:
+            return []
+        c.write_paused = False
+        actions: list[Action] = []
+        if c.bulk:
+            self._flush(c, actions)
+        return actions
+
     def close(self, conn: int, reason: str, detail: str, now: float) -> list[Action]:
         """Close one link from our side with reject code ``reason``."""
         c = self.conns.get(conn) if type(conn) is int else None
@@ -648,9 +688,28 @@ class LinkManager:
 
     def _flush(self, c: Conn, actions: list[Action]) -> None:
         data = c.link.data_to_send()
+        if c.bulk and not c.write_paused and c.link.is_open:
+            data += self._bulk_burst(c)
         if data:
             actions.append(Send(c.id, data))
+        if c.bulk and c.link.is_open:
+            actions.append(WantWrite(c.id))
         actions.append(SetTimer(c.id, c.link.next_deadline()))
+
+    def _bulk_burst(self, c: Conn) -> bytes:
+        """Encrypt up to BULK_HIGH bytes of ``c``'s bulk, behind whatever was queued."""
+        now, budget, out = c.link.last_sent, BULK_HIGH, []
+        while c.bulk and budget > 0:
+            kind, body = c.bulk.popleft()
+            c.bulk_bytes -= len(body)
+            budget -= len(body)
+            try:
+                c.link.send_app(kind, body, now)
+            except TazcomError as e:  # a kind the schema refuses: that message only
+                self.rejects.reject("gateway", e.code, f"bulk {kind!r}: {e.message}")
+                continue
+            out.append(c.link.data_to_send())
+        return b"".join(out)
 
     def _emit_link(self, actions: list[Action], cls: type[Event], **fields: Any) -> None:
         """A change of the link table (link.up, peer.verified, link.down), numbered."""
@@ -670,16 +729,30 @@ class LinkManager:
 
     # -- sending -------------------------------------------------------------------------
 
-    def queue(self, key: bytes, kind: str, body: bytes, now: float) -> str | None:
+    def queue(self, key: bytes, kind: str, body: bytes, now: float, *,
+              bulk: bool = False) -> str | None:
         """Queue an ``app`` message to the verified peer ``key``; ``flush()`` sends it.
+        A ``bulk`` one (a file chunk) is sent after everything else queued on that link,
+        and only as fast as the socket takes it (docs/files.md, "Priorities on a link").
 
-        Returns the reject code when it cannot be sent (``no_link``, ``too_large``).
+        Returns the reject code when it cannot be sent (``no_link``, ``too_large``;
+        ``busy`` when the link's bulk queue is full).
         """
         c = self.verified.get(key) if type(key) is bytes else None
         if c is None or not c.link.is_open:
             return "no_link"
         if not _good_now(now):
             return "bad_message"
+        if bulk:
+            if type(kind) is not str or type(body) is not bytes or len(body) > APP_BODY_MAX \
+                    or not 0 < len(kind.encode()) <= KIND_MAX:
+                return "too_large"
+            if c.bulk_bytes + len(body) > BULK_QUEUE_MAX:
+                return "busy"
+            c.bulk.append((kind, body))
+            c.bulk_bytes += len(body)
+            self._dirty[c.id] = c
+            return None
         try:
             c.link.send_app(kind, body, now)
         except TazcomError as e:

@@ -39,6 +39,7 @@ from tazcom.common.events import (
 )
 from tazcom.common.keys import DOMAIN_NOISE_STATIC, fingerprint
 from tazcom.common.linkmanager import (
+    BULK_HIGH,
     MAX_WRITE_BUFFER,
     Action,
     CloseConnection,
@@ -51,6 +52,7 @@ from tazcom.common.linkmanager import (
     Send,
     SetTimer,
     ToRouter,
+    WantWrite,
 )
 from tazcom.common.mirror import Change, Mirror
 
@@ -113,6 +115,15 @@ class Gateway:
                 transport = self.transports.get(a.conn)
                 if transport is not None and not transport.is_closing():
                     transport.write(a.data)
+                    if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                        # the peer does not read (checked here: the transport pauses
+                        # already at BULK_HIGH, for bulk)
+                        self.loop.call_soon(self.slow_reader, a.conn)
+            elif isinstance(a, WantWrite):
+                transport = self.transports.get(a.conn)
+                if transport is not None and transport.get_write_buffer_size() <= BULK_HIGH:
+                    self.loop.call_soon(self.write_more, a.conn)
+                # else: resume_writing calls write_more once it drains
             elif isinstance(a, ToRouter):
                 self.to_router(a.key, a.bodies)
             elif isinstance(a, SetTimer):
@@ -141,6 +152,15 @@ class Gateway:
                     self.write_pins()
             else:
                 self.core.rejects.reject("gateway", a.reason, a.detail)
+
+    def write_more(self, conn: int) -> None:
+        if conn in self.transports:
+            self.execute(self.core.write_resumed(conn))
+
+    def slow_reader(self, conn: int) -> None:
+        transport = self.transports.get(conn)
+        if transport is not None and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            self.execute(self.core.write_blocked(conn, self.loop.time()))
 
     def set_timer(self, conn: int | None, at: float | None) -> None:
         """Arm ``conn``'s timer; one armed earlier than ``at`` stays (the core re-arms it)."""
@@ -298,6 +318,10 @@ class Gateway:
         return rpc.Empty()
 
 
+#: Linux's TCP_NOTSENT_LOWAT (socket.TCP_NOTSENT_LOWAT where Python knows it).
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+
+
 class _Protocol(asyncio.Protocol):
     """asyncio glue: hands bytes and connection ends to the core; no protocol logic here."""
 
@@ -319,6 +343,8 @@ class _Protocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # the kernel holds little unsent, so bulk waits in our queue, behind chat
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, BULK_HIGH)
         gw = self.gw
         self.conn, actions = gw.core.connection_made(self.direction, address, gw.loop.time(),
                                                      self.key)
@@ -327,7 +353,7 @@ class _Protocol(asyncio.Protocol):
         if self.conn is None:
             transport.abort()
         else:
-            transport.set_write_buffer_limits(high=MAX_WRITE_BUFFER)
+            transport.set_write_buffer_limits(high=BULK_HIGH, low=BULK_HIGH // 4)
             gw.transports[self.conn] = transport
         gw.execute(actions)
 
@@ -337,12 +363,15 @@ class _Protocol(asyncio.Protocol):
                                                        time.time()))
 
     def pause_writing(self) -> None:
-        # Called from inside a write: act once that write's actions are done.
-        self.gw.loop.call_soon(self.blocked)
+        # over BULK_HIGH unsent: hold bulk back (a peer that does not read at all is
+        # caught by the size check after each write, at MAX_WRITE_BUFFER)
+        if self.conn is not None:
+            self.gw.core.write_paused(self.conn)
 
-    def blocked(self) -> None:
-        if self.conn in self.gw.transports:
-            self.gw.execute(self.gw.core.write_blocked(self.conn, self.gw.loop.time()))
+    def resume_writing(self) -> None:
+        if self.conn is not None:
+            # called from inside the transport's write-ready handler: act after it
+            self.gw.loop.call_soon(self.gw.write_more, self.conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:

@@ -38,6 +38,8 @@ from tazcom.common.link import Link, LinkClosed
 from tazcom.common.linkmanager import (
     BACKOFF_MAX,
     BACKOFF_MIN,
+    BULK_HIGH,
+    BULK_QUEUE_MAX,
     CAPS,
     DIAL_DEFER,
     LINK_CODES,
@@ -51,6 +53,7 @@ from tazcom.common.linkmanager import (
     Send,
     SetTimer,
     ToRouter,
+    WantWrite,
     printable,
     split_address,
 )
@@ -146,6 +149,8 @@ class Net:
         self.emitted_at: list[float] = []
         self.to_router: list[tuple[LinkManager, ToRouter]] = []
         self.refused: list[tuple[LinkManager, Refused]] = []
+        #: Links whose core waits to write more bulk (``WantWrite``).
+        self.want_write: list[tuple[LinkManager, int]] = []
         #: id(core) -> its wall clock's error (s); a core not listed says no time (None).
         self.clock_error: dict[int, float] = {}
         self.port = 40000
@@ -209,6 +214,9 @@ class Net:
                 self.to_router.append((core, a))
             elif isinstance(a, SavePins):
                 self.node_of[id(core)].pins = a.data
+            elif isinstance(a, WantWrite):
+                assert (id(core), a.conn) in self.ends
+                self.want_write.append((core, a.conn))
             else:
                 assert isinstance(a, Refused), a
                 self.refused.append((core, a))
@@ -707,6 +715,50 @@ def test_messages_go_to_the_router_or_the_bus_and_sending_needs_a_link() -> None
     assert low.queue(THIRD.key, "router", b"", net.now) == "no_link"
 
 
+def test_bulk_goes_behind_chat_and_only_as_fast_as_the_socket_takes_it() -> None:
+    """File chunks (bulk) never delay chat: a chat message queued after them is written
+    first, bulk goes out in bursts of BULK_HIGH while the transport takes it, nothing
+    while it is paused, and a full bulk queue says busy."""
+    net, low, high = pair()
+    introduce(net, low, high)
+    net.settle(dials=True)
+    conn = low.verified[HIGH.key].id
+    for i in range(8):
+        assert low.queue(HIGH.key, "bulk", bytes([i]) * 20_000, net.now, bulk=True) is None
+    assert low.queue(HIGH.key, "test", b"chat 1", net.now) is None
+    net.run(low, low.flush())
+    assert net.want_write == [(low, conn)], "more bulk waits for the socket"
+    net.settle()
+    got = [(e["kind"], e["body"][:1]) for e in net.events(high, LinkMessage)]
+    assert got[0] == ("test", b"c"), "chat first, although queued after the bulk"
+    burst = [b for k, b in got[1:]]
+    assert burst == [bytes([i]) for i in range(len(burst))]
+    assert 0 < len(burst) * 20_000 - 20_000 < BULK_HIGH <= len(burst) * 20_000
+    # the transport is full: chat still goes, bulk waits
+    low.write_paused(conn)
+    assert low.queue(HIGH.key, "test", b"chat 2", net.now) is None
+    net.run(low, low.flush())
+    net.settle()
+    assert [e["kind"] for e in net.events(high, LinkMessage)][-1] == "test"
+    assert len(net.events(high, LinkMessage)) == len(got) + 1
+    # it drained: the rest, in order, exactly once
+    while net.want_write:
+        core, c = net.want_write.pop()
+        net.run(core, core.write_resumed(c))
+        net.settle()
+    bodies = [e["body"][:1] for e in net.events(high, LinkMessage) if e["kind"] == "bulk"]
+    assert bodies == [bytes([i]) for i in range(8)]
+    # a full queue pushes back; a bad kind or body is refused at once
+    low.write_paused(conn)
+    n = 0
+    while (r := low.queue(HIGH.key, "bulk", b"x" * 60_000, net.now, bulk=True)) is None:
+        n += 1
+    assert r == "busy" and n * 60_000 <= BULK_QUEUE_MAX
+    assert low.queue(HIGH.key, "", b"", net.now, bulk=True) == "too_large"
+    assert low.queue(HIGH.key, "bulk", b"x" * 70_000, net.now, bulk=True) == "too_large"
+    assert low.queue(THIRD.key, "bulk", b"", net.now, bulk=True) == "no_link"
+
+
 def test_links_snapshot_names_every_link_at_the_table_version() -> None:
     net, low, high = pair()
     introduce(net, low, high)
@@ -839,7 +891,7 @@ CALLS = {
     "write_blocked": 2, "close": 4, "close_all": 1, "queue": 4, "flush": 0, "send": 4,
     "trust": 3, "untrust": 1, "peers_changed": 2, "dial_timer": 1, "dial_failed": 3,
     "set_nickname": 1, "load_pins": 1, "links": 2, "admit": 1, "peer_state": 1,
-    "set_identity": 4,
+    "set_identity": 4, "write_resumed": 1,
 }
 
 
@@ -868,7 +920,7 @@ class Fuzz(RuleBasedStateMachine):
         if isinstance(result, list):
             for a in result:
                 assert isinstance(a, Send | CloseConnection | SetTimer | Dial | Emit | ToRouter
-                                  | SavePins | Refused), a
+                                  | SavePins | WantWrite | Refused), a
                 if isinstance(a, Refused):
                     assert a.reason.isidentifier() and len(a.reason) <= 48
                 if isinstance(a, Emit):
