@@ -97,7 +97,7 @@ MAX_WRITE_BUFFER = 4 * 1024 * 1024
 #: this many bytes, and not while the transport holds more than this unsent (the gateway
 #: pauses us there, and TCP_NOTSENT_LOWAT bounds what the kernel holds). A chat message
 #: written meanwhile waits behind at most this much bulk, not behind a whole file.
-BULK_HIGH = 64 * 1024
+BULK_HIGH = 16 * 1024
 #: Bulk bytes queued per link at most; beyond, ``queue`` answers ``busy`` (the sender's
 #: window of outstanding chunks keeps it far under).
 BULK_QUEUE_MAX = 4 * 1024 * 1024
@@ -195,8 +195,8 @@ class ToRouter:
 
 @dataclass(frozen=True, slots=True)
 class WantWrite:
-    """Bulk waits on link ``conn``: call ``write_resumed`` once its transport can take
-    more (at once if it holds under BULK_HIGH, else when it drains)."""
+    """Bulk waits on link ``conn``: call ``write_more`` soon (once this batch of writes is
+    done); a paused transport is resumed by ``write_resumed`` instead."""
 
     conn: int
 
@@ -510,13 +510,19 @@ class LinkManager:
             c.write_paused = True
 
     def write_resumed(self, conn: int) -> list[Action]:
-        """The transport of ``conn`` can take more: the next burst of bulk."""
+        """The transport of ``conn`` drained after a pause: the next burst of bulk."""
         c = self.conns.get(conn) if type(conn) is int else None
         if c is None:
             return []
         c.write_paused = False
+        return self.write_more(conn)
+
+    def write_more(self, conn: int) -> list[Action]:
+        """``WantWrite``'s answer: the next burst of bulk, unless the transport is paused
+        (then ``write_resumed`` comes once it drains)."""
+        c = self.conns.get(conn) if type(conn) is int else None
         actions: list[Action] = []
-        if c.bulk:
+        if c is not None and c.bulk and not c.write_paused:
             self._flush(c, actions)
         return actions
 
@@ -768,14 +774,17 @@ class LinkManager:
         self._dirty.clear()
         return actions
 
-    def send(self, key: str, kind: str, body: bytes, now: float) -> list[Action]:
-        """The ``gateway.send`` request: one ``app`` message, sent now."""
+    def send(self, key: str, kind: str, body: bytes, now: float,
+             bulk: bool = False) -> list[Action]:
+        """The ``gateway.send`` request: one ``app`` message, sent now (``bulk``: behind
+        everything else, as the socket takes it)."""
         raw = _key(key)
         if raw is None:
             return [Refused("bad_message", "a key is 64 hex characters")]
-        refused = self.queue(raw, kind, body, now)
+        refused = self.queue(raw, kind, body, now, bulk=bulk)
         if refused is not None:
             what = f"no verified link to {key[:16]}" if refused == "no_link" else \
+                "the link's bulk queue is full; retry" if refused == "busy" else \
                 "kind must be 1..32 characters and body a bytes of at most the app limit"
             return [Refused(refused, what)]
         return self.flush()

@@ -530,11 +530,14 @@ class GetGatewayInfo(Request):
 
 @request("gateway.send", Empty)
 class SendToPeer(Request):
-    """Send an ``app`` message to a verified peer. Errors: no_link, too_large."""
+    """Send an ``app`` message to a verified peer. Errors: no_link, too_large; busy (a
+    ``bulk`` one, while the link's bulk queue is full: retry later)."""
 
     key: HexKey
     kind: KindName
     body: Annotated[bytes, Len(0, APP_BODY_MAX)]
+    #: Bulk (file chunks): sent behind everything else, as fast as the socket takes it.
+    bulk: bool = False
 
 
 @request("gateway.links", LinkList)
