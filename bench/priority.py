@@ -47,11 +47,11 @@ def chat_latency(a: Node, tap: BusTap, n: int) -> list[float]:
     return out
 
 
-def bulk_sender(a: Node, b_key: str, stop: Event, sent: Synchronized, busy: Synchronized
-                ) -> None:
+def bulk_sender(a: Node, b_key: str, stop: Event, sent: Synchronized, busy: Synchronized,
+                chunk: int = CHUNK) -> None:
     """Keeps A's bulk queue to B full until ``stop`` (a process of its own: a thread would
     take the GIL from the tap that times the chat messages)."""
-    body = bytes(CHUNK)
+    body = bytes(chunk)
     while not stop.is_set():
         try:
             request(a, "gateway", rpc.SendToPeer(key=b_key, kind="bulk", body=body, bulk=True))
@@ -67,6 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=100)
     ap.add_argument("--rate", type=int, default=50, help="Mbit/s of A's side of the link")
+    ap.add_argument("--chunk", type=int, default=CHUNK, help="bytes of each bulk message")
     ap.add_argument("--queue", type=int, default=50,
                     help="ms of queue the shaper holds at most (a router's buffer)")
     args = ap.parse_args()
@@ -84,7 +85,8 @@ def main() -> None:
             chat_latency(a, tap, 10)  # warm up
             idle = chat_latency(a, tap, args.messages)
             stop, sent, busy = mp.Event(), mp.Value("q", 0), mp.Value("q", 0)
-            sender = mp.Process(target=bulk_sender, args=(a, b.key, stop, sent, busy))
+            sender = mp.Process(target=bulk_sender, args=(a, b.key, stop, sent, busy,
+                                                                 args.chunk))
             sender.start()
             try:
                 # flowing: the link's bulk queue has filled (the gateway answers busy)
@@ -92,11 +94,6 @@ def main() -> None:
                 t0, n0 = time.monotonic(), sent.value
                 loaded = chat_latency(a, tap, args.messages)
                 secs, got = time.monotonic() - t0, sent.value - n0
-                print(subprocess.run(["ip", "netns", "exec", mesh.net.ns("a"), "tc", "-s",
-                                      "qdisc", "show", "dev", dev], capture_output=True,
-                                     text=True).stdout)
-                print(subprocess.run(["ip", "netns", "exec", mesh.net.ns("a"), "ss", "-tmi"],
-                                     capture_output=True, text=True).stdout[:3000])
             finally:
                 stop.set()
                 sender.join(10)
@@ -106,7 +103,7 @@ def main() -> None:
             tap.close()
             downs.close()
     ms = 1000
-    mbit = got * CHUNK * 8 / secs / 1e6
+    mbit = got * args.chunk * 8 / secs / 1e6
     idle99, loaded99 = pct(idle, 0.99), pct(loaded, 0.99)
     print_report("bench.priority: chat while a file saturates the link", [
         Figure("chat latency, idle link, p50", statistics.median(idle) * ms, "ms"),
