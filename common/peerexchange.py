@@ -154,6 +154,7 @@ class PeerExchange:
         self.sources: dict[bytes, Source] = {}
         self.candidates: dict[tuple[bytes, str], Candidate] = {}
         self._dials = 0
+        self._last_ts = -1
 
     # -- what we say ---------------------------------------------------------------------
 
@@ -174,9 +175,18 @@ class PeerExchange:
         return tuple(sorted(out.items()))[:MAX_ENTRIES]
 
     def record(self, entries: tuple[tuple[bytes, str], ...], now_wall: float) -> Record:
+        """Our next record: its ``ts_ms`` grows even if our clock steps back."""
         assert self.key is not None
-        return Record(origin=self.key, ts_ms=int(now_wall * 1000), own=self.own[:MAX_OWN],
+        self._last_ts = max(self._last_ts + 1, int(now_wall * 1000))
+        return Record(origin=self.key, ts_ms=self._last_ts, own=self.own[:MAX_OWN],
                       entries=entries)
+
+    def new_link(self, key: bytes) -> None:
+        """A new verified link to ``key``: its records count from scratch (its clock may
+        have stepped back, or it restarted), but not what it is ignored for."""
+        src = self.sources.get(key)
+        if src is not None:
+            src.ts_ms = -1
 
     # -- what we hear ----------------------------------------------------------------------
 

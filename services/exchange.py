@@ -54,6 +54,7 @@ class Exchanger:
 
     def on_emit(self, event: type, fields: dict[str, Any]) -> None:
         if event is PeerVerified:
+            self.core.new_link(bytes.fromhex(fields["key"]))
             cand = self.conns.pop(fields["link"], None)
             if cand is not None:
                 self._done(cand, bytes.fromhex(fields["key"]) == cand.key)

@@ -169,3 +169,15 @@ def test_a_link_local_entry_takes_the_scope_of_the_link_it_came_over() -> None:
     other.key = b"\x01" * 32
     other.receive(Record(b"\x02" * 32, 1, (), ((k, "[fe80::5]:4270"),)), 0.0, scope=None)
     assert other.candidates == {}, "over an IPv4 link, a link-local address means nothing"
+
+
+def test_a_clock_stepped_back_neither_stalls_our_records_nor_theirs() -> None:
+    px = core()
+    first = px.record((), 2000.0)
+    assert px.record((), 1000.0).ts_ms == first.ts_ms + 1, "ours keep growing"
+    origin = b"\x02" * 32
+    assert px.receive(Record(origin, 5_000_000, (), ()), 0.0) is None
+    assert "older" in (px.receive(Record(origin, 1_000, (), ()), 0.0) or "")
+    px.new_link(origin)  # its link came back: it may have restarted with an earlier clock
+    assert px.receive(Record(origin, 1_000, (), ((b"\x03" * 32, "10.0.0.3:1"),)), 0.0) is None
+    assert px.candidates
