@@ -352,3 +352,21 @@ def request(node: Node, service: str, req: Any, timeout: float = 5.0) -> Any:
         return rpc.parse_reply(codec.unpack(sock.recv(), 1 << 24), req.REPLY)
     finally:
         ctx.destroy(linger=0)
+
+
+def post(node: Node, text: str, to: str | None = None) -> Any:
+    """Post a room message (or a DM to the key ``to``) through the node's router."""
+    from tazcom.common import rpc
+
+    return request(node, "router", rpc.Post(client_id=os.urandom(16),
+                                            to=bytes.fromhex(to) if to else None, text=text),
+                   timeout=10)
+
+
+def history(node: Node, conv: str | None = None, limit: int = 10000) -> list[Any]:
+    """The room's history (or the DMs with the key ``conv``), as the store answers it."""
+    from tazcom.common import rpc
+
+    reply = request(node, "store", rpc.StoreHistory(
+        conv=bytes.fromhex(conv) if conv else None, limit=limit))
+    return list(reply.messages)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from tazcom.common import certs, envelope, routing, rpc
-from tests.harness import BusTap, Node, request, short_tmp, wait_for
+from tests.harness import BusTap, Node, history, post, request, short_tmp, wait_for
 from tests.netns import Lan, lan, why_unavailable
 
 DAY = 86_400.0
@@ -64,16 +64,8 @@ def clocks() -> Iterator[dict[str, Node]]:
             assert not problems, "\n".join(problems)
 
 
-def post(node: Node, text: str, to: str | None = None) -> rpc.PostResult:
-    return request(node, "router", rpc.Post(client_id=os.urandom(16),
-                                            to=bytes.fromhex(to) if to else None, text=text),
-                   timeout=10)
-
-
 def texts(node: Node, conv: str | None = None) -> set[str]:
-    reply = request(node, "store", rpc.StoreHistory(
-        conv=bytes.fromhex(conv) if conv else None, limit=10000))
-    return {m.text for m in reply.messages if m.text}
+    return {m.text for m in history(node, conv) if m.text}
 
 
 def gateway_row(node: Node) -> dict:

@@ -17,7 +17,7 @@ import pytest
 
 from tazcom.common import rpc
 from tazcom.common.addresses import ip_of, scope_of, split_address
-from tests.harness import BusTap, Node, request, short_tmp, wait_for
+from tests.harness import BusTap, Node, history, post, request, short_tmp, wait_for
 from tests.netns import Lan, lan, why_unavailable
 
 REASON = why_unavailable()
@@ -27,16 +27,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=R
 WATCH = 5.0
 
 
-def post(node: Node, text: str, to: str | None = None) -> rpc.PostResult:
-    return request(node, "router", rpc.Post(client_id=os.urandom(16),
-                                            to=bytes.fromhex(to) if to else None, text=text),
-                   timeout=10)
-
-
-def history(node: Node, conv: str | None = None) -> list[rpc.HistoryEntry]:
-    reply = request(node, "store", rpc.StoreHistory(
-        conv=bytes.fromhex(conv) if conv else None, limit=1000))
-    return list(reply.messages)
 
 
 def links_to(node: Node, key: str) -> list[rpc.LinkInfo]:

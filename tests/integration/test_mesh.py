@@ -19,7 +19,7 @@ import zmq.asyncio
 
 from tazcom.common import envelope, routing, rpc
 from tazcom.common.events import event_as_json
-from tests.harness import BULK, BusTap, Node, request, short_tmp, wait_for
+from tests.harness import BULK, BusTap, Node, history, post, request, short_tmp, wait_for
 from tests.netns import Lan, lan, why_unavailable
 
 REASON = why_unavailable()
@@ -27,16 +27,6 @@ SHORT_CERTS = "cert_validity_s = 30\n"
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
-def post(node: Node, text: str, to: str | None = None) -> rpc.PostResult:
-    return request(node, "router", rpc.Post(client_id=os.urandom(16),
-                                            to=bytes.fromhex(to) if to else None, text=text),
-                   timeout=10)
-
-
-def history(node: Node, conv: str | None = None) -> list[rpc.HistoryEntry]:
-    reply = request(node, "store", rpc.StoreHistory(
-        conv=bytes.fromhex(conv) if conv else None, limit=10000))
-    return list(reply.messages)
 
 
 def status_of(node: Node, conv: str, msg_id: bytes) -> str:
