@@ -47,7 +47,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgpack
 import nacl.public
 
-from . import codec
+from . import codec, filemanifest
 from .errors import RemoteProtocolError, SchemaError
 from .events import Nickname
 from .limits import (
@@ -74,8 +74,13 @@ KIND_DM = 2
 KIND_RECEIPT = 3
 KIND_PROFILE = 4
 KIND_REVOKE = 5
+#: A file's manifest (common/filemanifest.py; docs/protocol.md, "Files").
+KIND_FILE = 6
 KIND_NAMES = {KIND_ROOM: "room", KIND_DM: "dm", KIND_RECEIPT: "receipt", KIND_PROFILE: "profile",
-              KIND_REVOKE: "revoke"}
+              KIND_REVOKE: "revoke", KIND_FILE: "file"}
+#: Kinds addressed to one recipient when ``to`` is set: they follow paths, are held by
+#: relays and answered by receipts.
+ADDRESSED = (KIND_DM, KIND_RECEIPT, KIND_FILE)
 MAX_TEXT_BYTES = TEXT_MAX
 #: A DM's body: the sealed box of the text and the origin (48 bytes of box overhead).
 MAX_DM_BODY = DM_BODY_MAX
@@ -126,7 +131,7 @@ class SignedFields(ArrayRecord):
     TAG: ClassVar[Any] = ENVELOPE_V
     TAG_CODE: ClassVar[str | None] = "bad_version"
 
-    kind: Annotated[Literal[1, 2, 3, 4, 5], Code("bad_kind")]
+    kind: Annotated[Literal[1, 2, 3, 4, 5, 6], Code("bad_kind")]
     origin: Key32
     seq: Annotated[int, Range(0, 2**63 - 1)]
     #: Written at, unix milliseconds (the origin's clock).
@@ -276,7 +281,11 @@ def parse(signed: bytes, sig: bytes) -> Envelope:
         revoked_key(body)
     elif version == 2 and cert is None:
         raise _fail("bad_cert", f"a {KIND_NAMES[kind]} needs its delegated key's certificate")
-    if kind in (KIND_ROOM, KIND_PROFILE, KIND_REVOKE):
+    if kind == KIND_FILE:
+        if version == 1:
+            raise _fail("bad_kind", "a file manifest is a version 2 envelope")
+        file_manifest(body, dm=to is not None)
+    elif kind in (KIND_ROOM, KIND_PROFILE, KIND_REVOKE):
         if to is not None:
             raise _fail("bad_envelope", f"a {KIND_NAMES[kind]} message has no recipient")
     elif to is None:
@@ -305,6 +314,14 @@ def version_of(signed: bytes) -> int | None:
     return None
 
 
+def kind_of(signed: bytes) -> int | None:
+    """The kind of an envelope's signed bytes, without parsing them (``[version, kind,
+    ...]``: a fixarray, then two positive fixints)."""
+    if len(signed) > 2 and 0x90 <= signed[0] <= 0x9F and signed[1] < 0x80 and signed[2] < 0x80:
+        return signed[2]
+    return None
+
+
 def verify(env: Envelope) -> None:
     """Raise EnvelopeError unless the envelope is signed as its version requires, with no
     memory of certificates (a ``certs.Verifier`` caches them, and knows revocations)."""
@@ -329,6 +346,15 @@ def revoke_body(dkey: bytes, at_ms: int) -> bytes:
 
 
 # --- bodies --------------------------------------------------------------------------------
+
+
+def file_manifest(body: bytes, *, dm: bool) -> filemanifest.Manifest:
+    """A file envelope's manifest (a room file's when ``dm`` is false); raises
+    ``EnvelopeError`` with the manifest's code (``bad_manifest``, ``too_large``...)."""
+    try:
+        return filemanifest.decode(body, dm=dm)
+    except RemoteProtocolError as e:
+        raise _fail(e.code, f"file manifest: {e.message}") from None
 
 
 def room_body(text: str) -> bytes:

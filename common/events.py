@@ -387,6 +387,40 @@ class ChatMessage(Event):
     status: StatusOrNone = ""
 
 
+FileIdHex = Annotated[str, Match(r"[0-9a-f]{64}")]
+#: An outgoing file's status is a message's (common/status.py); an incoming one is
+#: ``offered`` (announced, waiting for ``files get`` or the auto-accept), ``receiving``,
+#: ``received`` (every chunk verified and the file in place) or ``failed``.
+FileStatusName = Literal["queued", "sent", "relayed", "delivered", "failed", "offered",
+                         "receiving", "received"]
+
+
+@event("file.status")
+class FileStatus(Event):
+    """A file sent or received here changed: its status, or its progress (at most a few
+    times a second per file). The whole row, so a subscriber needs nothing else."""
+
+    #: The id of the file's manifest envelope (as a message's id).
+    id: MessageIdHex
+    name: Annotated[str, Len(0, 255, utf8=True), Clip()]
+    size: Annotated[int, Range(0, 2**53)]
+    mime: Annotated[str, Len(0, 64), Clip()] = ""
+    #: The file id: its hash (docs/protocol.md, "Files").
+    hash: FileIdHex
+    origin: HexKey
+    #: The recipient of a DM file; None for a room file.
+    to: OptKey = None
+    direction: Literal["out", "in"]
+    status: FileStatusName
+    reason: Detail = ""
+    #: Bytes verified and stored here (in), or served at least once (out).
+    done: Annotated[int, Range(0, 2**53)] = 0
+    #: Where the file is on this node: the original (out), or under files/ once received.
+    path: Annotated[str, Len(0, 4096), Clip()] = ""
+    #: When it was written (origin's clock), unix milliseconds.
+    sent: Annotated[int, Range(0, 2**53)] = 0
+
+
 @event("chat.status")
 class ChatStatus(Event):
     """The delivery status of one of our own messages moved forward."""

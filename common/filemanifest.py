@@ -27,9 +27,9 @@ from .errors import RemoteProtocolError
 from .filecrypt import KEY_BYTES, plain_size
 from .filetree import CHUNK, FILE_MAX, HASH
 from .limits import SEALED_BOX_MIN
-from .schema import ArrayRecord, Len, Match, Range, Record, record
+from .schema import ArrayRecord, Key, Len, Match, Range, Record, record
 
-KIND_FILE = 6
+KIND_FILE = 6  # envelope.KIND_FILE (envelope imports this module)
 VERSION = 1
 NAME_MAX = 255
 MIME_MAX = 64
@@ -60,10 +60,12 @@ class RoomMeta(Record):
 
 @record
 class Secret(Record):
-    """The plaintext of a DM file's sealed meta: its name, type and file key."""
+    """The plaintext of a DM file's sealed meta: its author (the envelope's origin, so a
+    box cannot be re-sent under another origin), name, type and file key."""
 
     CODE: ClassVar[str] = "bad_manifest"
 
+    author: Annotated[bytes, Len(KEY_BYTES, KEY_BYTES), Key("from")]
     name: Name
     mime: Mime
     key: Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]

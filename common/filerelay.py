@@ -166,7 +166,7 @@ class Relay:
             out.append(Serve(neighbour, fid, tuple(serve)))
         if ask:
             assert upstream is not None
-            out.append(SendWant(upstream, Want(fid, want.origin, tuple(ask))))
+            out.append(SendWant(upstream, Want(fid, want.origin, want.size, tuple(ask))))
         return out + _nones({(neighbour, fid): none} if none else {})
 
     def expects(self, neighbour: bytes, file_id: bytes, index: int) -> bool:

@@ -25,7 +25,7 @@ from typing import Annotated, ClassVar
 
 from . import codec
 from .errors import RemoteProtocolError
-from .filetree import CHUNK, HASH, INDEX_MAX, PROOF_MAX
+from .filetree import CHUNK, FILE_MAX, HASH, INDEX_MAX, PROOF_MAX
 from .limits import APP_BODY_MAX, KEY_BYTES
 from .schema import ArrayRecord, Len, Range, record
 
@@ -48,6 +48,9 @@ class Want(ArrayRecord):
 
     file_id: Hash
     origin: Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]
+    #: The file's size, which its id commits to: a relay that never saw the manifest can
+    #: check chunks with it (a false size only makes every proof fail).
+    size: Annotated[int, Range(0, FILE_MAX)]
     indices: Indices
 
 

@@ -50,6 +50,9 @@ class FloodSettings:
     receipt_burst: float = 100.0
     profile_rate: float = 1.0
     profile_burst: float = 30.0
+    #: File manifests (the chunks are pulled, and limited by the transfer itself).
+    file_rate: float = 1.0
+    file_burst: float = 20.0
     backlog_rate: float = 4.0
     backlog_burst: float = 500.0
     link_envelope_rate: float = 500.0

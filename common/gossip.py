@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .envelope import KIND_DM, KIND_RECEIPT
+from .envelope import ADDRESSED
 
 DAY_MS = 86_400_000
 #: Catch-up offers 7 days of history; a little slack for clocks.
@@ -142,7 +142,7 @@ def relay_targets(*, kind: int, to: bytes | None, origin: bytes, came_from: byte
                   links: Iterable[bytes]) -> list[bytes]:
     """Which neighbours get a copy of an accepted envelope."""
     links = sorted(links)  # the same order in every run (the simulator is deterministic)
-    if kind in (KIND_DM, KIND_RECEIPT) and to is not None and to in links:
+    if kind in ADDRESSED and to is not None and to in links:
         return [] if to == came_from else [to]
     return [k for k in links if k != came_from and k != origin]
 

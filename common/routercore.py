@@ -44,10 +44,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.exceptions
+import nacl.public
 
-from . import catchup, certs, envelope, gossip, routing, rpc, status
+from . import catchup, certs, envelope, filemanifest, gossip, routing, rpc, status
 from .envelope import (
+    ADDRESSED,
     KIND_DM,
+    KIND_FILE,
     KIND_PROFILE,
     KIND_RECEIPT,
     KIND_REVOKE,
@@ -148,6 +151,18 @@ class Open:
 
 
 @dataclass(slots=True)
+class FileManifest:
+    """A file's manifest was accepted here, a room file's or one sent to us (for the file
+    service: it offers or fetches the file). ``secret``: a DM file's opened meta."""
+
+    env: Envelope
+    manifest: filemanifest.Manifest
+    secret: filemanifest.Secret | None
+    hops: int
+    came_from: bytes | None
+
+
+@dataclass(slots=True)
 class Together:
     actions: list[Any]
 
@@ -175,7 +190,7 @@ class Evict:
 
 
 Action = (Send | Emit | Rejected | Commit | Fetch | SetStatus | Release | LowerHops | ReserveSeq
-          | Sign | Open | Together | SavePolicy | Evict)
+          | Sign | Open | Together | SavePolicy | Evict | FileManifest)
 Step = Generator[Action, Any, Any]
 
 
@@ -242,6 +257,7 @@ class Accepted:
     hops: int  # links travelled to reach us: our distance
     came_from: bytes | None
     text: str | None = None
+    secret: filemanifest.Secret | None = None
 
 
 @dataclass
@@ -275,10 +291,24 @@ class Awaiting:
 
 
 @dataclass(frozen=True, slots=True)
+class FilePost:
+    """A file to announce: its id and size (of the ciphertext, for a DM file), what it is
+    called, and for a DM file the key it is encrypted with (sealed into the manifest)."""
+
+    file_id: bytes
+    size: int
+    name: str
+    mime: str = ""
+    key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PostSpec:
     client_id: bytes
     to: bytes | None
     text: str
+    #: A file's manifest instead of a text message (``text``: its line in the history).
+    file: FilePost | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +320,19 @@ class PostRefused:
 Entry = tuple[int, bytes, bytes]  # (hops, signed, sig) as in a router ``envs`` message
 #: The hello capability of nodes that read envelope version 2.
 CAP_ENV2 = "env/2"
+#: The hello capability of nodes that read file manifests (kind 6) and carry files.
+CAP_FILE = "file/1"
+
+
+def file_line(name: str, size: int) -> str:
+    """A file's line in the history (its ``text``)."""
+    amount: float = size
+    for unit in ("bytes", "KiB", "MiB"):
+        if amount < 1024:
+            return f"[file] {name} ({amount:.0f} {unit})" if unit == "bytes" else \
+                f"[file] {name} ({amount:.1f} {unit})"
+        amount /= 1024
+    return f"[file] {name} ({amount:.1f} GiB)"
 
 
 class RouterCore:
@@ -339,6 +382,8 @@ class RouterCore:
         self.links: set[bytes] = set()
         #: Those that did not say ``env/2`` in their hello: they read version 1 only.
         self.old_links: set[bytes] = set()
+        #: Those that did not say ``file/1``: they would refuse file manifests as bad_kind.
+        self.nofile_links: set[bytes] = set()
         #: The mesh directory (published as mesh.peer), which the router owns.
         self.numbering = numbering or Numbering(1)
         self.directory: dict[bytes, Directory] = {}
@@ -534,6 +579,8 @@ class RouterCore:
         invalid: docs/protocol.md, "Envelope versions")."""
         if key in self.old_links:
             entries = [e for e in entries if envelope.version_of(e[1]) == 1]
+        elif key in self.nofile_links:
+            entries = [e for e in entries if envelope.kind_of(e[1]) != KIND_FILE]
         batch: list[Entry] = []
         size = 0
         for entry in entries:
@@ -557,7 +604,7 @@ class RouterCore:
     def path(self, env: Envelope, came_from: bytes | None, distance: int) -> list[bytes] | None:
         """Neighbours one hop closer to a DM's or receipt's recipient, or None to flood."""
         fanout = self.settings.path_fanout
-        if env.kind not in (KIND_DM, KIND_RECEIPT) or env.to is None or env.to in self.links \
+        if env.kind not in ADDRESSED or env.to is None or env.to in self.links \
                 or not fanout:
             return None
         closer = [k for k in self.first_hops.get(env.to, ()) if k != came_from]
@@ -584,7 +631,7 @@ class RouterCore:
                     per_target[t].append(entry)
                 sent_ids.add(env.id)
                 continue
-            if env.kind in (KIND_DM, KIND_RECEIPT) and env.to not in self.links:
+            if env.kind in ADDRESSED and env.to is not None and env.to not in self.links:
                 self.counts["no_path"] += 1
             targets = gossip.relay_targets(kind=env.kind, to=env.to, origin=env.origin,
                                            came_from=came_from, links=self.links)
@@ -705,7 +752,7 @@ class RouterCore:
                                                           self.hop_limit))
             if held is not None:
                 self.shorter_path(held, hops, link)
-                if held.kind in (KIND_DM, KIND_RECEIPT) and held.to != self.own_key \
+                if held.kind in ADDRESSED and held.to is not None and held.to != self.own_key \
                         and msg_id in self.seen:
                     # we hold it already: a sender on a path waits for our custody
                     self._dup_custody[link].append(msg_id)
@@ -819,6 +866,11 @@ class RouterCore:
             else:
                 receipts = [envelope.parse(sb, sig) for sb, sig in zip(unsigned, sigs,
                                                                        strict=True)]
+        files = [a for a in accepted if a.env.kind == KIND_FILE and a.env.to == self.own_key]
+        if files:
+            unopened = yield from self.open_files(files)
+            if unopened:
+                accepted = [a for a in accepted if a not in unopened]
         items = [self.stored(a) for a in accepted] + [
             rpc.StoredMessage(id=r.id, kind=r.kind, origin=r.origin, seq=r.seq, ts=r.ts,
                               to=r.to, signed=r.signed, sig=r.sig, hops=0, own=True, held=True)
@@ -844,6 +896,28 @@ class RouterCore:
             self.index.add(r.id, r.ts, r.to)
         yield from self.forward([(r, 0, None) for r in receipts], mono)
 
+    def open_files(self, files: list[Accepted]) -> Generator[Action, Any, list[Accepted]]:
+        """Open the sealed meta of DM files to us (``secret``); returns those refused."""
+        metas = [envelope.file_manifest(a.env.body, dm=True).meta for a in files]
+        plains = yield Open(metas)  # type: ignore[arg-type]
+        refused = []
+        for a, plain in zip(files, plains, strict=True):
+            try:
+                if plain is None:
+                    raise EnvelopeError("the sealed meta does not open", code="cannot_open")
+                try:
+                    secret = filemanifest.decode_secret(plain)
+                except RemoteProtocolError as e:
+                    raise EnvelopeError(f"file meta: {e.message}", code=e.code) from None
+                if secret.author != a.env.origin:
+                    raise EnvelopeError("a file meta sealed by another origin",
+                                        code="bad_manifest")
+                a.secret = secret
+            except EnvelopeError as e:
+                refused.append(a)
+                yield self.reject(f"origin {fingerprint(a.env.origin)}", e.code, e.message)
+        return refused
+
     @staticmethod
     def receipt_specs(dms: list[Accepted]) -> list[tuple[int, bytes | None, bytes]]:
         by_origin: dict[bytes, list[bytes]] = defaultdict(list)
@@ -857,12 +931,18 @@ class RouterCore:
         env = a.env
         mine = env.to == self.own_key
         text = a.text
-        conv = env.origin if env.kind == KIND_DM and mine else None
+        conv = env.origin if env.kind in (KIND_DM, KIND_FILE) and mine else None
         if env.kind == KIND_ROOM:
             text = envelope.room_text(env.body)
+        elif env.kind == KIND_FILE and (mine or env.to is None):
+            m = envelope.file_manifest(env.body, dm=env.to is not None)
+            name = a.secret.name if a.secret is not None else \
+                m.meta.name  # type: ignore[union-attr]
+            text = file_line(name, m.size)
         # every receipt is held (offered in catch-up until it expires), also one to us, so
         # catch-up with the neighbours that brought it stays quiet, across restarts too
-        held = env.kind == KIND_RECEIPT or (env.kind == KIND_DM and not mine)
+        held = env.kind == KIND_RECEIPT or (env.kind in (KIND_DM, KIND_FILE)
+                                            and env.to is not None and not mine)
         return rpc.StoredMessage(id=env.id, kind=env.kind, origin=env.origin, seq=env.seq,
                                  ts=env.ts, to=env.to, signed=env.signed, sig=env.sig,
                                  hops=min(a.hops, envelope.MAX_HOPS_LIMIT), conv=conv,
@@ -891,6 +971,13 @@ class RouterCore:
             elif env.kind == KIND_DM and mine:
                 if not self.muted(env.origin):
                     yield self.message(env, a.text or "", a.hops)
+            elif env.kind == KIND_FILE and (mine or env.to is None):
+                if env.to is None:
+                    self.index.add(env.id, env.ts)
+                if not self.muted(env.origin):
+                    # no receipt yet: the file service asks for one once every chunk is in
+                    yield FileManifest(env, envelope.file_manifest(env.body, dm=mine),
+                                       a.secret, a.hops, a.came_from)
             elif env.kind == KIND_RECEIPT and mine:
                 # held like every receipt, so catch-up with the neighbours that have it
                 # finds nothing to send again
@@ -1232,8 +1319,8 @@ class RouterCore:
 
     # -- posting ---------------------------------------------------------------------------
 
-    def refuse_post(self, to: bytes | None, text: str, mono: float | None = None
-                    ) -> PostRefused | None:
+    def refuse_post(self, to: bytes | None, text: str, mono: float | None = None, *,
+                    file: bool = False) -> PostRefused | None:
         """Why a post cannot be accepted, before it is queued (None: it can). With ``mono``,
         also our own flood limit (spending nothing: ``post`` does)."""
         if to is not None:
@@ -1253,7 +1340,7 @@ class RouterCore:
         if size > envelope.MAX_TEXT_BYTES:
             return PostRefused("too_large", f"text over {envelope.MAX_TEXT_BYTES} bytes")
         if mono is not None:
-            kind = KIND_ROOM if to is None else KIND_DM
+            kind = KIND_FILE if file else KIND_ROOM if to is None else KIND_DM
             wait = self.flood.own_allowance(kind, self.own_key, mono)
             if wait > 0:
                 return self.own_limit(kind, wait)
@@ -1261,7 +1348,7 @@ class RouterCore:
 
     def own_limit(self, kind: int, wait: float) -> PostRefused:
         rate, burst = self.flood.settings.rate_of(kind)
-        what = "room messages" if kind == KIND_ROOM else "direct messages"
+        what = {KIND_ROOM: "room messages", KIND_FILE: "files"}.get(kind, "direct messages")
         return PostRefused("rate_limited", f"at most {rate:g} {what} per second (bursts of "
                            f"{burst:g}) leave one node, as every node accepts from one sender; "
                            f"try again in {wait:.1f} s")
@@ -1303,14 +1390,25 @@ class RouterCore:
         specs, ready = [], []
         answers: list[rpc.PostResult | PostRefused] = [PostRefused("no_key", "")] * len(posts)
         for i, p in enumerate(posts):
-            refused = self.refuse_post(p.to, p.text)
-            kind = KIND_ROOM if p.to is None else KIND_DM
+            refused = self.refuse_post(p.to, p.text, file=p.file is not None)
+            kind = KIND_FILE if p.file is not None else KIND_ROOM if p.to is None else KIND_DM
             if refused is None and not self.flood.take_own(kind, self.own_key, mono):
                 refused = self.own_limit(kind, self.flood.own_allowance(kind, self.own_key, mono))
             if refused is not None:
                 answers[i] = refused
                 continue
-            if p.to is None:
+            if p.file is not None:
+                try:
+                    body = self.file_body(p.to, p.file)
+                except RemoteProtocolError as e:
+                    answers[i] = PostRefused(e.code, e.message)
+                    continue
+                except nacl.exceptions.CryptoError:
+                    answers[i] = PostRefused("no_key", f"the encryption key in the profile of "
+                                             f"{fingerprint(p.to or b'')} is not usable")
+                    continue
+                specs.append((KIND_FILE, p.to, body))
+            elif p.to is None:
                 specs.append((KIND_ROOM, None, p.text.encode()))
             else:
                 try:
@@ -1331,7 +1429,8 @@ class RouterCore:
         items = [rpc.StoredMessage(
             id=env.id, kind=env.kind, origin=env.origin, seq=env.seq, ts=env.ts, to=env.to,
             signed=env.signed, sig=env.sig, hops=0, conv=env.to, text=posts[i].text,
-            status="queued", own=True, held=env.kind == KIND_DM, client_id=posts[i].client_id)
+            status="queued", own=True, held=env.kind in (KIND_DM, KIND_FILE) and env.to is not None,
+            client_id=posts[i].client_id)
             for env, i in zip(envs, ready, strict=True)]
         results: list[rpc.PutOutcome] = yield Commit(items)
         fresh: list[Envelope] = []
@@ -1343,7 +1442,8 @@ class RouterCore:
                 if i in sealed:
                     self.sealed_to[env.id] = sealed[i]
                 fresh.append(env)
-                yield self.message(env, posts[i].text, 0, "queued")
+                if env.kind != KIND_FILE:  # a file's rows are the file service's
+                    yield self.message(env, posts[i].text, 0, "queued")
         sent = yield from self.forward([(env, 0, None) for env in fresh], mono)
         for i, outcome in zip(ready, results, strict=True):
             st = "sent" if outcome.id in sent else \
@@ -1354,6 +1454,32 @@ class RouterCore:
         # done, only the status is late, and the answer does not wait for a second write
         self._sent += sorted(sent)
         return answers
+
+    def file_body(self, to: bytes | None, f: FilePost) -> bytes:
+        """A file manifest's body; a DM file's meta sealed to the recipient's DM key."""
+        if to is None:
+            return filemanifest.encode(filemanifest.RoomManifest(
+                f.file_id, f.size, filemanifest.CHUNK, filemanifest.RoomMeta(f.name, f.mime)))
+        assert f.key is not None, "a DM file has a key"
+        secret = filemanifest.encode_secret(filemanifest.Secret(self.own_key, f.name, f.mime,
+                                                                f.key))
+        sealed = nacl.public.SealedBox(nacl.public.PublicKey(
+            self.directory[to].enc_key)).encrypt(secret)
+        return filemanifest.encode(filemanifest.DMManifest(f.file_id, f.size,
+                                                           filemanifest.CHUNK, sealed))
+
+    def file_received(self, manifest_id: bytes, origin: bytes, now: float, mono: float
+                      ) -> Step:
+        """Every chunk of a DM file to us is verified and stored: its receipt (the origin
+        then shows it ``delivered``), committed before it is sent."""
+        body = envelope.receipt_body([manifest_id])
+        [r] = yield from self.originate([(KIND_RECEIPT, origin, body)], now)
+        yield Commit([rpc.StoredMessage(id=r.id, kind=r.kind, origin=r.origin, seq=r.seq,
+                                        ts=r.ts, to=r.to, signed=r.signed, sig=r.sig, hops=0,
+                                        own=True, held=True)])
+        self.seen.add(r.id, now)
+        self.index.add(r.id, r.ts, r.to)
+        yield from self.forward([(r, 0, None)], mono)
 
     def settle_posts(self) -> Step:
         """The ``sent`` statuses of the posts just answered."""

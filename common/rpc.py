@@ -20,6 +20,7 @@ from .events import (
     ClockOffsetS,
     Detail,
     Epoch,
+    FileStatus,
     Fingerprint,
     HexKey,
     Hops,
@@ -233,7 +234,7 @@ class StatusReport(Record):
 Id16 = Annotated[bytes, Len(ID_BYTES, ID_BYTES)]
 Key32 = Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]
 Millis = Annotated[int, Range(0, 2**53)]
-KindNum = Annotated[int, Range(1, 5)]
+KindNum = Annotated[int, Range(1, 6)]
 Signed = Annotated[bytes, Len(1, SIGNED_MAX)]
 
 
@@ -603,6 +604,52 @@ class Post(Request):
     client_id: Annotated[bytes, Len(8, 32)]
     to: Key32 | None = None
     text: Annotated[str, Len(1, TEXT_MAX, utf8=True)]
+
+
+@record
+class FileTable(Record):
+    """Files sent and received here, newest first (each row as ``file.status`` carries)."""
+
+    files: Annotated[tuple[FileStatus, ...], Len(0, 10000)]
+
+
+@record
+class FileAnswer(Record):
+    """One file's row (a reply cannot carry a field ``id`` of its own: the request's)."""
+
+    file: FileStatus
+
+
+@request("files.send", FileAnswer)
+class SendFile(Request):
+    """Send the file at ``path`` (on this machine, readable by the node) to the room
+    (``to`` None) or as a DM file to ``to``: it is hashed (and for a DM encrypted as it is
+    served), its manifest is posted like a message, and chunks are served to whoever asks.
+    Answered once the manifest is committed (status ``queued``). ``client_id`` makes a
+    retry safe. Errors: not_found, not_a_file, too_large, no_key, bad_recipient,
+    rate_limited, blocked, io_error."""
+
+    client_id: Annotated[bytes, Len(8, 32)]
+    path: Annotated[str, Len(1, 4096)]
+    to: Key32 | None = None
+
+
+@request("files.list", FileTable)
+class ListFiles(Request):
+    """Files sent and received here, newest first, at most ``limit``."""
+
+    limit: Annotated[int, Range(1, 10000)] = 1000
+
+
+@request("files.get", FileAnswer)
+class GetFile(Request):
+    """Fetch a file this node was offered (a room file, or a DM file over the auto-accept
+    size): ``file`` is its manifest id or a unique prefix of it (at least 4 hex digits),
+    or of its hash. Answered at once with its row (status ``receiving``); progress follows
+    as ``file.status`` events. Errors: not_found, ambiguous, too_large (over the cache
+    quota), disk_full."""
+
+    file: Annotated[str, Match(r"[0-9a-f]{4,64}")]
 
 
 @request("router.stats", RouterStats)

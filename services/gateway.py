@@ -118,6 +118,13 @@ class Gateway:
             if isinstance(a, Send):
                 transport = self.transports.get(a.conn)
                 if transport is not None and not transport.is_closing():
+                    if os.environ.get("TZX_LOG") and a.conn in self._bulk_links and len(a.data) < 4096:  # XXX
+                        import fcntl, struct as _st
+                        _s = transport.get_extra_info("socket")
+                        _ns = _st.unpack("i", fcntl.ioctl(_s.fileno(), 0x894B, b"\0" * 4))[0]
+                        _oq = _st.unpack("i", fcntl.ioctl(_s.fileno(), 0x5411, b"\0" * 4))[0]
+                        with open(os.environ["TZX_LOG"] + str(os.getpid()), "a") as _f:
+                            _f.write(f"{time.time():.4f} buf={transport.get_write_buffer_size()} notsent={_ns} outq={_oq} len={len(a.data)}\n")
                     transport.write(a.data)
                     if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                         # the peer does not read (checked here: the transport pauses

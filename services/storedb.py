@@ -72,7 +72,7 @@ MESSAGE_COLUMNS = ("id", "kind", "origin", "seq", "ts", "to", "signed", "sig", "
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id          BLOB NOT NULL PRIMARY KEY,  -- BLAKE2b-128 of signed
-    kind        INTEGER NOT NULL,           -- 1 room, 2 dm, 3 receipt, 4 profile
+    kind        INTEGER NOT NULL,           -- 1 room, 2 dm, 3 receipt, 4 profile, 5 revoke, 6 file
     origin      BLOB NOT NULL,
     seq         INTEGER NOT NULL,
     ts          INTEGER NOT NULL,           -- origin's clock, unix milliseconds
@@ -128,7 +128,7 @@ _NEWEST_PROFILES = (
 _PENDING_SQL = "own = 1 AND status IN ('queued', 'sent', 'relayed')"
 
 #: common.quota.evictable, in SQL: not ours, not to us (``:own``), not a profile.
-_EVICTABLE_SQL = 'kind IN (1, 2, 3) AND origin != :own AND ("to" IS NULL OR "to" != :own)'
+_EVICTABLE_SQL = 'kind IN (1, 2, 3, 6) AND origin != :own AND ("to" IS NULL OR "to" != :own)'
 
 
 #: A row's ``status.RANK`` (the one rule of change, common/status.py), in SQL.
@@ -334,7 +334,9 @@ class Store:
         """Newest first by arrival (our clock, then insertion order): an author's ``ts`` is
         its own claim, up to 10 minutes ahead, and must not decide what is newest."""
         # The room is kind 1 with conv NULL (StoredMessage: conv is None for the room).
-        where = "conv IS NULL AND kind = 1" if req.conv is None else "conv = ? AND kind = 2"
+        # files (kind 6) show in their conversation as a line of their own
+        where = 'conv IS NULL AND kind IN (1, 6) AND "to" IS NULL' if req.conv is None else \
+            "conv = ? AND kind IN (2, 6)"
         # what the user blocked or muted is not shown (docs/protocol.md, "Blocks and mutes")
         where += " AND origin NOT IN (SELECT key FROM policy WHERE policy IN ('block', 'mute'))"
         args: list[Any] = [] if req.conv is None else [req.conv]
@@ -371,7 +373,7 @@ class Store:
     def sync_set(self, req: rpc.StoreSyncSet) -> rpc.SyncSet:
         rows = self._db.execute(
             'SELECT id, ts, kind, "to", held FROM messages '
-            "WHERE conv IS NULL AND kind = 1 AND ts >= :since "
+            "WHERE conv IS NULL AND kind IN (1, 6) AND \"to\" IS NULL AND ts >= :since "
             'UNION SELECT id, ts, kind, "to", held FROM (' + _NEWEST_PROFILES + ") "
             "WHERE ts >= :since "
             'UNION SELECT id, ts, kind, "to", held FROM messages WHERE held = 1 '

@@ -24,6 +24,7 @@ SAMPLES_BY_PATTERN = {
     r"[a-z][a-z0-9_]{0,47}": "no_link",
     r"[0-9a-f]{32}": "cd" * 16,
     r"[a-z][a-z0-9_]{0,15}": "links",
+    r"[0-9a-f]{4,64}": "abcd",
 }
 
 

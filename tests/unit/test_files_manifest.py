@@ -48,7 +48,7 @@ def test_the_largest_manifests_fit_their_limits() -> None:
     assert decode(encode(big), dm=False) == big
     sealed = DMManifest(FID, FILE_MAX, CHUNK, bytes(SEALED_META_MAX))
     assert decode(encode(sealed), dm=True) == sealed
-    secret = Secret(name="é" * 127 + "a", mime="a" * 64, key=bytes(32))
+    secret = Secret(author=bytes(32), name="é" * 127 + "a", mime="a" * 64, key=bytes(32))
     assert len(encode_secret(secret)) + 48 <= SEALED_META_MAX  # 48: the sealed box
 
 
@@ -114,15 +114,21 @@ def test_encode_refuses_what_decode_would() -> None:
 
 def test_unknown_meta_keys_are_ignored() -> None:
     assert decode(codec.pack(room(thumb=b"x")), dm=False).meta.name == "photo.jpg"
-    s = decode_secret(codec.pack({"name": "a", "mime": "", "key": bytes(32), "new": 1}))
-    assert s == Secret(name="a", mime="", key=bytes(32))
+    s = decode_secret(codec.pack({"from": bytes(32), "name": "a", "mime": "", "key": bytes(32),
+                                  "new": 1}))
+    assert s == Secret(author=bytes(32), name="a", mime="", key=bytes(32))
 
 
 def test_the_secret_round_trips_and_is_checked() -> None:
-    s = Secret(name="report.pdf", mime="application/pdf", key=bytes(range(32)))
+    s = Secret(author=bytes(32), name="report.pdf", mime="application/pdf",
+               key=bytes(range(32)))
     assert decode_secret(encode_secret(s)) == s
-    for bad in ({"name": "a", "mime": "", "key": bytes(31)}, {"name": "", "mime": "",
-                "key": bytes(32)}, {"name": "a", "key": bytes(32)}, [1, 2], {"name": "a"}):
+    a = bytes(32)
+    for bad in ({"from": a, "name": "a", "mime": "", "key": bytes(31)},
+                {"from": a, "name": "", "mime": "", "key": bytes(32)},
+                {"from": a, "name": "a", "key": bytes(32)}, [1, 2], {"name": "a"},
+                {"name": "a", "mime": "", "key": bytes(32)},
+                {"from": bytes(31), "name": "a", "mime": "", "key": bytes(32)}):
         with pytest.raises(RemoteProtocolError) as e:
             decode_secret(codec.pack(bad))
         assert e.value.code == "bad_manifest"

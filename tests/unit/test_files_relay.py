@@ -36,16 +36,16 @@ def chunk(i: int, data: bytes | None = None) -> Chunk:
 
 def want(r: Relay, n: bytes, indices: tuple[int, ...], now: float = 0.0, *,
          has: frozenset[int] = frozenset(), upstream: bytes | None = UP) -> list[object]:
-    return list(r.on_want(n, Want(FID, ORIGIN, indices), now, file=FILE,
+    return list(r.on_want(n, Want(FID, ORIGIN, 0, indices), now, file=FILE,
                           has=has.__contains__, upstream=upstream))
 
 
 def test_serves_what_it_has_and_fetches_the_rest_once() -> None:
     r = Relay()
     out = want(r, N1, (0, 1, 2), has=frozenset({1}))
-    assert out == [Serve(N1, FID, (1,)), SendWant(UP, Want(FID, ORIGIN, (0, 2)))]
+    assert out == [Serve(N1, FID, (1,)), SendWant(UP, Want(FID, ORIGIN, 0, (0, 2)))]
     # a second neighbour wanting the same chunks is merged: no new upstream want
-    assert want(r, N2, (0, 2, 3)) == [SendWant(UP, Want(FID, ORIGIN, (3,)))]
+    assert want(r, N2, (0, 2, 3)) == [SendWant(UP, Want(FID, ORIGIN, 0, (3,)))]
     assert want(r, N1, (0,)) == []  # asked again by the same neighbour: still one waiter
     out = r.on_chunk(UP, chunk(0), 1.0)
     assert out == [Store(chunk(0), TREE.leaf(0)), SendChunk(N1, chunk(0)),
@@ -62,9 +62,9 @@ def test_no_route_unknown_file_or_past_the_end_is_none() -> None:
     # a route loop: UP asks us for a chunk we are waiting for from UP
     assert want(r, UP, (7,), upstream=N2) == [SendNone(UP, NoneMsg(FID, (7,)))]
     assert r.pending[(FID, 7)].waiters == {N1}
-    assert want(r, N1, (99, 100)) == [SendWant(UP, Want(FID, ORIGIN, (99,))),
+    assert want(r, N1, (99, 100)) == [SendWant(UP, Want(FID, ORIGIN, 0, (99,))),
                                       SendNone(N1, NoneMsg(FID, (100,)))]
-    other = Want(bytes(32), ORIGIN, (1, 2))
+    other = Want(bytes(32), ORIGIN, 0, (1, 2))
     assert r.on_want(N1, other, 0.0, file=None, has=lambda i: True, upstream=UP) == [
         SendNone(N1, NoneMsg(bytes(32), (1, 2)))]
     assert r.on_want(N1, other, 0.0, file=FILE, has=lambda i: True, upstream=UP) == [
@@ -79,7 +79,7 @@ def test_pending_is_bounded_in_all_and_per_neighbour() -> None:
     nones = 0
     for k in range(0, 320, 64):
         n = bytes([k // 64 + 1]) * 32
-        for out in r.on_want(n, Want(tree.file_id, ORIGIN, tuple(range(k, k + 64))), 0.0,
+        for out in r.on_want(n, Want(tree.file_id, ORIGIN, 0, tuple(range(k, k + 64))), 0.0,
                              file=ref, has=lambda i: False, upstream=UP):
             if isinstance(out, SendNone):
                 nones += len(out.msg.indices)
@@ -87,13 +87,13 @@ def test_pending_is_bounded_in_all_and_per_neighbour() -> None:
     r2 = Relay()
     asked = 0
     for k in range(0, 192, 64):
-        for out in r2.on_want(N1, Want(tree.file_id, ORIGIN, tuple(range(k, k + 64))), 0.0,
+        for out in r2.on_want(N1, Want(tree.file_id, ORIGIN, 0, tuple(range(k, k + 64))), 0.0,
                               file=ref, has=lambda i: False, upstream=UP):
             if isinstance(out, SendWant):
                 asked += len(out.msg.indices)
     assert asked == NEIGHBOUR_PENDING == 4 * WINDOW
     # another neighbour joins a chunk N1 waits for only within its own bound: N2 is free
-    assert r2.on_want(N2, Want(tree.file_id, ORIGIN, (0,)), 0.0, file=ref,
+    assert r2.on_want(N2, Want(tree.file_id, ORIGIN, 0, (0,)), 0.0, file=ref,
                       has=lambda i: False, upstream=UP) == []
     assert r2.waiting[N2] == 1
 
@@ -104,9 +104,9 @@ def test_pending_expires_with_none_to_every_waiter_in_messages_of_at_most_64() -
     ref = FileRef(tree.file_id, len(big), C)
     r = Relay()
     for k in (0, 64):
-        r.on_want(N1, Want(tree.file_id, ORIGIN, tuple(range(k, k + 64))), 0.0, file=ref,
+        r.on_want(N1, Want(tree.file_id, ORIGIN, 0, tuple(range(k, k + 64))), 0.0, file=ref,
                   has=lambda i: False, upstream=UP)
-    r.on_want(N2, Want(tree.file_id, ORIGIN, (5,)), 1.0, file=ref, has=lambda i: False,
+    r.on_want(N2, Want(tree.file_id, ORIGIN, 0, (5,)), 1.0, file=ref, has=lambda i: False,
               upstream=UP)
     assert r.timer(WANT_TIMEOUT - 0.01) == []
     assert r.next_deadline() == WANT_TIMEOUT

@@ -174,7 +174,7 @@ class Mesh:
         self.act(self.relay.timer(self.now))
         for ask in self.download.wants(self.now, self.sources):
             assert len(ask.indices) <= WINDOW
-            self.send(D, ask.source, Want(self.ref.file_id, S, ask.indices))
+            self.send(D, ask.source, Want(self.ref.file_id, S, 0, ask.indices))
         assert self.download.outstanding <= WINDOW
         assert len(self.relay.pending) <= RELAY_PENDING
         times = [t for t in (self.download.next_deadline(), self.relay.next_deadline())
@@ -258,7 +258,7 @@ def test_a_clean_transfer_uses_each_link_once_per_chunk() -> None:
     # a second receiver fetching through the same relay is served from its cache
     second = Download(mesh.ref.file_id, len(data), 16)
     for ask in second.wants(mesh.now, [R]):
-        actions = mesh.relay.on_want(D, Want(mesh.ref.file_id, S, ask.indices), mesh.now,
+        actions = mesh.relay.on_want(D, Want(mesh.ref.file_id, S, 0, ask.indices), mesh.now,
                                      file=mesh.ref, has=mesh.cache.__contains__, upstream=S)
         assert [type(a) for a in actions] == [Serve]
 

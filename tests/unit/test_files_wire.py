@@ -21,10 +21,11 @@ H = bytes(32)
 
 
 def test_messages_round_trip() -> None:
-    for msg in (Want(FID, ORIGIN, (0, 5, 2**32 - 1)), Chunk(FID, 3, b"data", (H, H)),
+    for msg in (Want(FID, ORIGIN, 0, (0, 5, 2**32 - 1)), Chunk(FID, 3, b"data", (H, H)),
                 Chunk(FID, 0, b"", ()), NoneMsg(FID, (1,))):
         assert decode(encode(msg)) == msg
-    assert codec.unpack(encode(Want(FID, ORIGIN, (1, 2))), 1000) == ["want", FID, ORIGIN, [1, 2]]
+    assert codec.unpack(encode(Want(FID, ORIGIN, 0, (1, 2))), 1000) == \
+        ["want", FID, ORIGIN, 0, [1, 2]]
     assert codec.unpack(encode(NoneMsg(FID, (4,))), 1000) == ["none", FID, [4]]
     assert codec.unpack(encode(Chunk(FID, 4, b"x", (H,))), 1000) == ["chunk", FID, 4, b"x", [H]]
 
@@ -33,7 +34,7 @@ def test_the_largest_messages_fit_one_app_body() -> None:
     big = Chunk(FID, 2**32 - 1, bytes(CHUNK), (H,) * PROOF_MAX)
     assert len(encode(big)) <= APP_BODY_MAX
     assert decode(encode(big)) == big
-    want = Want(FID, ORIGIN, tuple(range(2**32 - INDICES_MAX, 2**32)))
+    want = Want(FID, ORIGIN, 0, tuple(range(2**32 - INDICES_MAX, 2**32)))
     assert decode(encode(want)) == want
 
 

@@ -1,0 +1,86 @@
+"""When a link carrying bulk may take its next burst (docs/files.md, "Priorities on a link").
+
+A chat frame written on a link waits behind every byte of bulk already handed to the
+transport and the kernel: the transport's buffer, the socket's unsent bytes, the bytes in
+flight and whatever queue the path's bottleneck holds (a router, a shaper). TCP's own
+window fills that last queue (the bytes in flight grow until loss or until BBR's estimate
+says stop), so the gateway bounds the whole of it itself: the next burst of bulk goes
+out only once what is queued, unsent or unacknowledged (``queued``: the transport's
+buffer plus the socket's ``SIOCOUTQ``), is down to ``target`` seconds of the link's rate.
+
+The rate is measured from the same figure: between two looks at a queue that never ran
+dry, the bytes that left it over the time taken are what the path delivers. A look that
+finds the queue empty means the last wait was too long (the rate was underestimated): the
+rate is raised, so that it cannot stay low for good.
+
+Pure: the shell (``services/gateway.py``) reads the socket and keeps the timer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Seconds of the link's rate left queued when the next burst goes (a timer's wakeup is
+#: late by up to a millisecond: less and the link would go idle between bursts).
+TARGET = 0.002
+#: Bytes queued below which bulk always goes, whatever the rate (a slow link still gets
+#: a burst behind a nearly drained queue).
+FLOOR = 4 * 1024
+#: ... and above which it always waits (a fast link: the kernel's queue stays bounded).
+CEILING = 512 * 1024
+#: The rate assumed before the first measurement, bytes/s (100 Mbit/s).
+FIRST_RATE = 12.5e6
+#: Bounds of the estimate, bytes/s: a peer that stops reading does not drive it to 0.
+MIN_RATE, MAX_RATE = 64e3, 10e9
+#: A measurement spans at least this long (acknowledgements come in bunches).
+MIN_SPAN = 0.002
+#: Weight of a new measurement in the estimate.
+GAIN = 0.25
+#: The estimate grows by this much when a wait let the queue run dry.
+RAISE = 1.25
+#: Waits are at least a timer's resolution and at most this (then look again).
+MIN_WAIT, MAX_WAIT = 0.0005, 0.05
+
+
+@dataclass
+class BulkGate:
+    """One link's gate, from the first burst of bulk until its bulk queue is empty."""
+
+    rate: float = FIRST_RATE
+    #: The last look that began a measurement: when, and the bytes queued then plus the
+    #: bytes written since.
+    _since: float | None = None
+    _queued: int = 0
+
+    def limit(self) -> int:
+        """Bytes queued at most for the next burst to go."""
+        return int(min(CEILING, max(FLOOR, self.rate * TARGET)))
+
+    def wait(self, now: float, queued: int) -> float:
+        """Seconds until the next burst may go (0: now), ``queued`` bytes being queued."""
+        self._measure(now, queued)
+        excess = queued - self.limit()
+        if excess <= 0:
+            return 0.0
+        return min(MAX_WAIT, max(MIN_WAIT, excess / self.rate))
+
+    def wrote(self, before: int, after: int) -> None:
+        """A burst took the queue from ``before`` to ``after`` bytes."""
+        if self._since is not None:
+            self._queued += max(0, after - before)
+
+    def _measure(self, now: float, queued: int) -> None:
+        if self._since is None or queued <= 0:
+            if self._since is not None and queued <= 0:
+                # ran dry while we waited: the wait was too long, the estimate low
+                self.rate = min(MAX_RATE, self.rate * RAISE)
+            self._since, self._queued = (now, queued) if queued > 0 else (None, 0)
+            return
+        span = now - self._since
+        if span < MIN_SPAN:
+            return
+        left = self._queued - queued
+        if left > 0:
+            sample = left / span
+            self.rate = min(MAX_RATE, max(MIN_RATE, self.rate + GAIN * (sample - self.rate)))
+        self._since, self._queued = now, queued
