@@ -1,13 +1,16 @@
 """Files never starve chat: a chat message's latency while bulk saturates the link.
 
-    python -m bench.priority [--messages 100] [--rate 50]
+    python -m bench.priority [--messages 100] [--rate 50] [--cc reno]
 
 Two nodes in network namespaces, A - B, with A's side of the link shaped to ``--rate``
-Mbit/s (tbf, inside A's namespace). Room messages posted at A are timed until B's bus
-shows them, stop and wait: first on the idle link, then while A's gateway sends B bulk
-``app`` messages of 48 KiB (file chunks, ``gateway.send`` with ``bulk``) as fast as the
-link takes them. Goal (issue 15): the loaded p99 under 2x the idle p99. The same run
-also reports the bulk throughput against the shaped rate.
+Mbit/s (tbf, inside A's namespace; ``--rate 0``: not shaped, the veth pair as fast as the
+CPU moves it) and A's TCP congestion control ``--cc`` (the system's by default; a
+namespace may choose one of the host's ``net.ipv4.tcp_allowed_congestion_control``). Room
+messages posted at A are timed until B's bus shows them, stop and wait: first on the idle
+link, then while A's gateway sends B bulk ``app`` messages of 48 KiB (file chunks,
+``gateway.send`` with ``bulk``) as fast as the link takes them. Goal (issue 15): the
+loaded p99 under 2x the idle p99. The same run also reports the bulk throughput against
+the shaped rate.
 """
 
 from __future__ import annotations
@@ -66,16 +69,23 @@ def bulk_sender(a: Node, b_key: str, stop: Event, sent: Synchronized, busy: Sync
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=100)
-    ap.add_argument("--rate", type=int, default=50, help="Mbit/s of A's side of the link")
+    ap.add_argument("--rate", type=int, default=50,
+                    help="Mbit/s of A's side of the link (0: not shaped)")
+    ap.add_argument("--cc", help="A's TCP congestion control (net.ipv4.tcp_congestion_control "
+                                 "in A's namespace; default: the system's)")
     ap.add_argument("--chunk", type=int, default=CHUNK, help="bytes of each bulk message")
     ap.add_argument("--queue", type=int, default=50,
                     help="ms of queue the shaper holds at most (a router's buffer)")
     args = ap.parse_args()
     with lab({"a": [0], "b": [0]}) as mesh:
-        dev = mesh.net.interfaces["a"][0]
-        subprocess.run(["ip", "netns", "exec", mesh.net.ns("a"), "tc", "qdisc", "add", "dev",
-                        dev, "root", "tbf", "rate", f"{args.rate}mbit", "burst", "32kbit",
-                        "latency", f"{args.queue}ms"], check=True, timeout=20)
+        dev, ns = mesh.net.interfaces["a"][0], mesh.net.ns("a")
+        if args.rate:
+            subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
+                            "tbf", "rate", f"{args.rate}mbit", "burst", "32kbit", "latency",
+                            f"{args.queue}ms"], check=True, timeout=20)
+        if args.cc:
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                            f"net.ipv4.tcp_congestion_control={args.cc}"], check=True, timeout=20)
         mesh.start()
         mesh.wait_links([("a", "b")])
         a, b = mesh.nodes["a"], mesh.nodes["b"]
@@ -89,8 +99,11 @@ def main() -> None:
                                                                  args.chunk))
             sender.start()
             try:
-                # flowing: the link's bulk queue has filled (the gateway answers busy)
-                wait_for(lambda: busy.value > 0, 30, "bulk filling the link")
+                # flowing: the link's bulk queue has filled (the gateway answers busy);
+                # not shaped, the link may outrun the sender: then once 20 MiB went
+                wait_for(lambda: busy.value > 0 or (not args.rate
+                                                    and sent.value * args.chunk > 20 << 20),
+                         30, "bulk filling the link")
                 t0, n0 = time.monotonic(), sent.value
                 loaded = chat_latency(a, tap, args.messages)
                 secs, got = time.monotonic() - t0, sent.value - n0
@@ -112,8 +125,8 @@ def main() -> None:
                "ms"),
         Figure("chat latency, link saturated by bulk, p99", loaded99 * ms, "ms",
                2 * idle99 * ms, "2 x idle p99", "< limit", loaded99 < 2 * idle99),
-        Figure("bulk throughput meanwhile", mbit, "Mbit/s", float(args.rate), "shaped rate",
-               "report"),
+        Figure("bulk throughput meanwhile", mbit, "Mbit/s", float(args.rate) or None,
+               "shaped rate" if args.rate else "", "report"),
     ])
     print(BULK_NOTE)
 

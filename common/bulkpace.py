@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 #: Seconds of the link's rate left queued when the next burst goes (a timer's wakeup is
 #: late by up to a millisecond: less and the link would go idle between bursts).
-TARGET = 0.002
+TARGET = 0.001
 #: Bytes queued below which bulk always goes, whatever the rate (a slow link still gets
 #: a burst behind a nearly drained queue).
 FLOOR = 4 * 1024
@@ -44,13 +44,15 @@ MIN_WAIT, MAX_WAIT = 0.0005, 0.05
 
 @dataclass
 class BulkGate:
-    """One link's gate, from the first burst of bulk until its bulk queue is empty."""
+    """One link's gate, kept while the link lives (its rate outlasts a pause in bulk)."""
 
     rate: float = FIRST_RATE
-    #: The last look that began a measurement: when, and the bytes queued then plus the
-    #: bytes written since.
+    #: The look that began the current measurement (None: none running): when, and the
+    #: bytes queued then plus the bytes written since.
     _since: float | None = None
     _queued: int = 0
+    #: The last look made bulk wait.
+    _waited: bool = False
 
     def limit(self) -> int:
         """Bytes queued at most for the next burst to go."""
@@ -60,6 +62,7 @@ class BulkGate:
         """Seconds until the next burst may go (0: now), ``queued`` bytes being queued."""
         self._measure(now, queued)
         excess = queued - self.limit()
+        self._waited = excess > 0
         if excess <= 0:
             return 0.0
         return min(MAX_WAIT, max(MIN_WAIT, excess / self.rate))
@@ -69,12 +72,18 @@ class BulkGate:
         if self._since is not None:
             self._queued += max(0, after - before)
 
+    def restart(self) -> None:
+        """Bulk starts again after none: what the queue did meanwhile measures nothing."""
+        self._since, self._queued, self._waited = None, 0, False
+
     def _measure(self, now: float, queued: int) -> None:
-        if self._since is None or queued <= 0:
-            if self._since is not None and queued <= 0:
-                # ran dry while we waited: the wait was too long, the estimate low
+        if queued <= 0:
+            if self._waited:  # ran dry while we waited: the wait was too long
                 self.rate = min(MAX_RATE, self.rate * RAISE)
-            self._since, self._queued = (now, queued) if queued > 0 else (None, 0)
+            self._since = None
+            return
+        if self._since is None:
+            self._since, self._queued = now, queued
             return
         span = now - self._since
         if span < MIN_SPAN:

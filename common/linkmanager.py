@@ -71,6 +71,7 @@ from .events import (
     PeerVerified,
     WireRejected,
 )
+from .filewire import KIND as FILE_KIND
 from .keys import fingerprint
 from .limits import APP_BODY_MAX, KIND_MAX, UNIX_TIME_MAX
 from .link import (
@@ -113,7 +114,8 @@ STABLE_LINK = 10.0
 REDIAL_JITTER = 0.2
 #: Hello ``caps`` (docs/protocol.md §9, "Link messages"): we take ``app`` messages, v1, and
 #: envelopes of version 2 (a node that does not say ``env/2`` is sent version 1 only).
-CAPS = ("app/1", "env/2", PX_CAP)
+#: ``file/1``: reads file manifests (envelope kind 6) and carries ``file`` messages.
+CAPS = ("app/1", "env/2", PX_CAP, "file/1")
 #: The reason of our normal close (the gateway stops).
 GOODBYE = "goodbye"
 #: A peer's ``close`` reason that is not a reject code we know.
@@ -187,16 +189,20 @@ class Emit:
 
 @dataclass(frozen=True, slots=True)
 class ToRouter:
-    """``app`` messages of kind ``router`` from the verified peer ``key``, in order."""
+    """``app`` messages of kind ``router`` (``file``: of kind ``file``, for the router's
+    file service) from the verified peer ``key``, in order."""
 
     key: bytes
     bodies: list[bytes]
+    file: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class WantWrite:
-    """Bulk waits on link ``conn``: call ``write_more`` soon (once this batch of writes is
-    done); a paused transport is resumed by ``write_resumed`` instead."""
+    """Bulk waits on link ``conn``, or a burst of it was just written: call ``write_more``
+    soon (once this batch of writes is done; the shell may hold it back, by
+    ``write_paused``, while the kernel's queue drains); a paused transport is resumed by
+    ``write_resumed`` instead."""
 
     conn: int
 
@@ -563,6 +569,8 @@ class LinkManager:
                         router = []
                         actions.append(ToRouter(c.key, router))
                     router.append(ev.body)
+                elif ev.kind == FILE_KIND:
+                    actions.append(ToRouter(c.key, [ev.body], file=True))
                 elif ev.kind == PX_KIND:
                     actions.append(Exchange(c.key, ev.body))
                 else:
@@ -693,12 +701,12 @@ class LinkManager:
                 "detail": printable(detail, MAX_DETAIL), "key": key.hex() if key else None}))
 
     def _flush(self, c: Conn, actions: list[Action]) -> None:
-        data = c.link.data_to_send()
+        data, burst = c.link.data_to_send(), b""
         if c.bulk and not c.write_paused and c.link.is_open:
-            data += self._bulk_burst(c)
-        if data:
-            actions.append(Send(c.id, data))
-        if c.bulk and c.link.is_open:
+            burst = self._bulk_burst(c)
+        if data or burst:
+            actions.append(Send(c.id, data + burst if burst else data))
+        if (c.bulk or burst) and c.link.is_open:
             actions.append(WantWrite(c.id))
         actions.append(SetTimer(c.id, c.link.next_deadline()))
 

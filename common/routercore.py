@@ -1458,11 +1458,12 @@ class RouterCore:
     def file_body(self, to: bytes | None, f: FilePost) -> bytes:
         """A file manifest's body; a DM file's meta sealed to the recipient's DM key."""
         if to is None:
-            return filemanifest.encode(filemanifest.RoomManifest(
-                f.file_id, f.size, filemanifest.CHUNK, filemanifest.RoomMeta(f.name, f.mime)))
+            meta = filemanifest.RoomMeta(name=f.name, mime=f.mime)
+            return filemanifest.encode(filemanifest.RoomManifest(f.file_id, f.size,
+                                                                 filemanifest.CHUNK, meta))
         assert f.key is not None, "a DM file has a key"
-        secret = filemanifest.encode_secret(filemanifest.Secret(self.own_key, f.name, f.mime,
-                                                                f.key))
+        secret = filemanifest.encode_secret(filemanifest.Secret(
+            author=self.own_key, name=f.name, mime=f.mime, key=f.key))
         sealed = nacl.public.SealedBox(nacl.public.PublicKey(
             self.directory[to].enc_key)).encrypt(secret)
         return filemanifest.encode(filemanifest.DMManifest(f.file_id, f.size,

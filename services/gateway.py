@@ -29,6 +29,7 @@ import zmq
 
 from tazcom.common import noise, routing, rpc, tables
 from tazcom.common.addresses import join
+from tazcom.common.bulkpace import BulkGate
 from tazcom.common.errors import RequestFailed
 from tazcom.common.events import (
     Event,
@@ -37,6 +38,7 @@ from tazcom.common.events import (
     LinkDown,
     PeerVerified,
 )
+from tazcom.common.filewire import KIND as FILE_KIND
 from tazcom.common.keys import DOMAIN_NOISE_STATIC, fingerprint
 from tazcom.common.linkmanager import (
     BULK_HIGH,
@@ -62,6 +64,7 @@ from .exchange import Exchanger
 from .gatewayclock import ClockKeeper
 from .listen import listen_sockets
 from .netif import interface_networks
+from .pacing import queued_bytes
 from .runtime import FatalError, Runtime, run
 from .staticdial import StaticDialler
 
@@ -89,6 +92,8 @@ class Gateway:
         self._write_more: set[int] = set()
         #: Links carrying bulk now (their socket's TCP_NOTSENT_LOWAT is low).
         self._bulk_links: set[int] = set()
+        #: Each link's bulk gate (common/bulkpace.py), kept while the link is open.
+        self._bulk_gates: dict[int, BulkGate] = {}
         self.static: StaticDialler | None = None
         self.exchange: Exchanger | None = None
         #: The mesh clock, fed by our links' hellos (docs/protocol.md §9, "Clock offset").
@@ -118,13 +123,6 @@ class Gateway:
             if isinstance(a, Send):
                 transport = self.transports.get(a.conn)
                 if transport is not None and not transport.is_closing():
-                    if os.environ.get("TZX_LOG") and a.conn in self._bulk_links and len(a.data) < 4096:  # XXX
-                        import fcntl, struct as _st
-                        _s = transport.get_extra_info("socket")
-                        _ns = _st.unpack("i", fcntl.ioctl(_s.fileno(), 0x894B, b"\0" * 4))[0]
-                        _oq = _st.unpack("i", fcntl.ioctl(_s.fileno(), 0x5411, b"\0" * 4))[0]
-                        with open(os.environ["TZX_LOG"] + str(os.getpid()), "a") as _f:
-                            _f.write(f"{time.time():.4f} buf={transport.get_write_buffer_size()} notsent={_ns} outq={_oq} len={len(a.data)}\n")
                     transport.write(a.data)
                     if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                         # the peer does not read (checked here: the transport pauses
@@ -134,11 +132,14 @@ class Gateway:
                 if a.conn not in self._bulk_links:
                     self._bulk_links.add(a.conn)
                     self._notsent_lowat(a.conn, NOTSENT_LOWAT)
+                    self._bulk_gate(a.conn).restart()
+                # no more bulk (not even behind a chat flush) until write_more's gate says
+                self.core.write_paused(a.conn)
                 if a.conn not in self._write_more:
                     self._write_more.add(a.conn)
                     self.loop.call_soon(self.write_more, a.conn)
             elif isinstance(a, ToRouter):
-                self.to_router(a.key, a.bodies)
+                self.to_router(a.key, a.bodies, a.file)
             elif isinstance(a, SetTimer):
                 self.set_timer(a.conn, a.at)
             elif isinstance(a, Emit):
@@ -168,13 +169,36 @@ class Gateway:
                 self.core.rejects.reject("gateway", a.reason, a.detail)
 
     def write_more(self, conn: int) -> None:
+        """The next burst of bulk on ``conn``, once the bytes queued ahead of it (in the
+        transport and the kernel) are down to the gate's limit (common/bulkpace.py)."""
         self._write_more.discard(conn)
-        if conn in self.transports:
-            self.execute(self.core.write_more(conn))
-            c = self.core.conns.get(conn)
-            if conn in self._bulk_links and (c is None or not c.bulk):
-                self._bulk_links.discard(conn)
-                self._notsent_lowat(conn, NOTSENT_OFF)
+        transport = self.transports.get(conn)
+        if transport is None:
+            return
+        gate, queued = self._bulk_gate(conn), queued_bytes(transport)
+        wait = gate.wait(self.loop.time(), queued) if queued is not None else 0.0
+        if wait:
+            # bulk waits in our queue, behind chat, while the kernel's queue drains
+            self.core.write_paused(conn)
+            self._write_more.add(conn)
+            self.loop.call_later(wait, self.write_more, conn)
+            return
+        if transport.get_write_buffer_size() <= BULK_HIGH:  # else resume_writing comes
+            self.execute(self.core.write_resumed(conn))
+            if queued is not None:
+                gate.wrote(queued, queued_bytes(transport) or 0)
+        c = self.core.conns.get(conn)
+        if conn in self._bulk_links and (c is None or not c.bulk):
+            self._bulk_links.discard(conn)
+            self._notsent_lowat(conn, NOTSENT_OFF)
+
+    def _bulk_gate(self, conn: int) -> BulkGate:
+        gate = self._bulk_gates.get(conn)
+        if gate is None:
+            for gone in [k for k in self._bulk_gates if k not in self.transports]:
+                del self._bulk_gates[gone]
+            gate = self._bulk_gates[conn] = BulkGate()
+        return gate
 
     def _notsent_lowat(self, conn: int, value: int) -> None:
         """While a link carries bulk, the kernel holds little unsent, so bulk waits in our
@@ -299,20 +323,25 @@ class Gateway:
         self.router_pull.bind(self.config.paths.socket("gateway-in"))
         self._router_pull = zmq.Socket.shadow(self.router_pull.underlying)
 
-    def to_router(self, key: bytes, bodies: list[bytes]) -> None:
+    def to_router(self, key: bytes, bodies: list[bytes], file: bool = False) -> None:
         send = self._router_push.send_multipart
         for body in bodies:
             try:
-                send([key, body], zmq.NOBLOCK)
+                send([key, body, b"file"] if file else [key, body], zmq.NOBLOCK)
             except zmq.Again:
                 # The router is down and its queue full: catch-up brings these back later.
                 self.core.rejects.reject("router", "router_busy", "router queue full; dropping")
 
     def on_router_frames(self, frames: list[bytes]) -> None:
-        """Router messages to send; the links written to are flushed once per batch."""
-        if len(frames) != 2:
+        """Router messages to send, and ``file`` messages (``[key, body, "file"]``, and
+        ``"bulk"`` after it for a chunk); the links written to are flushed once per batch."""
+        if len(frames) == 2:
+            refused = self.core.queue(frames[0], routing.KIND, frames[1], self.loop.time())
+        elif len(frames) in (3, 4) and frames[2] == b"file":
+            refused = self.core.queue(frames[0], FILE_KIND, frames[1], self.loop.time(),
+                                      bulk=len(frames) == 4)
+        else:
             return
-        refused = self.core.queue(frames[0], routing.KIND, frames[1], self.loop.time())
         if refused is not None:
             if refused != "no_link":  # no link any more: catch-up offers it again
                 self.core.rejects.reject("router", refused, "cannot send")

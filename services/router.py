@@ -36,13 +36,14 @@ import zmq.asyncio
 from tazcom.common import clock, gossip, rpc, tables
 from tazcom.common import routercore as core
 from tazcom.common.errors import RequestFailed, TazcomError
-from tazcom.common.events import Event, IdentityChanged, RouterDropped
+from tazcom.common.events import ChatStatus, Event, IdentityChanged, RouterDropped
 from tazcom.common.keyring import DmKey
 from tazcom.common.keys import fingerprint
 from tazcom.common.mirror import Change, Mirror
 from tazcom.common.rejects import RejectLog
 
 from .busclient import Readable, tune
+from .files import FileService
 from .routerkeys import RouterKeys, by_size
 from .runtime import FatalError, Runtime, run
 from .storedb import MAINTENANCE_INTERVAL, Store, db_failure
@@ -81,6 +82,9 @@ class Router:
         self.keys = RouterKeys(rt, on_cert=self.on_cert, on_rotate=self.on_rotate,
                                clock=self.wall)
         self._written = asyncio.Event()
+        #: Files sent, received and relayed (services/files.py): their link messages come
+        #: and go on the same sockets, marked ``file``.
+        self.files = FileService(self)
 
     def wall(self) -> float:
         """The mesh time: our wall clock corrected by the mesh clock's offset."""
@@ -167,6 +171,10 @@ class Router:
                                             "the gateway's queue is full"))
         elif isinstance(a, core.Emit):
             self.rt.bus.emit(a.event, **a.fields)
+            if a.event is ChatStatus:
+                self.files.on_status(a.fields["id"], a.fields["status"], a.fields["reason"])
+        elif isinstance(a, core.FileManifest):
+            self.files.on_manifest(a)
         elif isinstance(a, core.Rejected):
             self.rejected(a)
         elif isinstance(a, core.Commit):
@@ -195,6 +203,15 @@ class Router:
         else:
             raise TypeError(f"unknown action {a!r}")
         return None
+
+    def send_file(self, link: bytes, body: bytes, *, bulk: bool) -> None:
+        """A ``file`` link message to a neighbour; a chunk is ``bulk`` (behind chat)."""
+        frames = [link, body, b"file", b"bulk"] if bulk else [link, body, b"file"]
+        try:
+            self._out_sync.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:  # the requester asks again after its timeout
+            self.rejected(core.Rejected("gateway", "gateway_busy",
+                                        "the gateway's queue is full"))
 
     def together(self, actions: list[core.Action]) -> Any:
         results = [self.execute(a) for a in actions]
@@ -250,6 +267,9 @@ class Router:
                      if r.state == "open" and r.key}
         self.c.old_links = {bytes.fromhex(r.key) for r in rows if r.state == "open" and r.key
                             and core.CAP_ENV2 not in r.caps}
+        self.c.nofile_links = {bytes.fromhex(r.key) for r in rows if r.state == "open"
+                               and r.key and core.CAP_FILE not in r.caps}
+        self.files.set_links(links - self.c.nofile_links)
         self.run_now(self.c.set_links(links, self.wall(), time.monotonic(), addresses))
 
     def follow_clock(self) -> None:
@@ -287,6 +307,9 @@ class Router:
         ready = asyncio.Event()
 
         def on_frames(f: list[bytes]) -> None:
+            if len(f) == 3 and f[2] == b"file":
+                self.files.on_frame(f[0], f[1])
+                return
             frames.append(f)
             if len(frames) >= MAX_BATCH:
                 reader.pause()
@@ -332,8 +355,12 @@ class Router:
         refused = self.c.refuse_post(req.to, req.text, time.monotonic())
         if refused is not None:
             raise RequestFailed(refused.message, code=refused.code)
+        return await self.post_spec(core.PostSpec(req.client_id, req.to, req.text))
+
+    async def post_spec(self, spec: core.PostSpec) -> rpc.PostResult:
+        """Queue one post (a message or a file's manifest) for the next batch."""
         fut = asyncio.get_running_loop().create_future()
-        self._posts.append((core.PostSpec(req.client_id, req.to, req.text), fut))
+        self._posts.append((spec, fut))
         self._post_wake.set()
         return await fut
 
@@ -414,6 +441,7 @@ class Router:
                 db.checkpointed = db.commits
 
     def close(self) -> None:
+        self.files.close()
         self.db.close()
         self.inbox.close(linger=0)
         self.out.close(linger=500)
@@ -424,6 +452,7 @@ async def main(rt: Runtime) -> None:
     try:
         router.follow_clock()
         await router.load()
+        router.files.load()
         router.follow_links()
         rt.serve({rpc.Post: router.post, rpc.GetRouterStats: lambda _r: router.c.stats(),
                   rpc.GetMesh: lambda _r: router.c.mesh_table(),
@@ -432,7 +461,10 @@ async def main(rt: Runtime) -> None:
                   rpc.GetScores: lambda _r: router.c.score_table(router.wall(),
                                                                  time.monotonic()),
                   rpc.GetSigningKeys: lambda _r: router.keys.table(),
-                  rpc.Revoke: router.revoke})
+                  rpc.Revoke: router.revoke,
+                  rpc.SendFile: router.files.send_file,
+                  rpc.ListFiles: router.files.list_files,
+                  rpc.GetFile: router.files.get_file})
         # the store service was merged into the router, its one writer: clients of the store
         # still find it at run/store.sock
         rt.serve({rpc.StoreHistory: router.history}, socket="store")
@@ -442,6 +474,7 @@ async def main(rt: Runtime) -> None:
         rt.spawn(router.maintenance_loop(), "maintenance")
         rt.spawn(router.keys.loop(), "keys")
         rt.spawn(router.checkpoint_loop(), "checkpoint")
+        rt.spawn(router.files.loop(), "files")
         rt.ready(f"hop limit {router.settings.hop_limit}; signing key "
                  f"{fingerprint(router.keys.ring.signer.public)} valid {router.keys.validity()}")
         await router.timer_loop()

@@ -11,6 +11,17 @@ Keys: Enter sends to the selected conversation; Ctrl+N / Ctrl+P (or
 Alt+Down / Alt+Up) switch conversations; PageUp / PageDown scroll; Tab
 completes nicknames; Ctrl+T switches light and dark; Ctrl+Q quits.
 
+Files (docs/files.md): ``/file PATH`` sends one to the open conversation
+(``files.send``); every file sent or received is a line of its conversation,
+updated live from ``file.status``. Esc moves the focus to the conversation,
+where Up / Down select a file line and ``g`` gets an offered file, ``o`` opens
+a received one (``xdg-open``), ``s`` shows its path and copies it, ``v``
+shows or hides image previews; Esc (or ``i``) goes back to typing. ``/get``,
+``/open`` and ``/save`` do the same for the selected (else the newest) file.
+Images show as ``[image 640x480 photo.jpg]``, and as a picture under the
+conversation where the terminal draws Kitty or Sixel graphics (the optional
+``textual-image`` package, probed before the app starts).
+
 Safe among strangers: every string a peer wrote is shown through
 ``common.display.safe`` (no escape sequence, control character or bidi
 override reaches the terminal) and never parsed as markup (the app builds
@@ -26,8 +37,13 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
@@ -38,11 +54,14 @@ from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.geometry import Size
+from textual.geometry import Region, Size
+from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
 
 from tazcom.common import rpc, tables
 from tazcom.common.config import Config
@@ -53,6 +72,7 @@ from tazcom.common.events import (
     ChatStatus,
     ClockOffset,
     Event,
+    FileStatus,
     PeerDiscovered,
     PeerForgotten,
     PeerInfo,
@@ -94,9 +114,20 @@ HELP = [
     "/trust NICK      accept NICK's (new) key after comparing safety numbers",
     "/block NICK      nothing NICK writes is shown, stored or relayed here; /unblock NICK",
     "/mute NICK       hide NICK's messages here (still relayed); /unmute NICK",
+    "/file PATH       send a file to this conversation (the room, or the peer)",
+    "Esc              select file lines (Up/Down): g get an offered file, o open it,",
+    "                 s show and copy its path, v images on/off; Esc or i: back here",
+    "/get /open /save the same for the selected (else the newest) file",
     "/help            this text;  /quit  leave (the node keeps running)",
     "Tab completes nicknames; PageUp/PageDown scroll; Ctrl+T light/dark theme.",
 ]
+#: The kind of a file's manifest in the store (envelope.KIND_FILE).
+KIND_FILE = 6
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+#: Cells of a file line's progress bar.
+FILE_BAR = 10
+#: The largest side of an image preview, in pixels, before the terminal scales it.
+PREVIEW_PIXELS = 1024
 
 
 @dataclass
@@ -112,6 +143,10 @@ class Msg:
     system: bool = False
     #: Seconds: when it reached our node (our clock); its place in the conversation.
     received: float | None = None
+    #: A file sent or received (its row, kept current from file.status); text is its name.
+    file: FileStatus | None = None
+    #: Its pixels, for an image that is here in full (None: not an image, or unknown).
+    image: tuple[int, int] | None = None
 
     @property
     def arrived(self) -> float:
@@ -129,11 +164,81 @@ def _nick_style(key: str) -> Style:
     return Style(color=palette[hue % len(palette)], bold=True)
 
 
+def file_conv(row: FileStatus) -> str:
+    """The conversation a file belongs to: the room, or the other end of a DM file."""
+    if row.to is None:
+        return ROOM
+    return row.to if row.direction == "out" else row.origin
+
+
+def is_image(row: FileStatus) -> bool:
+    return row.mime.startswith("image/") or row.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def file_here(row: FileStatus) -> bool:
+    """The whole file is on this node: received, or our own original."""
+    return bool(row.path) and (row.direction == "out" or row.status == "received")
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """An image's pixels from its header (Pillow, if installed); None if unreadable."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            # a huge image from a stranger: a warning printed now would tear the screen
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def file_text(row: FileStatus, image: tuple[int, int] | None = None) -> Text:
+    """A file line after the author: ``⇣ photo.jpg 2.0 MiB ████░░░░░░ 40% receiving``;
+    an offered file says how to get it, an image here says its size."""
+    from tazcom.cli import human_size
+
+    arrow = "⇡ " if row.direction == "out" else "⇣ "
+    text = Text.assemble((arrow, "bold"), (safe(row.name), "bold"),
+                         (f"  {human_size(row.size)}", "dim"))
+    pct = 100 if row.size <= 0 or row.done >= row.size else min(99, row.done * 100 // row.size)
+    if row.status == "failed":
+        text.append(f"  [FAILED{': ' + safe(row.reason) if row.reason else ''}]", "bold red")
+    elif row.status == "receiving":
+        filled = pct * FILE_BAR // 100
+        text.append(f"  {'█' * filled}{'░' * (FILE_BAR - filled)} {pct}% receiving", "cyan")
+    elif row.status == "offered":
+        text.append("  [offered: /get, or Esc then g]", "bold yellow")
+    elif row.direction == "out" and row.status in ("sent", "relayed") and 0 < row.done < row.size:
+        text.append(f"  [{row.status}, {pct}% fetched]", "dim")
+    else:
+        text.append(f"  [{STATUS_MARKS.get(row.status, row.status)}]", "dim")
+    if is_image(row) and file_here(row):
+        dims = f"{image[0]}x{image[1]} " if image else ""
+        text.append(f"  [image {dims}{safe(row.name)}]", "italic")
+    return text
+
+
 class MessageView(ScrollView, can_focus=True):
     """A conversation, rendered line by line (Textual's line API), so thousands of
     messages scroll without lag and a status can change in place."""
 
     DEFAULT_CSS = "MessageView { height: 1fr; }"
+    # With the focus here (Esc from the input line), keys act on the selected file line.
+    BINDINGS = [
+        Binding("up", "select_file(-1)", "Previous file", show=False),
+        Binding("down", "select_file(1)", "Next file", show=False),
+        Binding("g", "app.file('get')", "Get file", show=False),
+        Binding("o", "app.file('open')", "Open file", show=False),
+        Binding("s", "app.file('save')", "File path", show=False),
+        Binding("v", "app.file('preview')", "Previews", show=False),
+        Binding("escape,i", "app.focus_input", "Type", show=False),
+        Binding("pageup", "app.page_up", "Scroll up", show=False),
+        Binding("pagedown", "app.page_down", "Scroll down", show=False),
+    ]
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -144,6 +249,9 @@ class MessageView(ScrollView, can_focus=True):
         self._lines: list[Strip] = []
         self._first_line: list[int] = []  # message index -> its first line
         self._width = 0
+        #: The file line the file keys act on: the newest, until Up/Down choose one.
+        self.selected: str | None = None
+        self._chosen = False
 
     # -- content -----------------------------------------------------------------------
 
@@ -155,6 +263,9 @@ class MessageView(ScrollView, can_focus=True):
     def _show(self, messages: list[Msg]) -> None:
         self.messages = list(messages)
         self.by_id = {m.id: i for i, m in enumerate(self.messages) if m.id}
+        if not (self._chosen and self.selected in self.by_id):
+            self._chosen = False
+            self.selected = next((m.id for m in reversed(self.messages) if m.file), None)
         self._rewrap()
 
     def _to_end(self) -> None:
@@ -175,15 +286,23 @@ class MessageView(ScrollView, can_focus=True):
 
     def add(self, msg: Msg) -> None:
         if msg.id and msg.id in self.by_id:
-            self.update(msg.id, msg.status, msg.reason)
+            if msg.file is None:
+                self.update(msg.id, msg.status, msg.reason)
+            else:
+                self.redraw(msg.id)
             return
         at_end = self.scroll_y >= self.max_scroll_y - 1
         self.messages.append(msg)
         if msg.id:
             self.by_id[msg.id] = len(self.messages) - 1
+        previous = self.selected
+        if msg.file is not None and not self._chosen:
+            self.selected = msg.id  # the newest file, unless one was chosen
         self._first_line.append(len(self._lines))
         self._lines += self._wrap(msg)
         self._resize()
+        if previous != self.selected and previous is not None:
+            self.redraw(previous)  # its selection mark goes
         if at_end:
             self._to_end()
 
@@ -193,6 +312,14 @@ class MessageView(ScrollView, can_focus=True):
             return False
         msg = self.messages[i]
         msg.status, msg.reason = status, reason
+        return self.redraw(msg_id)
+
+    def redraw(self, msg_id: str) -> bool:
+        """Wrap one message again (a status, a file's progress, the selection moved)."""
+        i = self.by_id.get(msg_id)
+        if i is None:
+            return False
+        msg = self.messages[i]
         # re-wrap this message only: a burst of statuses over thousands of messages must
         # not re-wrap the whole view each time
         start = self._first_line[i]
@@ -209,6 +336,43 @@ class MessageView(ScrollView, can_focus=True):
     def refresh_names(self) -> None:
         self._rewrap()
 
+    # -- file lines ---------------------------------------------------------------------
+
+    def selected_file(self) -> Msg | None:
+        i = self.by_id.get(self.selected or "")
+        return self.messages[i] if i is not None and self.messages[i].file else None
+
+    def action_select_file(self, step: int) -> None:
+        files = [i for i, m in enumerate(self.messages) if m.file is not None]
+        if not files:  # nothing to select: the keys scroll, as they do elsewhere
+            (self.scroll_up if step < 0 else self.scroll_down)(animate=False)
+            return
+        at = self.by_id.get(self.selected or "")
+        pos = files.index(at) if at in files else len(files)
+        i = files[max(0, min(len(files) - 1, pos + step))]
+        previous, self.selected, self._chosen = self.selected, self.messages[i].id, True
+        if previous:
+            self.redraw(previous)
+        self.redraw(self.selected)
+        self.scroll_to_region(self._region_of(i), animate=False, immediate=True)
+        self.post_message(self.FileSelected())
+
+    def _region_of(self, i: int) -> Region:
+        end = self._first_line[i + 1] if i + 1 < len(self._first_line) else len(self._lines)
+        return Region(0, self._first_line[i], self._width, end - self._first_line[i])
+
+    class FileSelected(Message):
+        """Up/Down chose another file line (the app shows its preview)."""
+
+    def on_focus(self) -> None:
+        # its mark shows while the keys act on it; later, as Widget sets has_focus after us
+        if self.selected:
+            self.call_later(self.redraw, self.selected)
+
+    def on_blur(self) -> None:
+        if self.selected:
+            self.call_later(self.redraw, self.selected)
+
     # -- rendering ------------------------------------------------------------------------
 
     def _text(self, msg: Msg) -> Text:
@@ -218,6 +382,13 @@ class MessageView(ScrollView, can_focus=True):
         if msg.system:
             return Text.assemble((f"{stamp} ", "dim"), ("* " + safe(msg.text), "italic"))
         who = "me" if msg.own else self.names.get(msg.origin, msg.origin[:8])
+        if msg.file is not None:
+            text = Text.assemble((f"{stamp} ", "dim"), (safe(who), _nick_style(msg.origin)),
+                                 ": ", file_text(msg.file, msg.image))
+            if msg.id == self.selected and self.has_focus:
+                text = Text.assemble(("▶ ", "bold"), text)
+                text.stylize("reverse")
+            return text
         text = Text.assemble((f"{stamp} ", "dim"), (safe(who), _nick_style(msg.origin)), ": ",
                              safe(msg.text))
         if abs(msg.ts - msg.arrived) > CLAIM_SKEW:
@@ -271,11 +442,19 @@ class ChatApp(App[None]):
         Binding("pagedown", "page_down", "Scroll down", show=False),
         Binding("ctrl+t", "toggle_dark", "Theme", show=False),
         Binding("tab", "complete", "Complete", show=False, priority=True),
+        Binding("escape", "focus_files", "Files", show=False),
     ]
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, image_widget: type[Widget] | None = None) -> None:
         super().__init__()
         self.config = config
+        #: Draws a picture (textual-image's, where the terminal has Kitty or Sixel
+        #: graphics); None: images are a line of text.
+        self.image_widget = image_widget
+        self.previews = True
+        self.preview_path: str | None = None  # the picture in the preview pane
+        #: Files sent and received here, by manifest id: their newest row.
+        self.files: dict[str, FileStatus] = {}
         self.ctx = zmq.asyncio.Context()
         self.clients: dict[str, RpcClient] = {}
         self.me: rpc.IdentityInfo | None = None
@@ -311,6 +490,7 @@ class ChatApp(App[None]):
             with Vertical(id="right"):
                 yield Static("", id="title")
                 yield MessageView(id="messages")
+                yield Vertical(id="preview")
         yield Static("", id="clock")
         yield Static("", id="status")
         yield Input(placeholder="message, or /help", id="input")
@@ -365,6 +545,9 @@ class ChatApp(App[None]):
             self.policy_feed.take(await self.call("router", tables.POLICY.request, 1.0))
         with contextlib.suppress(TazcomError):  # likewise the gateway
             self.clock_feed.take(await self.call("gateway", tables.CLOCK.request, 1.0))
+        with contextlib.suppress(TazcomError):  # file.status events bring them after
+            table = await self.call("router", rpc.ListFiles(), 1.0)
+            self.files = {row.id: row for row in table.files}
         self.node_state = "up"
         self.last_heartbeat = time.monotonic()  # it answered: the watchdog starts from now
         self.loaded.clear()
@@ -379,10 +562,45 @@ class ChatApp(App[None]):
         req = rpc.StoreHistory(conv=None if conv == ROOM else bytes.fromhex(conv),
                                limit=HISTORY_PAGE, before=before, before_id=before_id)
         reply = await self.call("store", req, timeout=5.0)
-        return [Msg(id=m.id.hex(), origin=m.origin.hex(), to=m.to.hex() if m.to else None,
-                    ts=m.ts / 1000, text=m.text or "", own=m.own, status=m.status,
-                    reason=m.reason, received=None if m.received is None else m.received / 1000)
-                for m in reply.messages if m.own or not self.hidden(m.origin.hex())]
+        out = []
+        for m in reply.messages:
+            if not m.own and self.hidden(m.origin.hex()):
+                continue
+            received = None if m.received is None else m.received / 1000
+            if m.kind == KIND_FILE:  # a file's manifest: its line, where the store has it
+                row = self.files.get(m.id.hex())
+                if row is not None:
+                    out.append(self.file_msg(row, received))
+                continue
+            out.append(Msg(id=m.id.hex(), origin=m.origin.hex(),
+                           to=m.to.hex() if m.to else None, ts=m.ts / 1000, text=m.text or "",
+                           own=m.own, status=m.status, reason=m.reason, received=received))
+        return out
+
+    def with_files(self, conv: str, messages: list[Msg]) -> list[Msg]:
+        """``messages`` and the conversation's files not among them, in time order (a
+        file by when its author wrote it: the store may not list manifests)."""
+        shown = {m.id for m in messages}
+        extra = [self.file_msg(row) for row in self.files.values()
+                 if file_conv(row) == conv and row.id not in shown
+                 and (row.direction == "out" or not self.hidden(row.origin))]
+        if not extra:
+            return messages
+        return sorted(messages + extra, key=lambda m: m.arrived)  # stable: history's order
+
+    def file_msg(self, row: FileStatus, received: float | None = None) -> Msg:
+        msg = Msg(id=row.id, origin=row.origin, to=row.to,
+                  ts=row.sent / 1000 if row.sent else time.time(), text=row.name,
+                  own=row.direction == "out", status=row.status, reason=row.reason,
+                  received=received, file=row)
+        self.measure(msg)
+        return msg
+
+    def measure(self, msg: Msg) -> None:
+        """An image here in full: its pixels, read once from its header."""
+        row = msg.file
+        if row is not None and msg.image is None and is_image(row) and file_here(row):
+            msg.image = image_size(row.path)
 
     def hidden(self, key: str) -> bool:
         """Blocked or muted here: its messages are not shown."""
@@ -397,7 +615,7 @@ class ChatApp(App[None]):
         view.names = self.names()
         if force or conv not in self.loaded:
             try:
-                history = await self.load_history(conv)
+                history = self.with_files(conv, await self.load_history(conv))
                 live = [m for m in self.conversations.get(conv, []) if m.system]
                 self.conversations[conv] = history + live
                 self.loaded.add(conv)
@@ -406,6 +624,7 @@ class ChatApp(App[None]):
         view.set_messages(self.conversations.get(conv, []))
         self.render_title()
         self.render_conversations()
+        self.show_preview()
 
     def policy_changed(self, changes: list[Change]) -> None:
         """A key was blocked, muted or lifted: the open conversation is shown again from
@@ -429,7 +648,7 @@ class ChatApp(App[None]):
     @work(exclusive=True, group="bus")
     async def follow_bus(self) -> None:
         bus = BusClient(self.ctx, self.config, "chat", publish=False)
-        for prefix in ("chat.", "peer.", "mesh.", "service.", "clock."):
+        for prefix in ("chat.", "peer.", "mesh.", "service.", "clock.", "file."):
             bus.subscribe(prefix)
         try:
             while True:
@@ -461,6 +680,8 @@ class ChatApp(App[None]):
             self.on_chat_message(ev)
         elif isinstance(ev, ChatStatus):
             self.on_chat_status(ev)
+        elif isinstance(ev, FileStatus):
+            self.on_file_status(ev)
         elif isinstance(ev, PeerKeyChanged):
             self.system(ROOM, f"KEY CHANGED: {ev.alert}")
             self.notify(safe(ev.alert), title="key changed", severity="warning", timeout=10,
@@ -492,6 +713,32 @@ class ChatApp(App[None]):
             if msg.id == ev.id:
                 msg.status, msg.reason = ev.status, ev.reason
                 break
+
+    def on_file_status(self, row: FileStatus) -> None:
+        """A file's row, from the bus or a request's answer: its line, new or updated."""
+        if row.direction == "in" and self.hidden(row.origin):
+            return
+        self.files[row.id] = row
+        conv = file_conv(row)
+        messages = self.conversations.setdefault(conv, [])
+        msg = next((m for m in reversed(messages) if m.id == row.id), None)
+        view = self.query_one(MessageView)
+        if msg is not None:
+            msg.file, msg.status, msg.reason = row, row.status, row.reason
+            self.measure(msg)
+            if conv == self.current:  # the view holds the same Msg objects
+                view.redraw(row.id)
+                if view.selected == row.id:
+                    self.show_preview()  # it may have just become a whole image
+            return
+        msg = self.file_msg(row, time.time())
+        messages.append(msg)
+        if conv == self.current:
+            view.add(msg)
+            self.show_preview()
+        elif not msg.own:
+            self.unread[conv] = self.unread.get(conv, 0) + 1
+            self.render_conversations()
 
     def health_changed(self, changes: list[Change]) -> None:
         bus = self.health_feed.core.items.get("bus")
@@ -645,13 +892,154 @@ class ChatApp(App[None]):
     def action_page_down(self) -> None:
         self.query_one(MessageView).scroll_page_down()
 
+    def action_focus_files(self) -> None:
+        self.query_one(MessageView).focus()
+
+    def action_focus_input(self) -> None:
+        self.query_one("#input", Input).focus()
+
+    def action_file(self, what: str) -> None:
+        """``g``/``o``/``s``/``v`` on the selected file line (and /get, /open, /save)."""
+        if what == "preview":
+            self.previews = not self.previews
+            self.system(self.current, f"image previews {'on' if self.previews else 'off'}")
+            self.show_preview()
+            return
+        msg = self.query_one(MessageView).selected_file()
+        if msg is None or msg.file is None:
+            self.system(self.current, "no file in this conversation (/file PATH sends one)")
+            return
+        row = self.files.get(msg.id, msg.file)
+        name = row.name
+        if what == "get":
+            if row.direction == "out":
+                self.system(self.current, f"{name} is your own file")
+            elif row.status in ("received", "receiving"):
+                self.system(self.current, f"{name} is {row.status}"
+                            + (f": {row.path}" if row.status == "received" else ""))
+            else:
+                self.get_file(row)
+        elif not file_here(row):
+            self.system(self.current, f"{name} is not here yet ({row.status}"
+                        + ("; g gets it" if row.status in ("offered", "failed") else "") + ")")
+        elif what == "open":
+            opener = shutil.which("xdg-open")
+            if opener is None:
+                self.system(self.current, f"{name} is at {row.path} (no xdg-open here)")
+                return
+            # its own session, no terminal: the viewer must not draw over the app
+            subprocess.Popen([opener, row.path], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+            self.system(self.current, f"opening {name} ({row.path})")
+        else:  # save: where it is, and on the clipboard (OSC 52, where the terminal lets it)
+            self.copy_to_clipboard(row.path)
+            self.system(self.current, f"{name} is at {row.path} (copied to the clipboard)")
+
+    def send_file(self, arg: str) -> None:
+        """``/file PATH``: checked here for a plain error at once; the router reads it."""
+        text = arg.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]  # a pasted path with spaces, quoted
+        if not text:
+            self.system(self.current, "usage: /file PATH (sent to this conversation)")
+            return
+        path = Path(text).expanduser().absolute()
+        if not path.exists():
+            self.system(self.current, f"no such file: {path}")
+        elif not path.is_file():
+            self.system(self.current, f"not a file: {path}")
+        else:
+            self.run_worker(self._send_file(path, self.current), group="files")
+
+    async def _send_file(self, path: Path, conv: str) -> None:
+        from tazcom.cli import FILE_ERRORS, _send_timeout
+
+        try:
+            req = rpc.SendFile(client_id=os.urandom(16), path=str(path),
+                               to=None if conv == ROOM else bytes.fromhex(conv))
+            # one client_id for every attempt: a retry never sends the file twice
+            reply = await self.call("router", req, timeout=_send_timeout(path))
+        except TazcomError as e:
+            self.system(conv, f"NOT SENT ({FILE_ERRORS.get(e.code, e.code)}): {path.name}: "
+                        f"{e.message}")
+            return
+        self.on_file_status(reply.file)
+
+    def get_file(self, row: FileStatus) -> None:
+        self.run_worker(self._get_file(row), group="files")
+
+    async def _get_file(self, row: FileStatus) -> None:
+        from tazcom.cli import FILE_ERRORS
+
+        try:
+            reply = await self.call("router", rpc.GetFile(file=row.id), timeout=5.0)
+        except TazcomError as e:
+            self.system(file_conv(row), f"could not get {row.name} "
+                        f"({FILE_ERRORS.get(e.code, e.code)}): {e.message}")
+            return
+        self.on_file_status(reply.file)
+
+    # -- image previews ----------------------------------------------------------------------
+
+    def on_message_view_file_selected(self, _message: MessageView.FileSelected) -> None:
+        self.show_preview()
+
+    def show_preview(self) -> None:
+        """The selected (else newest) file line's picture under the conversation, when it
+        is an image here in full and this terminal draws pictures; else nothing."""
+        pane = self.query_one("#preview", Vertical)
+        msg = self.query_one(MessageView).selected_file()
+        row = msg.file if msg is not None else None
+        wanted = (self.image_widget is not None and self.previews and row is not None
+                  and is_image(row) and file_here(row))
+        if not wanted or row is None:
+            pane.display = False
+            return
+        if self.preview_path != row.path:
+            self.load_preview(row.path)
+        else:
+            pane.display = True
+
+    @work(thread=True, exclusive=True, group="preview")
+    def load_preview(self, path: str) -> None:
+        # decoded off the event loop: a big photo takes a moment, the chat goes on
+        try:
+            from PIL import Image
+        except ImportError:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path) as im:
+                    im.draft("RGB", (PREVIEW_PIXELS, PREVIEW_PIXELS))  # JPEG: decode smaller
+                    im.thumbnail((PREVIEW_PIXELS, PREVIEW_PIXELS))
+                    picture = im.copy()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return  # not an image after all: the line says what it is
+        if not get_current_worker().is_cancelled:  # another file was selected meanwhile
+            self.call_from_thread(self._set_preview, path, picture)
+
+    def _set_preview(self, path: str, picture: Any) -> None:
+        assert self.image_widget is not None
+        msg = self.query_one(MessageView).selected_file()
+        if msg is None or msg.file is None or msg.file.path != path:
+            return  # the selection moved on while it was decoded
+        pane = self.query_one("#preview", Vertical)
+        pane.remove_children()
+        pane.mount(self.image_widget(picture))
+        self.preview_path = path
+        pane.display = True
+
     def action_toggle_dark(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
 
     @work(exclusive=True, group="older")
     async def load_older(self) -> None:
         view = self.query_one(MessageView)
-        oldest = next((m for m in view.messages if not m.system and m.id), None)
+        # a message of the store's: a file line may not be one (placed by its time)
+        oldest = next((m for m in view.messages if not m.system and m.id and m.file is None),
+                      None)
         if oldest is None:
             return
         with contextlib.suppress(TazcomError):
@@ -749,6 +1137,10 @@ class ChatApp(App[None]):
                 self.system(self.current, "usage: /msg NICK TEXT")
         elif cmd == "/nick":
             await self.set_nick(rest)
+        elif cmd == "/file":
+            self.send_file(rest)
+        elif cmd in ("/get", "/open", "/save"):
+            self.action_file(cmd[1:])
         elif cmd == "/peers":
             if not self.peers:
                 self.system(self.current, "no peers seen yet")
@@ -828,8 +1220,31 @@ class ChatApp(App[None]):
         self.ctx.destroy(linger=0)
 
 
+def image_widget() -> type[Widget] | None:
+    """textual-image's widget where this terminal draws Kitty or Sixel graphics, else
+    None (images are then a line of text). Called before the app starts: the package asks
+    the terminal what it can do, which it cannot once Textual reads the keyboard."""
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        return None
+    try:
+        from textual_image import renderable
+        from textual_image.renderable.halfcell import Image as HalfcellImage
+        from textual_image.renderable.unicode import Image as UnicodeImage
+
+        # what it picked: a graphics protocol (Sixel, Kitty's; newer versions know more),
+        # or half blocks or text, where the placeholder line says more
+        if renderable.Image in (HalfcellImage, UnicodeImage):
+            return None
+        from textual_image.widget import Image
+    except ImportError:
+        return None
+    except Exception:  # noqa: BLE001 - an optional package probing the terminal: no pictures
+        return None
+    return Image  # type: ignore[no-any-return]
+
+
 def run_chat(config: Config) -> int:
-    ChatApp(config).run()
+    ChatApp(config, image_widget=image_widget()).run()
     return 0
 
 

@@ -18,8 +18,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,15 @@ import zmq.asyncio
 from tazcom.common import rpc
 from tazcom.common.config import Config
 from tazcom.common.display import json_escape, safe
-from tazcom.common.errors import ConfigError, TazcomError
-from tazcom.common.events import Event, PeerInfo, ServiceHealth, event_as_json
-from tazcom.common.keys import safety_number
+from tazcom.common.errors import ConfigError, SchemaError, TazcomError
+from tazcom.common.events import (
+    Event,
+    FileStatus,
+    PeerInfo,
+    ServiceHealth,
+    event_as_json,
+)
+from tazcom.common.keys import fingerprint, safety_number
 from tazcom.common.peers import PeerAmbiguous, PeerNotFound, Target, match_peer, resolve_target
 from tazcom.common.schema import to_jsonable
 from tazcom.services.busclient import BusClient, RpcClient
@@ -46,6 +54,19 @@ CLAIM_SKEW_MS = 60_000
 #: What the router's refusal of a post means for the person who typed it.
 NOT_SENT = {"rate_limited": "not sent, too many messages", "blocked": "not sent"}
 DONE = {"block": "blocked", "mute": "muted"}
+#: What the router's refusal of ``files.send`` / ``files.get`` means, in a few words.
+FILE_ERRORS = {
+    "not_found": "no such file", "not_a_file": "not a regular file",
+    "too_large": "too large", "no_key": "no DM key for the recipient yet (try again once "
+    "it is seen on the mesh)", "bad_recipient": "cannot send a file to that key",
+    "rate_limited": "not sent, too many messages", "blocked": "not sent",
+    "io_error": "cannot read the file", "ambiguous": "several files match",
+    "disk_full": "disk full",
+}
+#: Seconds between ``files.list`` polls while the bus is silent (no welcome: it is down or
+#: not reached), and while it is up (a safety net for a dropped event).
+FILE_POLL = 0.2
+FILE_POLL_BUS_UP = 2.0
 
 
 class NodeNotRunning(TazcomError):
@@ -457,6 +478,166 @@ class Cli:
             print("no messages yet")
         return 0
 
+    # -- files ----------------------------------------------------------------------------
+
+    async def cmd_send_file(self) -> int:
+        return await self.send_file(await self.find_peer(self.args.peer))
+
+    async def cmd_share(self) -> int:
+        return await self.send_file(None)
+
+    async def send_file(self, to: PeerInfo | None) -> int:
+        # the router reads the file: a relative path would be taken from its own directory
+        path = Path(self.args.path).expanduser().absolute()
+        target = f"{to.nickname} ({to.fingerprint})" if to else "the room"
+        try:
+            req = rpc.SendFile(client_id=os.urandom(16), path=str(path),
+                               to=bytes.fromhex(to.key) if to else None)
+        except SchemaError as e:
+            raise UserError(f"{safe(path)}: {e.message}") from None
+        wait_room = bool(getattr(self.args, "wait", False))  # only share has --wait
+        # Subscribed before the request: the first rows may be published before its reply.
+        watch = None if self.args.no_wait else FileWatch(self)
+        note = ""
+        if watch is not None and sys.stdout.isatty() and not self.json:
+            # the answer comes once the whole file is hashed: seconds for a big one
+            note = f"{safe(path.name)}: hashing{' and encrypting' if to else ''}..."
+            sys.stdout.write(note)
+            sys.stdout.flush()
+        try:
+            # The same client_id on every attempt: a retry never sends the file twice.
+            try:
+                row = await self.file_request(req, timeout=_send_timeout(path))
+            finally:
+                if note:
+                    sys.stdout.write("\r" + " " * len(note) + "\r")
+            if watch is None:
+                self.file_done(row, f"to {target}")
+                return 0
+            row = await self.follow_file(watch, row,
+                                         lambda f: file_finished(f, wait_room=wait_room))
+        finally:
+            if watch is not None:
+                await watch.close()
+        return self.file_result(row, f"to {target}", file_finished(row, wait_room=wait_room))
+
+    async def cmd_files(self) -> int:
+        if self.args.action == "get":
+            return await self.get_file()
+        table = await self.call("router", rpc.ListFiles(limit=self.args.limit))
+        files: Sequence[FileStatus] = table.files
+        if self.json:
+            for f in files:
+                self.out(file_row(f))
+            return 0
+        if not files:
+            print("no files sent or received here yet (tazcom send-file PEER PATH, "
+                  "tazcom share PATH)")
+            return 0
+        names = await self.nicknames()
+        rows = [("ID", "NAME", "SIZE", "FROM", "TO", "HASH", "STATUS", "PATH")]
+        for f in files:
+            sender, receiver = file_parties(f, names)
+            rows.append((f.id[:12], f.name, human_size(f.size), sender, receiver, f.hash[:12],
+                         file_status_text(f), f.path or "-"))
+        _table(rows)
+        return 0
+
+    async def get_file(self) -> int:
+        prefix = self.args.id.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{4,64}", prefix):
+            raise UserError(f"{self.args.id!r}: ID is 4 to 64 hex digits of a file's id or "
+                            "hash (tazcom files lists them)")
+        wait = self.args.wait
+        if wait is None:  # people watch it arrive; scripts get the row at once
+            wait = sys.stdout.isatty() and not self.json
+        watch = FileWatch(self) if wait else None
+        try:
+            row = await self.file_request(rpc.GetFile(file=prefix), timeout=5.0)
+            if watch is None:
+                self.file_done(row, "")
+                return 0
+            row = await self.follow_file(watch, row,
+                                         lambda f: file_finished(f, wait_room=False))
+        finally:
+            if watch is not None:
+                await watch.close()
+        return self.file_result(row, "", file_finished(row, wait_room=False))
+
+    async def file_request(self, req: rpc.Request, timeout: float) -> FileStatus:
+        """``files.send`` or ``files.get``: the file's row, or the refusal in plain words."""
+        try:
+            reply = await self.call("router", req, timeout=timeout)
+        except TazcomError as e:
+            if e.code in FILE_ERRORS:
+                raise TazcomError(f"{FILE_ERRORS[e.code]}: {e.message}", code=e.code) from None
+            raise
+        return file_of(reply)
+
+    async def follow_file(self, watch: FileWatch, row: FileStatus,
+                          finished: Callable[[FileStatus], bool]) -> FileStatus:
+        """Show ``row`` as it changes, from the bus (or ``files.list`` while the bus is
+        silent) until ``finished`` or ``--timeout``; the last row seen."""
+        view = FileProgress(self)
+        deadline = None if self.args.timeout is None else time.monotonic() + self.args.timeout
+        polled = time.monotonic()
+        view.show(row)
+        try:
+            while not finished(row):
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                interval = FILE_POLL_BUS_UP if watch.live else FILE_POLL
+                fresh = watch.take(row.id)
+                if fresh is None and now - polled >= interval:
+                    fresh = await self.poll_file(row.id)
+                    polled = time.monotonic()
+                if fresh is not None:
+                    row = fresh
+                    view.show(row)
+                    continue
+                view.tick()  # the rate and ETA move on when nothing is heard
+                wait = interval - (now - polled)
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                await watch.wait(max(0.0, wait))
+        finally:
+            view.close()
+        return row
+
+    async def poll_file(self, file_id: str) -> FileStatus | None:
+        # a router restarting fails a poll or two: the transfer resumes, and so do we
+        with contextlib.suppress(TazcomError):
+            table = await self.call("router", rpc.ListFiles(), timeout=1.0)
+            return next((f for f in table.files if f.id == file_id), None)
+        return None
+
+    def file_done(self, row: FileStatus, target: str) -> None:
+        """The row as the node answered it (``--no-wait``, ``files get --no-wait``)."""
+        if self.json:
+            self.out(file_row(row))
+            return
+        where = f"{target}: " if target else f"{safe(row.name)}: "
+        print(f"{safe(where)}{file_status_text(row)} (file {row.id[:12]}, {safe(row.name)}, "
+              f"{human_size(row.size)}); follow it with: tazcom files")
+
+    def file_result(self, row: FileStatus, target: str, finished: bool) -> int:
+        what = f"{row.name} {target}".strip()
+        if row.status == "failed":
+            raise TazcomError(f"{what}: {row.reason or 'failed'}", code="failed")
+        if not finished:
+            raise TazcomError(f"{what}: still {file_status_text(row)} after "
+                              f"{self.args.timeout:g} s; the node goes on (tazcom files)",
+                              code="timeout")
+        if self.json:
+            return 0  # every row was printed as it came
+        if row.direction == "in":
+            print(f"received {safe(row.name)} ({human_size(row.size)}): {safe(row.path)}")
+        else:
+            print(f"{safe(target)}: {row.status} (file {row.id[:12]}, {safe(row.name)}, "
+                  f"{human_size(row.size)})")
+        return 0
+
     # -- status ---------------------------------------------------------------------------
 
     async def cmd_status(self) -> int:
@@ -541,6 +722,136 @@ class Cli:
         stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts)) + f".{millis:03d}"
         rest = {k: v for k, v in data.items() if k not in ("topic", "v", "src", "ts")}
         print(safe(f"{stamp} {ev.TOPIC:<20} [{ev.src}] {_compact(rest)}"), flush=True)
+
+
+class FileWatch:
+    """``file.status`` rows from the bus, the newest per file, read from before the request
+    that starts a transfer until the command ends."""
+
+    def __init__(self, cli: Cli) -> None:
+        self.bus = BusClient(cli.ctx, cli.config, "cli", publish=False)
+        self.bus.subscribe(FileStatus.TOPIC)
+        self.rows: dict[str, FileStatus] = {}
+        self._news = asyncio.Event()
+        self._task = asyncio.ensure_future(self._read())
+
+    @property
+    def live(self) -> bool:
+        """The broker welcomed us: its events reach us (else polling is all we have)."""
+        return self.bus.welcomed.is_set()
+
+    async def _read(self) -> None:
+        while True:
+            ev = await self.bus.recv()
+            if isinstance(ev, FileStatus):
+                self.rows[ev.id] = ev
+                self._news.set()
+
+    def take(self, file_id: str) -> FileStatus | None:
+        """The newest row of ``file_id`` heard since the last take, if any."""
+        self._news.clear()
+        return self.rows.pop(file_id, None)
+
+    async def wait(self, timeout: float) -> None:
+        """Until a row comes (of any file) or ``timeout`` seconds pass."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._news.wait(), timeout)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.bus.close()
+
+
+class FileProgress:
+    """A transfer as it goes: a progress bar on a terminal, a JSON row per change with
+    ``--json``, else a line per status (a log or a pipe)."""
+
+    def __init__(self, cli: Cli) -> None:
+        self.mode = "json" if cli.json else ("bar" if sys.stdout.isatty() else "lines")
+        self.out = cli.out
+        self.meter = RateMeter()
+        self.row: FileStatus | None = None
+        self.last: object = None
+        self.drawn = 0
+
+    def show(self, row: FileStatus) -> None:
+        self.row = row
+        self.meter.add(time.monotonic(), row.done)
+        if self.mode == "json":
+            data = file_row(row)
+            if data != self.last:  # a poll that finds nothing new prints nothing
+                self.out(data)
+                self.last = data
+        elif self.mode == "lines":
+            text = f"{row.status}: {row.reason}" if row.reason else row.status
+            if text != self.last:
+                print(f"{safe(row.name)}: {safe(text)}", flush=True)
+                self.last = text
+        else:
+            self.draw()
+
+    def tick(self) -> None:
+        if self.mode == "bar" and self.row is not None:
+            self.draw()
+
+    def draw(self) -> None:
+        assert self.row is not None
+        row = self.row
+        line = progress_line(row.name, row.done, row.size, file_status_text(row, percent=False),
+                             self.meter.rate(time.monotonic()),
+                             shutil.get_terminal_size().columns - 1)
+        # \r and padding, no cursor escapes: what a dumb terminal also gets right
+        sys.stdout.write("\r" + line.ljust(self.drawn))
+        sys.stdout.flush()
+        self.drawn = len(line)
+
+    def close(self) -> None:
+        if self.mode == "bar" and self.drawn:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+class RateMeter:
+    """Bytes per second over the last ``window`` seconds: recent enough to follow a link
+    that slows down, long enough not to jump with every chunk."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, t: float, done: int) -> None:
+        if self.samples and done < self.samples[-1][1]:
+            self.samples.clear()  # started again (a failed download retried): a new count
+        self.samples.append((t, done))
+        # keep one sample older than the window, so that the span covers all of it
+        while len(self.samples) > 2 and self.samples[1][0] <= t - self.window:
+            self.samples.popleft()
+
+    def rate(self, now: float) -> float | None:
+        """None until two samples span some time; a stalled transfer falls to 0."""
+        if len(self.samples) < 2:
+            return None
+        start = now - self.window
+        t0, d0 = self.samples[0]
+        if t0 < start:
+            t0, d0 = start, self._at(start)
+        span = max(now, self.samples[-1][0]) - t0
+        if span <= 0:
+            return None
+        return max(0.0, (self.samples[-1][1] - d0) / span)
+
+    def _at(self, t: float) -> float:
+        """Bytes done at ``t``, between the samples around it (linear)."""
+        prev = self.samples[0]
+        for ts, done in self.samples:
+            if ts >= t:
+                if ts <= prev[0]:
+                    return float(done)
+                return prev[1] + (done - prev[1]) * (t - prev[0]) / (ts - prev[0])
+            prev = (ts, done)
+        return float(prev[1])
 
 
 # -- --json rows: one function per command (docs/protocol.md, "CLI JSON output") -----------
@@ -655,11 +966,130 @@ def keys_row(keys: rpc.SigningKeys) -> dict[str, Any]:
     return keys.to_dict()
 
 
+def file_row(f: FileStatus) -> dict[str, Any]:
+    """``send-file``, ``share``, ``files`` and ``files get``: one file's row."""
+    return {"id": f.id, "name": f.name, "size": f.size, "from": f.origin,
+            "to": f.to if f.to is not None else "*", "hash": f.hash, "status": f.status,
+            "done": f.done, "path": f.path, "direction": f.direction, "mime": f.mime,
+            "reason": f.reason, "sent": f.sent / 1000 if f.sent else None}
+
+
+def file_of(reply: Any) -> FileStatus:
+    """The row in a ``files.send`` / ``files.get`` reply (wrapped in ``file``: a reply
+    cannot have a field ``id`` of its own)."""
+    return reply if isinstance(reply, FileStatus) else reply.file  # type: ignore[no-any-return]
+
+
+def file_finished(f: FileStatus, *, wait_room: bool) -> bool:
+    """Whether a command following ``f`` is done: a download once received; a DM file
+    once delivered (the recipient's receipt says every chunk is stored there); a room file
+    once sent (it has no one recipient), or with ``wait_room`` once every byte was fetched
+    at least once. Failed ends them all."""
+    if f.status == "failed":
+        return True
+    if f.direction == "in":
+        return f.status == "received"
+    if f.to is not None:
+        return f.status == "delivered"
+    if f.status == "queued":
+        return False
+    return f.done >= f.size if wait_room else True
+
+
+def file_status_text(f: FileStatus, *, percent: bool = True) -> str:
+    """``receiving 45%``, ``sent, 30% fetched``, ``failed: disk full``: a status for people,
+    with how far it got while that moves (``percent`` False: the bar says it)."""
+    if f.status == "failed":
+        return f"failed: {f.reason}" if f.reason else "failed"
+    pct = _percent(f.done, f.size)
+    if not percent:
+        return f.status
+    if f.status == "receiving":
+        return f"receiving {pct}%"
+    if f.direction == "out" and f.status in ("sent", "relayed") and 0 < f.done < f.size:
+        return f"{f.status}, {pct}% fetched"
+    return f.status
+
+
+def file_parties(f: FileStatus, names: dict[str, str]) -> tuple[str, str]:
+    """(from, to) for people: nicknames where known, else fingerprints; "me"; "room"."""
+
+    def who(key: str) -> str:
+        return names.get(key) or fingerprint(bytes.fromhex(key))
+
+    sender = "me" if f.direction == "out" else who(f.origin)
+    if f.to is None:
+        return sender, "room"
+    return sender, "me" if f.direction == "in" else who(f.to)
+
+
+def human_size(n: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``20.0 MiB``: binary units, as docs/files.md counts."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if round(n, 1) < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} PiB"
+
+
+def eta_text(seconds: float | None) -> str:
+    """``0:07``, ``12:30``, ``1:02:03``; ``--:--`` while unknown (no rate yet, or stalled)."""
+    if seconds is None or seconds != seconds or seconds > 99 * 3600:
+        return "--:--"
+    s = max(0, round(seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+#: Cells of the progress bar.
+BAR = 20
+
+
+def progress_line(name: str, done: int, size: int, status: str, rate: float | None,
+                  width: int = 80) -> str:
+    """``photo.jpg [#########-----------]  45%  1.2 MiB/2.6 MiB  850.0 KiB/s  ETA 0:02
+    receiving``: the name is cut (``...``) so the line fits ``width``, the rest never."""
+    frac = 1.0 if size <= 0 else min(1.0, done / size)
+    filled = int(frac * BAR)
+    speed = f"{human_size(rate)}/s" if rate is not None else "-"
+    left = (size - done) / rate if rate else (0.0 if done >= size else None)
+    tail = (f" [{'#' * filled}{'-' * (BAR - filled)}] {_percent(done, size):3d}%  "
+            f"{human_size(done)}/{human_size(size)}  {speed}  ETA {eta_text(left)}  "
+            f"{safe(status)}")
+    shown = safe(name)
+    room = max(8, width - len(tail))
+    if len(shown) > room:
+        shown = shown[:room - 3] + "..."
+    return shown + tail
+
+
+def _percent(done: int, size: int) -> int:
+    # 100 only when it is all there: a long transfer at 99.7 % is not done
+    if size <= 0 or done >= size:
+        return 100
+    return min(99, done * 100 // size)
+
+
+def _send_timeout(path: Path) -> float:
+    """Seconds to wait for ``files.send``: it answers once the file is hashed (a DM file
+    encrypted too), so a big file needs time in proportion; 20 MB/s leaves room for a slow
+    disk (hashing alone runs at hundreds)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0  # the router says what is wrong with it
+    return 10.0 + size / 20e6
+
+
 JSON_ROWS: dict[str, Callable[..., dict[str, Any]]] = {
     "id": id_row, "peers": peer_row, "status": status_row, "trust": trust_row,
     "say": post_row, "send": post_row, "history": history_row, "events": event_row,
     "block": policy_row, "mute": policy_row, "keys": keys_row, "revoke": keys_row,
     "connect": static_row, "invite": invite_row, "join": join_row,
+    "send-file": file_row, "share": file_row, "files": file_row,
 }
 
 
@@ -734,6 +1164,13 @@ def _duration(text: str) -> float:
     if m is None:
         raise argparse.ArgumentTypeError(f"{text!r}: a duration such as 90s, 30m, 12h, 7d")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _file_limit(text: str) -> int:
+    n = int(text) if text.isdigit() else 0
+    if not 1 <= n <= 10000:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of files, 1 to 10000")
+    return n
 
 
 def _global_options(default: Any) -> argparse.ArgumentParser:
@@ -818,6 +1255,45 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--at", type=float, default=None,
                     help="refuse what it signed from this unix time on (default: now); "
                     "give when it may have been stolen")
+    sf = sub.add_parser("send-file", parents=[common],
+                        help="send a file to a peer, end-to-end encrypted",
+                        description="Send the file at PATH to PEER (end-to-end encrypted, "
+                        "across the mesh). The node reads PATH, so it must be readable by "
+                        "the node's user. On a terminal a progress bar follows it until "
+                        "the peer's receipt says every byte is stored there (delivered).")
+    sf.add_argument("peer", help="key, fingerprint (prefix) or nickname")
+    sf.add_argument("path", help="the file to send")
+    sh = sub.add_parser("share", parents=[common], help="offer a file to the room",
+                        description="Offer the file at PATH to everyone on the mesh: its "
+                        "manifest floods like a room message and peers fetch it with "
+                        "`tazcom files get ID`. Returns once it is sent (it has no one "
+                        "recipient to wait for), unless --wait.")
+    sh.add_argument("path", help="the file to share")
+    for parser_ in (sf, sh):
+        how = parser_.add_mutually_exclusive_group()
+        how.add_argument("--no-wait", action="store_true",
+                         help="return once the node has taken the file (status queued)")
+        if parser_ is sh:
+            how.add_argument("--wait", action="store_true",
+                             help="wait until every byte was fetched at least once")
+        parser_.add_argument("--timeout", type=float, default=None,
+                             help="stop waiting after S seconds (the node goes on sending)")
+    fl = sub.add_parser("files", parents=[common],
+                        help="files sent and received here; `files get ID` fetches one",
+                        description="List the files sent and received here, newest first. "
+                        "`tazcom files get ID` fetches a file this node was offered (a "
+                        "room file, or a DM file over the auto-accept size).")
+    fl.add_argument("--limit", type=_file_limit, default=1000,
+                    help="newest N files (default 1000)")
+    actions = fl.add_subparsers(dest="action", metavar="ACTION")
+    fg = actions.add_parser("get", parents=[common], help="fetch an offered file",
+                            description="Fetch a file this node was offered; ID is at "
+                            "least 4 hex digits of its id or hash (tazcom files).")
+    fg.add_argument("id", help="a prefix of the file's id or hash, from tazcom files")
+    fg.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                    help="follow it until received (default: on a terminal)")
+    fg.add_argument("--timeout", type=float, default=None,
+                    help="stop waiting after S seconds (the download goes on)")
     sub.add_parser("chat", parents=[common], help="the terminal chat app")
     ev = sub.add_parser("events", parents=[common], help="tail the node's event bus")
     ev.add_argument("--topic", default="", help="only topics starting with this prefix")
@@ -843,6 +1319,9 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
     "invite": Cli.cmd_invite,
     "join": Cli.cmd_join,
     "revoke": Cli.cmd_revoke,
+    "send-file": Cli.cmd_send_file,
+    "share": Cli.cmd_share,
+    "files": Cli.cmd_files,
 }
 
 

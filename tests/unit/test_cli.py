@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +24,10 @@ import zmq.asyncio
 from tazcom import cli
 from tazcom.common import rpc
 from tazcom.common.errors import RequestFailed
-from tazcom.common.events import PeerInfo, ServiceHealth
+from tazcom.common.events import FileStatus, PeerInfo, ServiceHealth, encode_event
 from tazcom.common.keys import fingerprint
 from tazcom.common.schema import fields as schema_fields
-from tazcom.services.busclient import RpcServer
+from tazcom.services.busclient import RpcServer, bus_out
 from tazcom.services.runtime import load_from_env
 from tests.harness import short_tmp
 
@@ -45,7 +47,8 @@ def peer(key: str, nickname: str, **kw: Any) -> PeerInfo:
 class StubNode:
     """Request sockets of a node home, answered by ``handlers[service][RequestType]``."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, bus: bool = False,
+                 extra: dict[str, dict[type, Callable[[Any], Any]]] | None = None) -> None:
         self.home = home
         self.config = load_from_env({"TAZCOM_HOME": str(home)})
         self.config.paths.run.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -53,6 +56,15 @@ class StubNode:
         self.posts: list[rpc.Post] = []
         self.refuse_post: RequestFailed | None = None
         self.history: tuple[rpc.HistoryEntry, ...] = ()
+        # files: what files.send / files.get answer, what files.list answers call after
+        # call (the last one repeats), and what the bus carries after files.send
+        self.file_requests: list[rpc.Request] = []
+        self.refuse_file: RequestFailed | None = None
+        self.file_answer: FileStatus | None = None
+        self.file_lists: list[tuple[FileStatus, ...]] = [()]
+        self.lists = 0
+        self.bus_rows: list[FileStatus] = []
+        self.with_bus = bus
         self.handlers: dict[str, dict[type, Callable[[Any], Any]]] = {
             "identity": {rpc.GetIdentity: lambda _r: rpc.IdentityInfo(
                 key=ME, fingerprint=fingerprint(bytes.fromhex(ME)), nickname="me")},
@@ -66,11 +78,16 @@ class StubNode:
                 rpc.GetScores: lambda _r: rpc.Scores(items=(
                     rpc.ScoreEntry(key=BOB, score=-12.5, banned_until=None),)),
                 rpc.Post: self.post,
+                rpc.SendFile: self.file_request,
+                rpc.GetFile: self.file_request,
+                rpc.ListFiles: self.list_files,
             },
             "store": {rpc.StoreHistory: lambda _r: rpc.History(messages=self.history)},
             "bus": {rpc.GetStatus: lambda _r: rpc.StatusReport(epoch=1, seq=1, services=tuple(
                 ServiceHealth(service=s, state="up", pid=1) for s in self.config.services))},
         }
+        for service, handlers in (extra or {}).items():
+            self.handlers.setdefault(service, {}).update(handlers)
         self.silent: set[str] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -100,10 +117,45 @@ class StubNode:
         self.posts.append(req)
         return rpc.PostResult(message_id=b"\x01" * 16, status="queued")
 
+    def file_request(self, req: rpc.Request) -> Any:
+        self.file_requests.append(req)
+        if self.refuse_file is not None:
+            raise self.refuse_file
+        assert self.file_answer is not None
+        if self.bus_rows:
+            return self._answer_then_publish()
+        return rpc.FileAnswer(file=self.file_answer)
+
+    async def _answer_then_publish(self) -> rpc.FileAnswer:
+        # the CLI subscribes before it asks: once its subscription reached the bus, every
+        # row published after the answer reaches it
+        await self._subscribed.wait()
+        rows = list(self.bus_rows)
+        asyncio.get_running_loop().call_soon(lambda: [
+            self._xpub.send_multipart(encode_event(r)) for r in rows])
+        return rpc.FileAnswer(file=self.file_answer)
+
+    def list_files(self, req: rpc.ListFiles) -> rpc.FileTable:
+        self.lists += 1
+        return rpc.FileTable(files=self.file_lists[min(self.lists, len(self.file_lists)) - 1])
+
+    async def _bus(self, ctx: zmq.asyncio.Context) -> None:
+        """The bus's subscriber side: a welcome on connect, and ``_subscribed`` set once
+        a subscription to ``file.status`` came in."""
+        self._xpub = ctx.socket(zmq.XPUB)
+        self._xpub.setsockopt(zmq.LINGER, 0)
+        self._xpub.setsockopt(zmq.XPUB_WELCOME_MSG, b"bus.welcome")
+        self._xpub.bind(bus_out(self.config))
+        while True:
+            msg = await self._xpub.recv()
+            if msg == b"\x01" + FileStatus.TOPIC.encode():
+                self._subscribed.set()
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         ctx = zmq.asyncio.Context()
         servers = []
+        self._subscribed = asyncio.Event()
 
         def answer(service: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
             def handler(req: Any) -> Any:
@@ -117,6 +169,8 @@ class StubNode:
                 servers.append(RpcServer(ctx, self.config, service, {
                     t: answer(service, fn) for t, fn in handlers.items()}))
             tasks = [asyncio.ensure_future(server.serve_forever()) for server in servers]
+            if self.with_bus:
+                tasks.append(asyncio.ensure_future(self._bus(ctx)))
             self._ready.set()
             try:
                 await asyncio.gather(*tasks)  # holds them: a task nobody holds may be collected
@@ -133,6 +187,8 @@ class StubNode:
         finally:
             for server in servers:
                 server.close()
+            if self.with_bus:
+                self._xpub.close(linger=0)
             ctx.destroy(linger=0)
             self._loop.close()
 
@@ -147,6 +203,15 @@ def node() -> Iterator[StubNode]:
     stub = StubNode(home)
     yield stub
     stub.close()
+
+
+@pytest.fixture
+def bus_node() -> Iterator[StubNode]:
+    """A stub node whose bus carries the rows of files.send."""
+    stub = StubNode(short_tmp(), bus=True)
+    yield stub
+    stub.close()
+    shutil.rmtree(stub.home, ignore_errors=True)
 
 
 def tazcom(node: StubNode, capsys: pytest.CaptureFixture[str], *args: str
@@ -290,16 +355,17 @@ def test_peer_text_is_harmless_in_peers_and_errors(node: StubNode, capsys) -> No
 
 #: The positional arguments each subcommand needs (or none).
 NEEDS = {"trust": ["bob"], "say": ["hi"], "send": ["bob", "hi"], "block": ["bob"],
-         "mute": ["bob"], "connect": ["10.0.0.1"], "join": ["TZ1AAAA"]}
+         "mute": ["bob"], "connect": ["10.0.0.1"], "join": ["TZ1AAAA"],
+         "send-file": ["bob", "photo.jpg"], "share": ["photo.jpg"], "files get": ["abcd"]}
 
 
-@pytest.mark.parametrize("command", sorted([*cli.COMMANDS, "chat"]))
+@pytest.mark.parametrize("command", sorted([*cli.COMMANDS, "chat", "files get"]))
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_global_options_work_before_and_after_the_command(command: str, where: str) -> None:
     """``tazcom --home DIR status`` once acted on the default node (issue 14): every
     global option counts wherever it is placed, and a later one wins."""
     parser = cli.build_parser()
-    rest = [command, *NEEDS.get(command, [])]
+    rest = [*command.split(), *NEEDS.get(command, [])]
     opts = ["--home", "/tmp/elsewhere", "--json"]
     args = parser.parse_args(opts + rest if where == "before" else rest + opts)
     assert (args.home, args.json) == ("/tmp/elsewhere", True)
@@ -307,3 +373,229 @@ def test_global_options_work_before_and_after_the_command(command: str, where: s
     assert (plain.home, plain.json) == (None, False)
     both = parser.parse_args(["--home", "/a", *rest, "--home", "/b"])
     assert both.home == "/b"
+
+
+# -- files: send-file, share, files, files get ---------------------------------------------
+
+FILE_ID = "f1" * 16
+FILE_HASH = "ab" * 32
+
+
+def frow(status: str, *, done: int = 0, to: str | None = BOB, direction: str = "out",
+         name: str = "photo.jpg", size: int = 4096, path: str = "/tmp/photo.jpg",
+         reason: str = "", origin: str | None = None, file_id: str = FILE_ID) -> FileStatus:
+    return FileStatus(src="router", ts=NOW, id=file_id, name=name, size=size,
+                      mime="image/jpeg", hash=FILE_HASH,
+                      origin=origin or (ME if direction == "out" else BOB), to=to,
+                      direction=direction, status=status, reason=reason, done=done,
+                      path=path, sent=int(NOW * 1000))
+
+
+FILE_KEYS = {"id", "name", "size", "from", "to", "hash", "status", "done", "path",
+             "direction", "mime", "reason", "sent"}
+
+
+def test_send_file_follows_the_file_until_delivered(node: StubNode, capsys, tmp_path,
+                                                     monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photo.jpg").write_bytes(b"x" * 4096)
+    node.file_answer = frow("queued")
+    # no bus here: the CLI polls files.list, which moves one step per call
+    node.file_lists = [(frow("sent"),), (frow("sent", done=2048),),
+                       (frow("delivered", done=4096),)]
+    code, out, err = tazcom(node, capsys, "send-file", "[bold]bob[/bold]", "photo.jpg",
+                            "--json")
+    assert (code, err) == (0, "")
+    (req,) = node.file_requests
+    assert isinstance(req, rpc.SendFile) and req.to == bytes.fromhex(BOB)
+    assert req.path == str(tmp_path / "photo.jpg")  # absolute: the router reads it
+    got = rows(out)
+    assert [r["status"] for r in got] == ["queued", "sent", "sent", "delivered"]
+    assert [r["done"] for r in got] == [0, 0, 2048, 4096]
+    assert all(set(r) == FILE_KEYS for r in got)
+    assert got[0] | {"status": "queued"} == got[0] and got[0]["from"] == ME
+    assert got[0]["to"] == BOB and got[0]["hash"] == FILE_HASH and got[0]["id"] == FILE_ID
+
+
+def test_share_returns_once_sent_and_says_so_for_people(node: StubNode, capsys) -> None:
+    node.file_answer = frow("queued", to=None)
+    node.file_lists = [(frow("sent", to=None),), (frow("relayed", to=None, done=4096),)]
+    code, out, _ = tazcom(node, capsys, "share", "~/photo.jpg")  # not a terminal: lines
+    assert code == 0
+    (req,) = node.file_requests
+    assert req.to is None and req.path == str(Path("~/photo.jpg").expanduser())
+    assert out.splitlines() == ["photo.jpg: queued", "photo.jpg: sent",
+                                "to the room: sent (file f1f1f1f1f1f1, photo.jpg, 4.0 KiB)"]
+    assert node.lists == 1  # sent is the end for a room file
+
+
+def test_share_wait_waits_until_every_byte_was_fetched(node: StubNode, capsys) -> None:
+    node.file_answer = frow("queued", to=None)
+    node.file_lists = [(frow("sent", to=None, done=1024),),
+                       (frow("relayed", to=None, done=4096),)]
+    code, out, _ = tazcom(node, capsys, "share", "/tmp/photo.jpg", "--wait", "--json")
+    assert code == 0 and [r["done"] for r in rows(out)] == [0, 1024, 4096]
+    assert rows(out)[-1]["to"] == "*"
+
+
+def test_send_file_progress_bar_on_a_terminal(node: StubNode, capsys, monkeypatch) -> None:
+    node.file_answer = frow("queued")
+    node.file_lists = [(frow("sent", done=1024),), (frow("delivered", done=4096),)]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = tazcom(node, capsys, "send-file", BOB[:16], "/tmp/photo.jpg")
+    assert code == 0
+    assert out.startswith("photo.jpg: hashing and encrypting...\r")  # until the answer
+    drawn = [d for d in out.split("\r") if d.strip()][1:]  # each state over the last
+    assert drawn[0].startswith("photo.jpg [--------------------]   0%  0 B/4.0 KiB  -  ")
+    assert any("[#####---------------]  25%  1.0 KiB/4.0 KiB" in d for d in drawn)
+    assert "100%" in drawn[-1] and "delivered" in drawn[-1]
+    assert out.endswith("to [bold]bob[/bold] (" + fingerprint(bytes.fromhex(BOB))
+                        + "): delivered (file f1f1f1f1f1f1, photo.jpg, 4.0 KiB)\n")
+
+
+def test_send_file_follows_the_bus(bus_node: StubNode, capsys) -> None:
+    bus_node.file_answer = frow("queued")
+    bus_node.bus_rows = [frow("sent", done=1024), frow("delivered", done=4096)]
+    bus_node.file_lists = [(frow("queued"),)]  # stale: only the bus can end this quickly
+    started = time.monotonic()
+    code, out, _ = tazcom(bus_node, capsys, "send-file", BOB[:16], "/tmp/photo.jpg", "--json",
+                          "--timeout", "10")
+    assert code == 0 and rows(out)[-1]["status"] == "delivered"
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("refusal", "said"), [
+    ("not_found", "tazcom: not_found: no such file: /tmp/nope"),
+    ("too_large", "tazcom: too_large: too large: /tmp/nope"),
+    ("no_key", "tazcom: no_key: no DM key for the recipient yet"),
+])
+def test_send_file_refused(node: StubNode, capsys, refusal: str, said: str) -> None:
+    node.refuse_file = RequestFailed("/tmp/nope", code=refusal)
+    code, out, err = tazcom(node, capsys, "send-file", BOB[:16], "/tmp/nope", "--json")
+    assert code == cli.EXIT_ERROR and out == ""
+    assert err.startswith(said) and err.count("\n") == 1
+
+
+def test_send_file_failed_or_timed_out_is_an_error(node: StubNode, capsys) -> None:
+    node.file_answer = frow("queued")
+    node.file_lists = [(frow("failed", reason="recipient refused it"),)]
+    code, out, err = tazcom(node, capsys, "send-file", BOB[:16], "/tmp/photo.jpg")
+    assert code == cli.EXIT_ERROR
+    assert err == "tazcom: failed: photo.jpg to [bold]bob[/bold] (" + fingerprint(
+        bytes.fromhex(BOB)) + "): recipient refused it\n"
+    node.lists = 0
+    node.file_lists = [(frow("sent"),)]  # the peer is offline: never delivered
+    code, out, err = tazcom(node, capsys, "send-file", BOB[:16], "/tmp/photo.jpg", "--timeout",
+                            "0.5", "--json")
+    assert code == cli.EXIT_ERROR and rows(out)[-1]["status"] == "sent"
+    assert err.startswith("tazcom: timeout: photo.jpg to ") and "still sent after 0.5 s" in err
+
+
+def test_send_file_no_wait(node: StubNode, capsys) -> None:
+    node.file_answer = frow("queued")
+    code, out, _ = tazcom(node, capsys, "send-file", BOB[:16], "/tmp/photo.jpg", "--no-wait")
+    assert code == 0 and node.lists == 0
+    assert out.startswith("to [bold]bob[/bold] (") and "queued (file f1f1f1f1f1f1" in out
+
+
+def test_files_lists_with_names_sizes_and_progress(node: StubNode, capsys) -> None:
+    stranger = "5e" * 32
+    node.file_lists = [(
+        frow("receiving", direction="in", to=ME, done=1536, path="", name=HOSTILE),
+        frow("offered", direction="in", to=None, origin=stranger, size=3 * 2**20, path="",
+             file_id="e2" * 16),
+        frow("delivered", file_id="d3" * 16),
+    )]
+    code, out, _ = tazcom(node, capsys, "files")
+    assert code == 0
+    head, first, second, third = out.splitlines()
+    assert head.split() == ["ID", "NAME", "SIZE", "FROM", "TO", "HASH", "STATUS", "PATH"]
+    assert "receiving 37%" in first and "[bold]bob[/bold]" in first and " me " in first
+    assert fingerprint(bytes.fromhex(stranger)) in second and "3.0 MiB" in second
+    assert " room " in second and "offered" in second
+    assert third.split() == ["d3d3d3d3d3d3", "photo.jpg", "4.0", "KiB", "me", "[bold]bob[/bold]",
+                             "abababababab", "delivered", "/tmp/photo.jpg"]
+    harmless(out)
+    code, out, _ = tazcom(node, capsys, "files", "--json")
+    got = rows(out)
+    assert [set(r) for r in got] == [FILE_KEYS] * 3
+    assert got[0]["name"] == HOSTILE and got[1]["to"] == "*" and got[1]["from"] == stranger
+    assert got[0]["sent"] == NOW
+    harmless(out)
+
+
+def test_files_get(node: StubNode, capsys) -> None:
+    node.file_answer = frow("receiving", direction="in", to=None, path="")
+    code, out, _ = tazcom(node, capsys, "files", "get", "F1F1", "--json")  # no wait: a pipe
+    assert code == 0 and [r["status"] for r in rows(out)] == ["receiving"]
+    assert node.file_requests[-1] == rpc.GetFile(file="f1f1") and node.lists == 0
+    node.file_lists = [(frow("receiving", direction="in", to=None, done=2048, path=""),),
+                       (frow("received", direction="in", to=None, done=4096,
+                             path="/home/x/files/photo.jpg"),)]
+    code, out, _ = tazcom(node, capsys, "files", "get", "f1f1", "--wait")
+    assert code == 0
+    assert out.splitlines()[-1] == "received photo.jpg (4.0 KiB): /home/x/files/photo.jpg"
+    code, _, err = tazcom(node, capsys, "files", "get", "xyz")
+    assert code == cli.EXIT_USAGE and "4 to 64 hex digits" in err
+
+
+# -- the pure parts ---------------------------------------------------------------------
+
+
+def test_human_size_and_eta() -> None:
+    assert [cli.human_size(n) for n in (0, 1023, 1024, 1536, 2**20 - 1, 5 * 2**30, 2**50)] \
+        == ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "1.0 MiB", "5.0 GiB", "1.0 PiB"]
+    assert [cli.eta_text(s) for s in (None, 0, 7.4, 750, 3723, float("nan"), 1e9)] \
+        == ["--:--", "0:00", "0:07", "12:30", "1:02:03", "--:--", "--:--"]
+
+
+def test_progress_line_fits_and_says_everything() -> None:
+    line = cli.progress_line("holiday photo.jpg", 2**20, 4 * 2**20, "receiving", 2**19, 100)
+    assert line.startswith("holiday photo.jpg [#####---------------]  25%  1.0 MiB/4.0 MiB")
+    assert "512.0 KiB/s  ETA 0:06  receiving" in line
+    long = cli.progress_line("x" * 300 + "\x1b[2J", 0, 10, "queued", None, 80)
+    assert len(long) == 80 and "..." in long and "ETA --:--" in long and "\x1b" not in long
+    assert "100%" in cli.progress_line("empty", 0, 0, "sent", None)
+    assert " 99%" in cli.progress_line("big", 999, 1000, "receiving", 10.0)
+
+
+def test_rate_meter() -> None:
+    meter = cli.RateMeter(window=5.0)
+    assert meter.rate(0.0) is None
+    for t in range(11):
+        meter.add(float(t), t * 1000)
+    assert meter.rate(10.0) == pytest.approx(1000.0)
+    assert meter.rate(15.0) == pytest.approx(0.0)  # stalled for a whole window
+    assert meter.rate(12.5) == pytest.approx(500.0)  # half of the window without news
+    meter.add(11.0, 0)  # started again: no rate from the old count
+    assert meter.rate(11.0) is None
+
+
+def test_file_finished_and_status_text() -> None:
+    def done(f: FileStatus, wait_room: bool = False) -> bool:
+        return cli.file_finished(f, wait_room=wait_room)
+
+    assert not done(frow("sent", done=4096)) and done(frow("delivered"))
+    assert done(frow("failed", reason="x")) and done(frow("failed", to=None))
+    assert not done(frow("queued", to=None)) and done(frow("sent", to=None))
+    assert not done(frow("sent", to=None, done=10), True)
+    assert done(frow("relayed", to=None, done=4096), True)
+    assert not done(frow("receiving", direction="in", done=4096))
+    assert done(frow("received", direction="in", done=4096))
+    assert cli.file_status_text(frow("receiving", direction="in", done=1000)) == "receiving 24%"
+    assert cli.file_status_text(frow("sent", done=2048)) == "sent, 50% fetched"
+    assert cli.file_status_text(frow("failed", reason="disk full")) == "failed: disk full"
+    assert cli.file_status_text(frow("delivered", done=4096)) == "delivered"
+
+
+def test_file_row_is_the_whole_row_in_json() -> None:
+    row = json.loads(cli.json_line(cli.file_row(frow("received", direction="in", to=None,
+                                                      name=HOSTILE, done=4096))))
+    assert row == {"id": FILE_ID, "name": HOSTILE, "size": 4096, "from": BOB, "to": "*",
+                   "hash": FILE_HASH, "status": "received", "done": 4096,
+                   "path": "/tmp/photo.jpg", "direction": "in", "mime": "image/jpeg",
+                   "reason": "", "sent": NOW}
+    assert cli.file_row(frow("queued"))["to"] == BOB
+    bare = FileStatus(src="router", ts=NOW, id=FILE_ID, name="a", size=1, hash=FILE_HASH,
+                      origin=ME, direction="out", status="queued")
+    assert cli.file_row(bare)["sent"] is None

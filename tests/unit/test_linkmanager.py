@@ -1113,8 +1113,8 @@ def test_every_link_code_is_a_short_identifier(reason: str) -> None:
     assert reason.isidentifier() and len(reason) <= 48
 
 
-def test_caps_name_app_v1_envelope_v2_and_peer_exchange() -> None:
-    assert CAPS == ("app/1", "env/2", "px/1")
+def test_caps_name_app_v1_envelope_v2_peer_exchange_and_files() -> None:
+    assert CAPS == ("app/1", "env/2", "px/1", "file/1")
 
 
 def test_peer_verified_carries_the_clock_offset_of_the_peers_hello() -> None:

@@ -260,6 +260,9 @@ def cli_samples() -> dict[str, list[dict[str, Any]]]:
     rows["invite"] = [cli.invite_row(invite.encode(inv), inv, "alice")]
     rows["join"] = [cli.join_row("joined", inv, static, ""),
                     cli.join_row("waiting", inv, None, "connection refused")]
+    file = build(events.FileStatus)
+    rows["send-file"] = rows["share"] = rows["files"] = [
+        cli.file_row(_with(file, sent=1_700_000_000_000)), cli.file_row(_with(file, to=None))]
     keys = build(rpc.SigningKeys)
     rows["keys"] = rows["revoke"] = [cli.keys_row(keys),
                                      cli.keys_row(_with(keys, key=None, enc_key=None))]
