@@ -297,14 +297,8 @@ def exited(proc: subprocess.Popen) -> bool:
 
 
 def shape(net: Any, mbit: float) -> None:
-    """Every host's side of every link sends at most ``mbit`` Mbit/s (tbf on each veth, in
-    the host's namespace; as bench.priority shapes its link): a LAN's speed, not memory's."""
-    burst = max(16_000, int(mbit * 1e6 / 8 / 250))  # 4 ms at the rate
-    for host, devices in net.interfaces.items():
-        for dev in devices:
-            subprocess.run(["ip", "netns", "exec", net.ns(host), "tc", "qdisc", "add", "dev",
-                            dev, "root", "tbf", "rate", f"{mbit:g}mbit", "burst", str(burst),
-                            "latency", "20ms"], check=True, timeout=20, capture_output=True)
+    """Every link at ``mbit`` Mbit/s (tests.netns.Lan.shape): a LAN's speed, not memory's."""
+    net.shape(mbit)
 
 
 def say(message: str) -> None:

@@ -162,6 +162,17 @@ class Lan:
             if time.monotonic() > deadline:
                 raise AssertionError(f"IPv6 addresses still tentative on {pending}")
             time.sleep(0.05)  # noqa: sleep-ok - polls the kernel's DAD state under a deadline
+    def shape(self, mbit: float) -> None:
+        """Every host's side of every link sends at most ``mbit`` Mbit/s (tbf on each veth,
+        in the host's namespace): a LAN's speed, not memory's (no sch_netem here)."""
+        burst = max(16_000, int(mbit * 1e6 / 8 / 250))  # 4 ms at the rate
+        for host, devices in self.interfaces.items():
+            for dev in devices:
+                subprocess.run(["ip", "netns", "exec", self.ns(host), "tc", "qdisc", "add",
+                                "dev", dev, "root", "tbf", "rate", f"{mbit:g}mbit", "burst",
+                                str(burst), "latency", "20ms"], check=True, timeout=20,
+                               capture_output=True)
+
     def destroy(self) -> None:
         for ns in reversed(self.created):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
