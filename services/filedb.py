@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS files (
     key       BLOB,               -- a DM file's key (ours to serve, or to decrypt)
     sent      INTEGER NOT NULL,   -- the manifest's ts (ms)
     came_from BLOB,
-    created   REAL NOT NULL
+    created   REAL NOT NULL,
+    stamp     TEXT NOT NULL DEFAULT ''  -- the original's inode, size, mtime when hashed
 );
 CREATE INDEX IF NOT EXISTS files_by_file ON files (file_id);
 """
@@ -60,6 +61,9 @@ class FileRow:
     path: str = ""
     key: bytes | None = None
     came_from: bytes | None = None
+    #: What ``os.stat`` said of the original when it was hashed (``ino:size:mtime_ns``):
+    #: while it says the same, chunks are served without hashing them again.
+    stamp: str = ""
 
     def event(self) -> dict[str, Any]:
         """The fields of a ``file.status`` event (and of a ``files.list`` row)."""

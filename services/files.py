@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import mimetypes
 import os
 import shutil
@@ -95,6 +96,17 @@ class Outgoing:
     tree: HashTree | None = None
     served: bytearray = field(default_factory=bytearray)
     served_count: int = 0
+    #: The original, open while chunks are served from it.
+    fd: int | None = None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def stamp_of(st: os.stat_result) -> str:
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 @dataclass
@@ -306,10 +318,15 @@ class FileService:
                 return
             out.tree = HashTree.from_leaves(leaves, row.size)
             out.served = bytearray(out.tree.count)
+        try:
+            same = stamp_of(os.stat(row.path)) == row.stamp
+        except OSError:
+            same = False
         missing = []
         for i in indices:
-            data = self.read_own(row, i) if i < out.tree.count else None
-            if data is None or _leaf(i, data) != out.tree.leaf(i):
+            data = self.read_own(out, i) if i < out.tree.count else None
+            # the original as it was hashed, or else each chunk checked against its leaf
+            if data is None or (not same and _leaf(i, data) != out.tree.leaf(i)):
                 missing.append(i)
                 continue
             self.send(link, Chunk(row.file_id, i, data, tuple(out.tree.proof(i))))
@@ -320,18 +337,21 @@ class FileService:
             self.send(link, NoneMsg(row.file_id, tuple(missing)))
             if row.status != "failed":
                 self.fail(row, f"{row.path} changed or cannot be read since it was sent")
+            out.close()
             return
         if row.status not in FINAL:
             row.done = min(row.plain, out.served_count * _plain_chunk(row))
             self.changed(row, "done", progress=True)
 
-    def read_own(self, row: FileRow, index: int) -> bytes | None:
+    def read_own(self, out: Outgoing, index: int) -> bytes | None:
+        row = out.row
         step = _plain_chunk(row)
         try:
-            with open(row.path, "rb") as f:
-                f.seek(index * step)
-                plain = f.read(step)
+            if out.fd is None:
+                out.fd = os.open(row.path, os.O_RDONLY | os.O_CLOEXEC)
+            plain = os.pread(out.fd, step, index * step)
         except OSError:
+            out.close()
             return None
         if row.key is None:
             return plain
@@ -353,6 +373,9 @@ class FileService:
                 if inc.bad >= BAD_LIMIT and not inc.good:
                     self.abandon(inc, f"bad_manifest: {inc.bad} chunks failed their proof "
                                  "and none passed (a size or id that lies)")
+                    for path in (inc.partial.data_path, inc.partial.have_path):
+                        with contextlib.suppress(OSError):
+                            path.unlink()  # preallocated for the lie, nothing in it: freed
                     return
             elif not self.relay.expects(link, fid, chunk.index):
                 self.rejected(link, verdict.reason or "unwanted", f"chunk {chunk.index} "
@@ -555,8 +578,12 @@ class FileService:
                 self.store.delete(row.file_id)  # the ciphertext and its bitmap
         except (FileStoreError, RemoteProtocolError, OSError) as e:
             message = getattr(e, "message", str(e))
-            self.abandon(inc, "disk full" if getattr(e, "code", "") == "disk_full"
-                         else message)
+            full = getattr(e, "code", "") == "disk_full" or \
+                getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)  # from _decrypt
+            if row.key is not None:  # a half-written plaintext must not keep the disk full
+                with contextlib.suppress(OSError):
+                    self.store.scratch_path(row.file_id, "plain").unlink()
+            self.abandon(inc, "disk full" if full else message)
             return
         self.incoming.pop(row.file_id, None)
         row.status, row.path, row.done, row.reason = "received", str(path), row.plain, ""
@@ -587,8 +614,10 @@ class FileService:
         key = nacl.utils.random(filecrypt.KEY_BYTES) if req.to is not None else None
         try:
             size, fid, leaves = await asyncio.to_thread(_hash_file, path, key)
+            after = path.stat()
         except OSError as e:
             raise RequestFailed(f"{req.path}: {e.strerror or e}", code="io_error") from None
+        stamp = stamp_of(st) if stamp_of(after) == stamp_of(st) else ""
         self.write_leaves(fid, leaves)
         name = path.name or "file"
         mime = mimetypes.guess_type(name)[0] or ""
@@ -604,8 +633,11 @@ class FileService:
                       plain=st.st_size, origin=self.router.c.own_key, to=req.to,
                       direction="out", status=result.status or held,
                       sent=int(self.router.wall() * 1000), created=time.time(), mime=mime,
-                      path=str(path.resolve()), key=key)
+                      path=str(path.resolve()), key=key, stamp=stamp)
         self.db.put(row)
+        old = self.outgoing.get(fid)
+        if old is not None:
+            old.close()
         self.outgoing[fid] = Outgoing(row)
         self.sent_rows[row.id] = row
         self.changed(row)
@@ -684,6 +716,8 @@ class FileService:
                     partial.flush_if_due()
 
     def close(self) -> None:
+        for out in self.outgoing.values():
+            out.close()
         with contextlib.suppress(FileStoreError):
             self.store.close()
         self.db.close()

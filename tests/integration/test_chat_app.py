@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -281,3 +282,97 @@ def test_strangers_text_is_shown_harmlessly_and_block_mute_hide_it(make_node) ->
         assert any(t.startswith("NOT SENT (too many messages)") for t in texts(app))
 
     run(scenario, ann)
+
+
+# -- files (docs/files.md) ---------------------------------------------------------------------
+
+
+def test_a_dm_image_sent_with_file_is_delivered_and_shown_in_both_apps(make_node) -> None:
+    # a service type of their own: the module's pair (and other loopback nodes) stay apart
+    own = '[discovery]\nservice_type = "_tzchatfile._tcp.local."\n'
+    a = make_node("fay", config=own).start()
+    b = make_node("gus", config=own).start()
+    a.wait_up()
+    b.wait_up()
+    a.wait_peer("gus", ("verified",), timeout=20)
+    b.wait_peer("fay", ("verified",), timeout=20)
+    from PIL import Image
+
+    picture = a.home.parent / "tiny picture.png"
+    Image.new("RGB", (7, 5), (200, 30, 90)).save(picture)
+    original = picture.read_bytes()
+    app_a = ChatApp(load_from_env(a.env))
+    app_b = ChatApp(load_from_env(b.env))
+    seen_a: list[str] = []  # every status of the file's line in fay's app, in order
+    record = app_a.on_file_status
+
+    def on_file_status_a(row) -> None:
+        if not seen_a or seen_a[-1] != row.status:
+            seen_a.append(row.status)
+        record(row)
+
+    app_a.on_file_status = on_file_status_a  # type: ignore[method-assign]
+    started = asyncio.Event()  # fay sends once gus's app is up: it sees the file arrive
+    finished = asyncio.Event()
+
+    def line_of(app: ChatApp, name: str) -> str:
+        """The file's line as the view draws it (its wrapped rows joined), or ""."""
+        view = app.query_one(MessageView)
+        for i, m in enumerate(view.messages):
+            if m.file is not None and m.text == name:
+                end = view._first_line[i + 1] if i + 1 < len(view._first_line) else None
+                rows = ["".join(seg.text for seg in strip).rstrip()
+                        for strip in view._lines[view._first_line[i]:end]]
+                return " ".join(row.strip() for row in rows)
+        return ""
+
+    async def fay() -> None:
+        async with app_a.run_test(size=(100, 24)) as pilot:
+            await until(pilot, lambda: app_a.ready_at is not None, 20, "fay's app to load")
+            await until(pilot, lambda: b.key in app_a.peers, 10, "gus in fay's peer list")
+            while app_a.current != b.key:
+                await pilot.press("ctrl+n")
+            await until(pilot, started.is_set, 20, "gus's app to load")
+            await pilot.press(*f'/file "{picture}"', "enter")
+            await until(pilot, lambda: "delivered" in seen_a, 20,
+                        "the file delivered (gus has every chunk)")
+            assert seen_a[0] in ("queued", "sent"), seen_a
+            assert "sent" in seen_a and seen_a.index("sent") < seen_a.index("delivered"), seen_a
+            await until(pilot, lambda: "[delivered]" in line_of(app_a, picture.name), 5,
+                        "the line drawn as delivered")
+            line = line_of(app_a, picture.name)
+            assert line.lstrip().split(" ", 1)[1].startswith("me: ⇡ tiny picture.png"), line
+            assert "[image 7x5 tiny picture.png]" in line  # our own original is here
+            await until(pilot, finished.is_set, 20, "gus's app to see it")
+
+    async def gus() -> None:
+        try:
+            async with app_b.run_test(size=(100, 24)) as pilot:
+                await until(pilot, lambda: app_b.ready_at is not None, 20, "gus's app to load")
+                await until(pilot, lambda: a.key in app_b.peers, 10, "fay in gus's peers")
+                started.set()
+                # a DM file lands in fay's conversation, which is not open: an unread count
+                await until(pilot, lambda: app_b.unread.get(a.key) == 1, 15,
+                            "the file counted unread in fay's conversation")
+                while app_b.current != a.key:
+                    await pilot.press("ctrl+n")
+                await until(pilot, lambda: "[received]" in line_of(app_b, picture.name), 20,
+                            "the file received (fetched by itself: a small DM file)")
+                line = line_of(app_b, picture.name)
+                assert line.lstrip().split(" ", 1)[1].startswith("fay: ⇣ tiny picture.png"), line
+                assert "[image 7x5 tiny picture.png]" in line, line
+                (row,) = [r for r in app_b.files.values() if r.name == picture.name]
+                assert row.direction == "in" and row.to == b.key and row.origin == a.key
+                assert Path(row.path).read_bytes() == original
+                assert Path(row.path).parent != picture.parent  # its own copy, on gus's node
+                # s: its path, said in the conversation
+                await pilot.press("escape", "s")
+                await until(pilot, lambda: any(t.startswith(f"{picture.name} is at {row.path}")
+                                               for t in texts(app_b)), 5, "s: the file's path")
+        finally:
+            finished.set()
+
+    async def main() -> None:
+        await asyncio.gather(fay(), gus())
+
+    asyncio.run(main())
