@@ -285,6 +285,8 @@ class Node:
         self.crash_after_commit = False
         #: Frames to this node are lost (it is silent), its links still up.
         self.silent = False
+        #: File manifests the core handed to the file service (``FileManifest``).
+        self.manifests: list[rc.FileManifest] = []
 
     def __repr__(self) -> str:
         return f"<Node {self.index} {self.nickname}>"
@@ -360,6 +362,8 @@ class Node:
             return self.store.evict(a)
         elif t is rc.SavePolicy:
             self.store.set_policy(a)
+        elif t is rc.FileManifest:
+            self.manifests.append(a)
         else:
             raise TypeError(f"unknown action {a!r}")
         return None
