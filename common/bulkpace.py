@@ -6,14 +6,18 @@ flight and whatever queue the path's bottleneck holds (a router, a shaper). TCP'
 window fills that last queue (the bytes in flight grow until loss or until BBR's estimate
 says stop), so the gateway bounds the whole of it itself: the next burst of bulk goes
 out only once what is queued, unsent or unacknowledged (``queued``: the transport's
-buffer plus the socket's ``SIOCOUTQ``), is down to ``target`` seconds of the link's rate.
+buffer plus the socket's ``SIOCOUTQ``), is down to ``TARGET`` seconds of the link's rate.
+A chat frame then waits behind at most that and the burst (one file chunk).
 
 The rate is measured from the same figure: between two looks at a queue that never ran
-dry, the bytes that left it over the time taken are what the path delivers. A look that
-finds the queue empty means the last wait was too long (the rate was underestimated): the
+dry, the bytes that left it over the time taken are what the path delivers (pacing the
+socket from ``tcpi_delivery_rate`` instead would measure its own pacing, and each
+refresh below the last would lower it for good). A look that finds the queue empty
+means the last wait was too long (the rate was underestimated, or the timer late): the
 rate is raised, so that it cannot stay low for good.
 
-Pure: the shell (``services/gateway.py``) reads the socket and keeps the timer.
+Pure: the shell (``services/gateway.py``, ``services/sendqueue.py``) reads the socket
+and keeps the timer.
 """
 
 from __future__ import annotations

@@ -78,10 +78,12 @@ class SendChunk:
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    """A verified chunk: cache it (with its proof, to serve it later) if the quota admits."""
+    """A verified chunk: cache it (with its proof, to serve it later) if the quota admits;
+    ``size``: the file's, as the want that made us fetch it said (the id commits to it)."""
 
     msg: Chunk
     leaf: bytes
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,8 @@ class Relay:
             self.bad[neighbour] += 1
             out: list[Action] = [Dropped(neighbour, chunk.file_id, chunk.index, "bad_proof")]
             return out + _nones({(w, chunk.file_id): [chunk.index] for w in sorted(p.waiters)})
-        return [Store(chunk, leaf)] + [SendChunk(w, chunk) for w in sorted(p.waiters)]
+        return [Store(chunk, leaf, p.file.size)] + [SendChunk(w, chunk)
+                                                     for w in sorted(p.waiters)]
 
     def on_none(self, neighbour: bytes, msg: NoneMsg, now: float) -> list[Action]:
         """``neighbour`` cannot give chunks we asked it for: our waiters get ``none``."""

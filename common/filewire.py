@@ -4,7 +4,7 @@
 Each body is a msgpack array whose first item is its type:
 
 ==========  ====================================================  ============================
-``want``    ``["want", file_id, origin, [index, ...]]``           send me these chunks
+``want``    ``["want", file_id, origin, size, [index, ...]]``     send me these chunks
 ``chunk``   ``["chunk", file_id, index, data, [hash, ...]]``       one chunk and its proof
 ``none``    ``["none", file_id, [index, ...]]``                   I lack these, cannot get them
 ==========  ====================================================  ============================

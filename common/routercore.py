@@ -46,7 +46,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.public
 
-from . import catchup, certs, envelope, filemanifest, gossip, routing, rpc, status
+from . import catchup, certs, envelope, filecrypt, filemanifest, gossip, routing, rpc, status
 from .envelope import (
     ADDRESSED,
     KIND_DM,
@@ -938,7 +938,8 @@ class RouterCore:
             m = envelope.file_manifest(env.body, dm=env.to is not None)
             name = a.secret.name if a.secret is not None else \
                 m.meta.name  # type: ignore[union-attr]
-            text = file_line(name, m.size)
+            size = m.size if env.to is None else filecrypt.plain_size(m.size) or 0
+            text = file_line(name, size)
         # every receipt is held (offered in catch-up until it expires), also one to us, so
         # catch-up with the neighbours that brought it stays quiet, across restarts too
         held = env.kind == KIND_RECEIPT or (env.kind in (KIND_DM, KIND_FILE)

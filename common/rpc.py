@@ -607,10 +607,20 @@ class Post(Request):
 
 
 @record
+class FileCount(Record):
+    """How many ``file`` inputs the file service refused with ``code`` since it started."""
+
+    code: ErrorCode
+    count: Annotated[int, Range(0, 2**63 - 1)]
+
+
+@record
 class FileTable(Record):
     """Files sent and received here, newest first (each row as ``file.status`` carries)."""
 
     files: Annotated[tuple[FileStatus, ...], Len(0, 10000)]
+    #: What the file service refused, by reject code (bad chunks, unwanted chunks...).
+    rejected: Annotated[tuple[FileCount, ...], Len(0, 64)] = ()
 
 
 @record
@@ -646,8 +656,8 @@ class GetFile(Request):
     """Fetch a file this node was offered (a room file, or a DM file over the auto-accept
     size): ``file`` is its manifest id or a unique prefix of it (at least 4 hex digits),
     or of its hash. Answered at once with its row (status ``receiving``); progress follows
-    as ``file.status`` events. Errors: not_found, ambiguous, too_large (over the cache
-    quota), disk_full."""
+    as ``file.status`` events. Errors: not_found, ambiguous, too_large (over
+    ``[files] max_size``), disk_full."""
 
     file: Annotated[str, Match(r"[0-9a-f]{4,64}")]
 

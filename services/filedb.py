@@ -9,6 +9,7 @@ like any message; this is the transfer's own state, written by the router proces
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, fields
@@ -64,6 +65,8 @@ class FileRow:
     #: What ``os.stat`` said of the original when it was hashed (``ino:size:mtime_ns``):
     #: while it says the same, chunks are served without hashing them again.
     stamp: str = ""
+    #: Fetched without being asked (a DM file under ``auto_accept``): not persisted.
+    auto: bool = False
 
     def event(self) -> dict[str, Any]:
         """The fields of a ``file.status`` event (and of a ``files.list`` row)."""
@@ -79,18 +82,21 @@ class FileRow:
         return FileStatus(src="router", ts=time.time(), **self.event())
 
 
-COLUMNS = [f.name for f in fields(FileRow)]
+COLUMNS = [f.name for f in fields(FileRow) if f.name != "auto"]
 
 
 class FileDB:
     def __init__(self, path: Path) -> None:
+        # it holds DM file keys and names: ours alone, as store.sqlite is
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
 
     def put(self, row: FileRow) -> None:
-        values = asdict(row)
+        values = {k: v for k, v in asdict(row).items() if k in COLUMNS}
         cols = ", ".join(f'"{c}"' for c in COLUMNS)
         marks = ", ".join(f":{c}" for c in COLUMNS)
         self.db.execute(f"INSERT OR REPLACE INTO files ({cols}) VALUES ({marks})", values)

@@ -45,6 +45,7 @@ from tazcom.common.keys import fingerprint
 
 from .filedb import FileDB, FileRow
 from .filestore import FileStore, FileStoreError
+from .runtime import FatalError
 
 if TYPE_CHECKING:
     from .router import Router
@@ -55,6 +56,12 @@ PROGRESS_EVERY = 0.25
 #: A download that got this many chunks failing their proof and none good is refused: its
 #: manifest lies (a size the id does not commit to), or every source does.
 BAD_LIMIT = 64
+#: Unasked DM files being received at once: per origin, and in all (times auto_accept).
+AUTO_PER_ORIGIN = 2
+AUTO_BUDGET = 4
+#: A download that got no verified chunk for this long fails (``stalled``): its sources
+#: are gone, banned or lying; ``files get`` tries again, from what it has.
+STALL = 300.0
 #: Final statuses: nothing more happens to these rows.
 FINAL = ("delivered", "failed", "received")
 
@@ -88,6 +95,8 @@ class Incoming:
     bad: int = 0
     good: int = 0
     finishing: bool = False
+    #: When the last chunk was verified (or the download started), monotonic.
+    progressed: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -123,7 +132,10 @@ class FileService:
         self.router = router
         rt = router.rt
         self.log = rt.log
-        self.settings = Settings.from_config(rt.config.raw.get("files", {}))
+        try:
+            self.settings = Settings.from_config(rt.config.raw.get("files", {}))
+        except ValueError as e:
+            raise FatalError(f"config: {e}") from None
         home = Path(rt.config.paths.home)
         self.store = FileStore(home)
         self.leaves_dir = self.store.files_dir / ".leaves"
@@ -147,7 +159,9 @@ class FileService:
 
     def load(self) -> None:
         for row in self.db.rows():
-            if row.direction == "out" and row.status != "failed":
+            if row.direction == "out":
+                # whatever its status: a room file outlives its ``sent`` (store expiry), and
+                # serving checks the original anyway
                 self.outgoing.setdefault(row.file_id, Outgoing(row))
                 self.sent_rows[row.id] = row
             elif row.direction == "in" and row.status == "receiving":
@@ -262,7 +276,10 @@ class FileService:
         try:
             msg = filewire.decode(body)
         except RemoteProtocolError as e:
-            self.rejected(link, e.code, f"file message: {e.message}", penalize=True)
+            # a type we do not know may be a newer node's: logged and dropped, not held
+            # against the link
+            self.rejected(link, e.code, f"file message: {e.message}",
+                          penalize=e.code != "unknown_type")
             return
         if link not in self.links:
             return  # a link being closed: its last messages are dropped
@@ -290,6 +307,9 @@ class FileService:
                                         upstream=self.upstream(want.origin, link)))
 
     def serve(self, link: bytes, fid: bytes, indices: tuple[int, ...]) -> None:
+        """Chunks of a whole file here (received, or cached), each checked against its leaf
+        first: the user may have edited a received file, and a bad chunk would cost us our
+        neighbours' trust. A file that changed is no longer served."""
         whole = self.complete[fid]
         self.cache.touch(fid, time.time())
         missing = []
@@ -297,7 +317,13 @@ class FileService:
             data = None
             if i < whole.tree.count:
                 data = self.store.read_chunk(fid, i)
-            if data is None or i >= whole.tree.count:
+            if data is not None and _leaf(i, data) != whole.tree.leaf(i):
+                self.log.warning("%s changed since it was received: no longer served",
+                                 whole.path)
+                del self.complete[fid]
+                self.send(link, NoneMsg(fid, indices))
+                return
+            if data is None:
                 missing.append(i)
                 continue
             self.send(link, Chunk(fid, i, data, tuple(whole.tree.proof(i))))
@@ -322,9 +348,13 @@ class FileService:
             same = stamp_of(os.stat(row.path)) == row.stamp
         except OSError:
             same = False
+        past = tuple(i for i in indices if i >= out.tree.count)
+        if past:  # a want past the end: nothing of ours is wrong
+            self.send(link, NoneMsg(row.file_id, past))
+            indices = tuple(i for i in indices if i < out.tree.count)
         missing = []
         for i in indices:
-            data = self.read_own(out, i) if i < out.tree.count else None
+            data = self.read_own(out, i)
             # the original as it was hashed, or else each chunk checked against its leaf
             if data is None or (not same and _leaf(i, data) != out.tree.leaf(i)):
                 missing.append(i)
@@ -373,9 +403,6 @@ class FileService:
                 if inc.bad >= BAD_LIMIT and not inc.good:
                     self.abandon(inc, f"bad_manifest: {inc.bad} chunks failed their proof "
                                  "and none passed (a size or id that lies)")
-                    for path in (inc.partial.data_path, inc.partial.have_path):
-                        with contextlib.suppress(OSError):
-                            path.unlink()  # preallocated for the lie, nothing in it: freed
                     return
             elif not self.relay.expects(link, fid, chunk.index):
                 self.rejected(link, verdict.reason or "unwanted", f"chunk {chunk.index} "
@@ -383,6 +410,11 @@ class FileService:
                 return
             if inc is not None and fid in self.incoming:
                 self.pump(inc)
+        elif inc is not None and not self.relay.expects(link, fid, chunk.index):
+            # finishing: every chunk is in, so this one is a copy (or past the end)
+            reason = "duplicate" if inc.download.has(chunk.index) else "unwanted"
+            self.rejected(link, reason, f"chunk {chunk.index} of {fid.hex()[:16]}: {reason}")
+            return
         if self.relay.expects(link, fid, chunk.index) or inc is None:
             self.execute(self.relay.on_chunk(link, chunk, now, leaf=leaf))
 
@@ -403,28 +435,32 @@ class FileService:
                 else:
                     self.send(a.neighbour, NoneMsg(a.file_id, a.indices))
             elif isinstance(a, Store):
-                self.cache_chunk(a.msg)
+                self.cache_chunk(a.msg, a.size)
             elif isinstance(a, Dropped):
+                # a relay checks with the size the want said: the upstream is to blame for a
+                # bad proof only if a manifest here vouches for that size (a lying want must
+                # not get an honest upstream banned)
                 self.rejected(a.neighbour, a.reason, f"chunk {a.index} of "
-                              f"{a.file_id.hex()[:16]}", penalize=a.reason == "bad_proof")
+                              f"{a.file_id.hex()[:16]}", penalize=a.reason == "bad_proof"
+                              and self.vouched(a.file_id))
+
+    def vouched(self, fid: bytes) -> bool:
+        """A signed manifest accepted here says this file's size (not only a want)."""
+        return fid in self.incoming or fid in self.outgoing or bool(
+            self.db.rows("file_id = ?", (fid,), 1))
 
     # -- the relay's cache ---------------------------------------------------------------
 
-    def cache_chunk(self, chunk: Chunk) -> None:
+    def cache_chunk(self, chunk: Chunk, size: int) -> None:
         """A verified chunk passing through: kept while the quota admits the whole file;
         a cache copy is served once complete (its proofs come from its leaves then)."""
         fid = chunk.file_id
         if fid in self.complete or fid in self.incoming:
             return
         partial = self.caching.get(fid)
-        pending = self.relay.pending.get((fid, chunk.index))
-        size = pending.file.size if pending is not None else None
+        if partial is not None and partial.size != size:
+            return  # a want that lied about the size: its chunks fail their proofs anyway
         if partial is None:
-            ref = next((p.file for (f, _i), p in self.relay.pending.items() if f == fid),
-                       None) if size is None else None
-            size = size if size is not None else ref.size if ref is not None else None
-            if size is None:
-                return
             admitted = self.cache.admit(fid, size, time.time())
             for old in admitted.evict:
                 self.drop_cached(old)
@@ -497,7 +533,26 @@ class FileService:
         self.log.info("file offered: %s (%d bytes) from %s%s", name, plain,
                       fingerprint(env.origin), "" if env.to is None else " (DM)")
         if env.to is not None and plain <= self.settings.auto_accept:
-            self.start(row)
+            if self.may_auto_accept(row):
+                self.start(row)
+            else:
+                self.log.info("file %s from %s waits for `tazcom files get`: %s",
+                              row.id.hex()[:16], fingerprint(env.origin),
+                              "over the auto-accept budget (strangers must not fill the "
+                              "disk with unasked files)")
+
+    def may_auto_accept(self, row: FileRow) -> bool:
+        """Unasked files take disk at once (preallocated): at most AUTO_PER_ORIGIN of them
+        per origin, and AUTO_BUDGET times ``auto_accept`` bytes in all, being received at a
+        time; the rest waits for ``files get`` (each origin is a key anyone can make)."""
+        auto = [inc.row for inc in self.incoming.values() if inc.row.auto]
+        if sum(r.origin == row.origin for r in auto) >= AUTO_PER_ORIGIN:
+            return False
+        budget = AUTO_BUDGET * self.settings.auto_accept
+        if sum(r.size for r in auto) + row.size > budget:
+            return False
+        row.auto = True
+        return True
 
     def start(self, row: FileRow) -> None:
         if row.size > self.settings.max_size:
@@ -506,9 +561,11 @@ class FileService:
             return
         if row.file_id in self.incoming:
             return
+        # a DM file is decrypted next to its ciphertext; a room file is moved, not copied
+        need = row.size + (row.plain if row.key is not None else 0)
         free = shutil.disk_usage(self.store.files_dir).free
-        if free < row.size + row.plain:
-            self.fail(row, f"disk full: {row.size} bytes needed, {free} free")
+        if free < need:
+            self.fail(row, f"disk full: {need} bytes needed, {free} free")
             return
         row.status, row.reason = "receiving", ""
         self.db.update(row, "status", "reason")
@@ -542,6 +599,7 @@ class FileService:
             self.abandon(inc, "disk full" if e.code == "disk_full" else e.message)
             return
         inc.good += 1
+        inc.progressed = time.monotonic()
         row = inc.row
         row.done = min(row.plain, inc.download.progress)
         if inc.download.done:
@@ -550,9 +608,16 @@ class FileService:
             self.changed(row, "done", progress=True)
 
     def abandon(self, inc: Incoming, reason: str) -> None:
+        """Fail a download; its partial stays for ``files get`` to resume, unless it holds
+        no verified chunk (a lie, a stall from the start): then its preallocated space is
+        freed (only its own files: a cached copy of the same id is another file)."""
         self.incoming.pop(inc.row.file_id, None)
         with contextlib.suppress(FileStoreError):
             inc.partial.close()
+        if not inc.download.verified:
+            for path in (inc.partial.data_path, inc.partial.have_path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
         self.fail(inc.row, reason)
 
     def finish(self, inc: Incoming) -> None:
@@ -660,7 +725,10 @@ class FileService:
         live = {inc.row.id: inc.row for inc in self.incoming.values()}
         live |= self.sent_rows
         rows = [live.get(r.id, r) for r in self.db.rows(limit=req.limit)]
-        return rpc.FileTable(files=tuple(r.status_record() for r in rows))
+        counts = sorted(self.counts.items())[:64]
+        return rpc.FileTable(files=tuple(r.status_record() for r in rows),
+                             rejected=tuple(rpc.FileCount(code=c, count=n)
+                                            for c, n in counts))
 
     def get_file(self, req: rpc.GetFile) -> rpc.FileAnswer:
         want = req.file
@@ -696,7 +764,7 @@ class FileService:
             if relay is not None:
                 times.append(relay)
             if self.incoming or self.caching:
-                times.append(time.monotonic() + 1.0)  # bitmaps written when chunks stop
+                times.append(time.monotonic() + 1.0)  # bitmaps written, stalls found
             delay = max(0.0, min(times) - time.monotonic()) if times else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -704,6 +772,11 @@ class FileService:
             self.execute(self.relay.timer(now))
             for inc in list(self.incoming.values()):
                 if inc.finishing:
+                    continue
+                if now - inc.progressed > STALL:
+                    self.count("stalled")
+                    self.abandon(inc, f"stalled: no chunk for {STALL:.0f} s (no source has "
+                                 "it now); `tazcom files get` tries again")
                     continue
                 for _i, source in inc.download.timer(now):
                     self.count("want_timeout")

@@ -64,8 +64,8 @@ from .exchange import Exchanger
 from .gatewayclock import ClockKeeper
 from .listen import listen_sockets
 from .netif import interface_networks
-from .pacing import queued_bytes
 from .runtime import FatalError, Runtime, run
+from .sendqueue import queued_bytes
 from .staticdial import StaticDialler
 
 
@@ -339,7 +339,7 @@ class Gateway:
             refused = self.core.queue(frames[0], routing.KIND, frames[1], self.loop.time())
         elif len(frames) in (3, 4) and frames[2] == b"file":
             refused = self.core.queue(frames[0], FILE_KIND, frames[1], self.loop.time(),
-                                      bulk=len(frames) == 4)
+                                      bulk=frames[3:] == [b"bulk"])
         else:
             return
         if refused is not None:

@@ -48,7 +48,7 @@ def test_serves_what_it_has_and_fetches_the_rest_once() -> None:
     assert want(r, N2, (0, 2, 3)) == [SendWant(UP, Want(FID, ORIGIN, 0, (3,)))]
     assert want(r, N1, (0,)) == []  # asked again by the same neighbour: still one waiter
     out = r.on_chunk(UP, chunk(0), 1.0)
-    assert out == [Store(chunk(0), TREE.leaf(0)), SendChunk(N1, chunk(0)),
+    assert out == [Store(chunk(0), TREE.leaf(0), TREE.size), SendChunk(N1, chunk(0)),
                    SendChunk(N2, chunk(0))]
     assert r.on_chunk(UP, chunk(0), 1.0) == [Dropped(UP, FID, 0, "unwanted")]
     assert r.unsolicited[UP] == 1
@@ -148,7 +148,7 @@ def test_a_leaf_from_the_nodes_own_download_skips_the_second_check() -> None:
     r = Relay()
     want(r, N1, (3,))
     assert r.on_chunk(UP, chunk(3), 1.0, leaf=b"L" * 32) == [
-        Store(chunk(3), b"L" * 32), SendChunk(N1, chunk(3))]
+        Store(chunk(3), b"L" * 32, TREE.size), SendChunk(N1, chunk(3))]
 
 
 def test_none_from_upstream_is_passed_to_waiters() -> None:
@@ -166,6 +166,6 @@ def test_a_lost_link_releases_what_it_waited_for_and_what_we_asked_of_it() -> No
     assert r.drop_neighbour(N1) == []
     assert r.waiting == {N2: 1}
     # the chunk N1 alone wanted still comes and is cached, sent to nobody
-    assert r.on_chunk(UP, chunk(1), 1.0) == [Store(chunk(1), TREE.leaf(1))]
+    assert r.on_chunk(UP, chunk(1), 1.0) == [Store(chunk(1), TREE.leaf(1), TREE.size)]
     assert r.drop_neighbour(UP) == [SendNone(N2, NoneMsg(FID, (2,)))]
     assert r.pending == {} and not r.waiting

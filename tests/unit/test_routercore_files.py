@@ -58,7 +58,7 @@ def test_a_dm_file_reaches_its_recipient_sealed_and_is_delivered_only_when_compl
     held = b.store.rows[answer.message_id]
     assert held.held and held.text is None and held.conv is None
     mine = c.store.rows[answer.message_id]
-    assert mine.conv == a.key and mine.text == "[file] plan.pdf (240.0 KiB)"
+    assert mine.conv == a.key and mine.text == "[file] plan.pdf (239.9 KiB)"  # plaintext
     for _to, body in b.sent:
         assert b"plan.pdf" not in body
     assert status_of(a, answer.message_id) in ("sent", "relayed")

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import struct
-import termios
 
-#: ``SIOCOUTQ`` (``TIOCOUTQ``): bytes in a TCP socket's send queue, unsent or unacknowledged.
+try:
+    import fcntl
+    import termios
+except ImportError:  # no ioctl here: no gate, TCP_NOTSENT_LOWAT alone bounds the kernel
+    fcntl = termios = None  # type: ignore[assignment]
+
+#: ``SIOCOUTQ`` (Linux's ``TIOCOUTQ`` on a TCP socket): bytes in its send queue, unsent
+#: or unacknowledged. Elsewhere the ioctl fails on a socket, and the gate stays open.
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 
 
@@ -16,7 +21,7 @@ def queued_bytes(transport: asyncio.Transport) -> int | None:
     """Bytes written on ``transport`` that the peer has not acknowledged yet: the
     transport's buffer plus the socket's send queue (None: the socket cannot tell)."""
     sock = transport.get_extra_info("socket")
-    if sock is None:
+    if sock is None or fcntl is None:
         return None
     with contextlib.suppress(OSError, ValueError):
         outq = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
