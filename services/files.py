@@ -529,14 +529,15 @@ class FileService:
                       sent=env.ts, created=time.time(), mime=mime, key=key,
                       came_from=a.came_from)
         self.db.put(row)
-        self.changed(row)
         self.log.info("file offered: %s (%d bytes) from %s%s", name, plain,
                       fingerprint(env.origin), "" if env.to is None else " (DM)")
+        if env.to is not None and plain <= self.settings.auto_accept \
+                and self.may_auto_accept(row):
+            self.start(row)  # announced once, as receiving (or failed)
+            return
+        self.changed(row)
         if env.to is not None and plain <= self.settings.auto_accept:
-            if self.may_auto_accept(row):
-                self.start(row)
-            else:
-                self.log.info("file %s from %s waits for `tazcom files get`: %s",
+            self.log.info("file %s from %s waits for `tazcom files get`: %s",
                               row.id.hex()[:16], fingerprint(env.origin),
                               "over the auto-accept budget (strangers must not fill the "
                               "disk with unasked files)")
