@@ -7,7 +7,8 @@ window fills that last queue (the bytes in flight grow until loss or until BBR's
 says stop), so the gateway bounds the whole of it itself: the next burst of bulk goes
 out only once what is queued, unsent or unacknowledged (``queued``: the transport's
 buffer plus the socket's ``SIOCOUTQ``), is down to ``TARGET`` seconds of the link's rate.
-A chat frame then waits behind at most that and the burst (one file chunk).
+A chat frame then waits behind at most that and the burst (one ``part`` of a file chunk,
+at most 16 KiB, to a peer that said ``part/1``; one whole chunk to an older one).
 
 The rate is measured from the same figure: between two looks at a queue that never ran
 dry, the bytes that left it over the time taken are what the path delivers (pacing the

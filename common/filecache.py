@@ -1,6 +1,6 @@
 """The relay's file cache quota (docs/files.md, "Disk": ``files.cache_quota``). No I/O.
 
-Room files a node relays, and DM files in transit, are cached within one quota of bytes.
+Room files a node relays are cached within one quota of bytes.
 A file is admitted with its **whole** announced size reserved, however little of it is
 cached yet: chunks then arrive without a check each, and the disk can never hold more
 than the quota whatever order they come in. To make room, the least recently used files

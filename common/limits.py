@@ -49,6 +49,9 @@ APP_OVERHEAD = 64
 APP_BODY_MAX = PLAINTEXT_MAX - APP_OVERHEAD
 #: The name of the service an ``app`` message is for (``router``), and of a capability.
 KIND_MAX = 32
+#: A ``part`` of a bulk ``app`` message (a file chunk) cut into frames that chat can go
+#: between: at 50 Mbit/s, 2.6 ms on the wire (docs/files.md, "Priorities on a link").
+PART_BODY_MAX = 16 * 1024
 
 # --- chat envelopes (docs/protocol.md §10) ---------------------------------------------------
 

@@ -26,6 +26,12 @@ tested without sockets (docs/protocol.md, "Links").
    sample for the mesh clock (common/clock.py).
 3. OPEN: ``app`` messages flow both ways; ``ping``/``pong`` keep the link
    alive; each side rekeys its sending cipher after ``rekey`` signalling.
+   Parts: to a peer that said ``part/1`` a bulk message (a file chunk) may go as
+   ``part`` messages of at most 16 KiB (``send_part``), so that chat goes between them;
+   the receiver joins them, in order, into one ``MessageReceived`` when the ``last``
+   arrives. One message is in progress at a time: a ``part`` of another kind meanwhile
+   is ``bad_state``, a message over the ``app`` limit ``too_large`` (so what a link
+   holds of one is bounded); other messages may come between its parts.
 4. CLOSE: a peer's ``close`` ends the link whatever it holds; only a reject
    code (``[a-z][a-z0-9_]{0,47}``) passes as its reason, anything else (or a
    ``close`` whose fields do not decode) is ``bad_close``, the peer's value
@@ -55,6 +61,7 @@ import nacl.signing
 from . import codec, noise
 from .errors import LocalProtocolError, RemoteProtocolError, SchemaError
 from .keys import DOMAIN_NOISE_STATIC, fingerprint
+from .limits import APP_BODY_MAX
 from .messages import (
     MAX_PLAINTEXT,
     App,
@@ -62,6 +69,7 @@ from .messages import (
     Hello,
     IdentityProof,
     Message,
+    Part,
     Ping,
     Pong,
     Rekey,
@@ -79,6 +87,8 @@ PROLOGUE = b"tazcom-link"
 LINK_VERSIONS = (1, 1)
 HANDSHAKE_MAX_FRAME = 1024
 MSG1_LEN = noise.DH_LEN
+#: The hello cap of a node that takes ``part`` messages: only such a peer is sent them.
+PART_CAP = "part/1"
 #: The shape of a reject code (docs/protocol.md §8), which a peer's ``close`` reason must have.
 REJECT_CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")
 #: The reason we report for a peer's ``close`` whose reason is not a reject code, or whose
@@ -207,6 +217,12 @@ class Link:
         self.frames_out = 0
         #: Our wall clock (unix s) during the current ``receive_data``, said in our hello.
         self._wall: float | None = None
+        #: The message whose parts are arriving: its kind (None: none), the bodies so far
+        #: and their length; and the kind of the one we are sending in parts.
+        self._part_kind: str | None = None
+        self._parts: list[bytes] = []
+        self._parts_len = 0
+        self._sending_part: str | None = None
         if initiator:
             self.state = State.INITIATOR_EXPECT_MSG2
             self._out.append(encode_frame(self._hs.write_message(b"")))
@@ -259,6 +275,22 @@ class Link:
         except SchemaError as e:
             raise LocalProtocolError(e.message, code="too_large") from None
         self._write_plain(plaintext, now)
+
+    def send_part(self, kind: str, body: bytes, last: bool, now: float) -> None:
+        """Queue one ``part`` of a message of ``kind`` (only to a peer that said ``part/1``;
+        nothing else in parts until the ``last``); raises LocalProtocolError like
+        ``send_app`` (``bad_state``: a part of another kind while one is in progress)."""
+        if self.state is not State.OPEN:
+            raise LocalProtocolError("link is not open", code="no_link")
+        if self._sending_part is not None and kind != self._sending_part:
+            raise LocalProtocolError(f"a part of {kind!r} amid one of {self._sending_part!r}",
+                                     code="bad_state")
+        try:
+            plaintext = encode_message(Part(kind=kind, body=body, last=last))
+        except SchemaError as e:
+            raise LocalProtocolError(e.message, code="too_large") from None
+        self._write_plain(plaintext, now)
+        self._sending_part = None if last else kind
 
     def close(self, reason: str, detail: str, now: float) -> LinkClosed:
         """Close from our side, telling the peer why when we can."""
@@ -423,6 +455,25 @@ class Link:
                 return None
             raise
 
+    def _part(self, msg: Part, events: list[Event]) -> None:
+        """One ``part``: the first of a message, or the next of the one in progress."""
+        kind = self._part_kind
+        if kind is None:
+            kind = self._part_kind = msg.kind
+        elif msg.kind != kind:
+            raise RemoteProtocolError(
+                f"a part of kind {shown(msg.kind)} amid a message of {shown(kind)}",
+                code="bad_state")
+        self._parts_len += len(msg.body)
+        if self._parts_len > APP_BODY_MAX:
+            raise RemoteProtocolError(f"a message in parts over {APP_BODY_MAX} bytes",
+                                      code="too_large")
+        self._parts.append(msg.body)
+        if msg.last:
+            body = b"".join(self._parts)
+            self._part_kind, self._parts, self._parts_len = None, [], 0
+            events.append(MessageReceived(kind=kind, body=body))
+
     def _peer_closed(self, reason: object, message: object, events: list[Event]) -> None:
         """The peer closed the link. Only a reject code passes as the reason; anything else
         is ``bad_close``, the peer's value escaped in the detail (docs/protocol.md §9)."""
@@ -477,6 +528,10 @@ class Link:
             if self.state is not State.OPEN:
                 raise RemoteProtocolError("app message before hello", code="bad_state")
             events.append(MessageReceived(kind=msg.kind, body=msg.body))
+        elif isinstance(msg, Part):
+            if self.state is not State.OPEN:
+                raise RemoteProtocolError("part before hello", code="bad_state")
+            self._part(msg, events)
         elif isinstance(msg, Ping):
             self._write(Pong(n=msg.n), now)
         elif isinstance(msg, Pong):

@@ -73,9 +73,10 @@ from .events import (
 )
 from .filewire import KIND as FILE_KIND
 from .keys import fingerprint
-from .limits import APP_BODY_MAX, KIND_MAX, UNIX_TIME_MAX
+from .limits import APP_BODY_MAX, KIND_MAX, PART_BODY_MAX, UNIX_TIME_MAX
 from .link import (
     BAD_CLOSE,
+    PART_CAP,
     Link,
     LinkClosed,
     LinkLimits,
@@ -115,7 +116,8 @@ REDIAL_JITTER = 0.2
 #: Hello ``caps`` (docs/protocol.md §9, "Link messages"): we take ``app`` messages, v1, and
 #: envelopes of version 2 (a node that does not say ``env/2`` is sent version 1 only).
 #: ``file/1``: reads file manifests (envelope kind 6) and carries ``file`` messages.
-CAPS = ("app/1", "env/2", PX_CAP, "file/1")
+#: ``part/1``: takes a bulk message in ``part`` messages (common/link.py).
+CAPS = ("app/1", "env/2", PX_CAP, "file/1", PART_CAP)
 #: The reason of our normal close (the gateway stops).
 GOODBYE = "goodbye"
 #: A peer's ``close`` reason that is not a reject code we know.
@@ -270,9 +272,11 @@ class Conn:
     handshake_hash: bytes = b""
     #: Counted among the handshakes in progress.
     handshaking: bool = True
-    #: Bulk ``app`` messages (kind, body) not yet encrypted: encrypted when written, so
-    #: chat queued later still goes first.
-    bulk: deque[tuple[str, bytes]] = field(default_factory=deque)
+    #: Bulk ``app`` messages (kind, body, None) not yet encrypted: encrypted when written,
+    #: so chat queued later still goes first. To a peer that said ``part/1`` one over
+    #: PART_BODY_MAX is queued as its ``part`` messages (kind, piece, last), written one
+    #: burst each, so chat goes between them too.
+    bulk: deque[tuple[str, bytes, bool | None]] = field(default_factory=deque)
     bulk_bytes: int = 0
     #: The transport holds over BULK_HIGH unsent: no bulk until it drains.
     write_paused: bool = False
@@ -714,13 +718,19 @@ class LinkManager:
         """Encrypt up to BULK_HIGH bytes of ``c``'s bulk, behind whatever was queued."""
         now, budget, out = c.link.last_sent, BULK_HIGH, []
         while c.bulk and budget > 0:
-            kind, body = c.bulk.popleft()
+            kind, body, last = c.bulk.popleft()
             c.bulk_bytes -= len(body)
             budget -= len(body)
             try:
-                c.link.send_app(kind, body, now)
+                if last is None:
+                    c.link.send_app(kind, body, now)
+                else:
+                    c.link.send_part(kind, body, last, now)
             except TazcomError as e:  # a kind the schema refuses: that message only
                 self.rejects.reject("gateway", e.code, f"bulk {kind!r}: {e.message}")
+                while last is False and c.bulk:  # and the rest of its parts
+                    _, rest, last = c.bulk.popleft()
+                    c.bulk_bytes -= len(rest)
                 continue
             out.append(c.link.data_to_send())
         return b"".join(out)
@@ -763,8 +773,13 @@ class LinkManager:
                 return "too_large"
             if c.bulk_bytes + len(body) > BULK_QUEUE_MAX:
                 return "busy"
-            c.bulk.append((kind, body))
-            c.bulk_bytes += len(body)
+            n = len(body)
+            if n > PART_BODY_MAX and PART_CAP in c.link.peer_caps:
+                c.bulk.extend((kind, body[i : i + PART_BODY_MAX], i + PART_BODY_MAX >= n)
+                              for i in range(0, n, PART_BODY_MAX))
+            else:
+                c.bulk.append((kind, body, None))
+            c.bulk_bytes += n
             self._dirty[c.id] = c
             return None
         try:

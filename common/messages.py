@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar
 from . import codec
 from .errors import SchemaError
 from .events import Detail, KindName, Nickname, RejectCode
-from .limits import APP_BODY_MAX, KEY_BYTES, KIND_MAX, PLAINTEXT_MAX, SIG_BYTES
+from .limits import APP_BODY_MAX, KEY_BYTES, KIND_MAX, PART_BODY_MAX, PLAINTEXT_MAX, SIG_BYTES
 from .schema import Len, Range, Record, record, registry
 
 MESSAGES: dict[str, type[Message]] = {}
@@ -103,6 +103,19 @@ class App(Message):
     FAST_VALUES: ClassVar[bool] = True  # every frame of every link: app_fields
     kind: Kind
     body: Annotated[bytes, Len(0, APP_BODY_MAX)]
+
+
+@message("part")
+class Part(Message):
+    """A piece of one bulk ``app`` message (a file chunk), sent only to a peer that said
+    ``part/1``: the pieces of a message go in order with nothing of bulk between them (chat
+    and control messages may), and the receiver takes the message, ``kind`` and the bodies
+    joined, when the ``last`` arrives (common/link.py, 3.)."""
+
+    kind: Kind
+    body: Annotated[bytes, Len(1, PART_BODY_MAX)]
+    #: This piece ends the message.
+    last: bool
 
 
 def encode_message(msg: Message) -> bytes:

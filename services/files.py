@@ -72,7 +72,7 @@ class Settings:
     auto_accept: int = 25 * MiB
     #: Files over this size are refused (a manifest over the quota).
     max_size: int = 2048 * MiB
-    #: What a relay keeps of files passing through (room files, and DM files in transit).
+    #: What a relay keeps of the room files passing through.
     cache_quota: int = 256 * MiB
 
     @classmethod
@@ -154,11 +154,17 @@ class FileService:
         self._told: dict[bytes, float] = {}
         self._wake = asyncio.Event()
         self.counts: dict[str, int] = {}
+        #: Room files announced here (their manifests flood): the ones a relay caches. A DM
+        #: file in transit is not kept: its one recipient gets every chunk anyway, and a
+        #: copy here would serve nobody.
+        self.room_files: set[bytes] = set()
 
     # -- start ---------------------------------------------------------------------------
 
     def load(self) -> None:
         for row in self.db.rows():
+            if row.to is None:
+                self.room_files.add(row.file_id)
             if row.direction == "out":
                 # whatever its status: a room file outlives its ``sent`` (store expiry), and
                 # serving checks the original anyway
@@ -455,7 +461,7 @@ class FileService:
         """A verified chunk passing through: kept while the quota admits the whole file;
         a cache copy is served once complete (its proofs come from its leaves then)."""
         fid = chunk.file_id
-        if fid in self.complete or fid in self.incoming:
+        if fid in self.complete or fid in self.incoming or fid not in self.room_files:
             return
         partial = self.caching.get(fid)
         if partial is not None and partial.size != size:
@@ -524,6 +530,8 @@ class FileService:
             plain = filecrypt.plain_size(m.size) or 0
         else:
             name, mime, key, plain = m.meta.name, m.meta.mime, None, m.size  # type: ignore[union-attr]
+        if env.to is None:
+            self.room_files.add(m.file_id)
         row = FileRow(id=env.id, file_id=m.file_id, name=name, size=m.size, plain=plain,
                       origin=env.origin, to=env.to, direction="in", status="offered",
                       sent=env.ts, created=time.time(), mime=mime, key=key,
@@ -701,6 +709,8 @@ class FileService:
                       sent=int(self.router.wall() * 1000), created=time.time(), mime=mime,
                       path=str(path.resolve()), key=key, stamp=stamp)
         self.db.put(row)
+        if req.to is None:
+            self.room_files.add(fid)
         old = self.outgoing.get(fid)
         if old is not None:
             old.close()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tazcom.common import codec, noise
+from tazcom.common.errors import LocalProtocolError
 from tazcom.common.keys import DOMAIN_NOISE_STATIC
+from tazcom.common.limits import APP_BODY_MAX, PART_BODY_MAX
 from tazcom.common.link import (
     Link,
     LinkClosed,
@@ -18,7 +23,7 @@ from tazcom.common.link import (
     MessageReceived,
     State,
 )
-from tazcom.common.messages import MESSAGES, Hello, decode_message, encode_message
+from tazcom.common.messages import MESSAGES, Hello, Ping, decode_message, encode_message
 from tazcom.common.wire import FrameDecoder, encode_frame
 
 from .examples import build
@@ -490,3 +495,172 @@ def test_hello_clock_field_is_checked() -> None:
         obj["clock_ms"] = bad
         with pytest.raises(SchemaError):
             decode_message(codec.pack(obj))
+
+
+# -- parts: a bulk message in frames of at most 16 KiB ---------------------------------------
+
+
+def _send_in_parts(a: Link, kind: str, body: bytes, cuts: list[int], now: float = 2) -> None:
+    """``body`` as ``part`` messages cut at ``cuts`` (sorted offsets inside it)."""
+    edges = [0, *cuts, len(body)]
+    for i in range(len(edges) - 1):
+        a.send_part(kind, body[edges[i] : edges[i + 1]], i == len(edges) - 2, now)
+
+
+def test_a_message_in_parts_arrives_whole_once_the_last_part_does() -> None:
+    a, b = connected()
+    body = bytes(range(256)) * 192  # 48 KiB: a file chunk
+    a.send_part("file", body[:PART_BODY_MAX], False, 2)
+    a.send_part("file", body[PART_BODY_MAX : 2 * PART_BODY_MAX], False, 2)
+    assert b.receive_data(a.data_to_send(), 2) == []  # held until the last
+    a.send_part("file", body[2 * PART_BODY_MAX :], True, 2)
+    wire = a.data_to_send()
+    assert body[-100:] not in wire  # encrypted like every frame
+    assert b.receive_data(wire, 2) == [MessageReceived(kind="file", body=body)]
+    # the next message starts afresh; a lone ``last`` part is a message of one part
+    a.send_part("file", b"one", True, 2)
+    assert b.receive_data(a.data_to_send(), 2) == [MessageReceived(kind="file", body=b"one")]
+    assert b._parts == [] and b._part_kind is None
+
+
+def test_other_messages_go_between_the_parts_of_one() -> None:
+    a, b = connected()
+    a.send_part("file", b"x" * PART_BODY_MAX, False, 2)
+    a.send_app("router", b"chat", 2)
+    a._write(Ping(n=5), 2)
+    a.send_part("file", b"y" * 10, True, 2)
+    events = b.receive_data(a.data_to_send(), 2)
+    assert events == [MessageReceived(kind="router", body=b"chat"),
+                      MessageReceived(kind="file", body=b"x" * PART_BODY_MAX + b"y" * 10)]
+    assert b.is_open and a.receive_data(b.data_to_send(), 2) == []  # the pong
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_cuts_interleavings_and_tcp_splits_give_the_same_messages(data: st.DataObject
+                                                                       ) -> None:
+    a, b = connected()
+    expected: list[MessageReceived] = []
+    for i in range(data.draw(st.integers(1, 4), "messages")):
+        body = bytes([i]) * data.draw(st.integers(1, 4 * PART_BODY_MAX - 100), "size")
+        n = len(body)
+        need = [k * PART_BODY_MAX for k in range(1, (n - 1) // PART_BODY_MAX + 1)]
+        extra = data.draw(st.lists(st.integers(1, max(1, n - 1)), max_size=5), "cuts")
+        cuts = sorted({c for c in need + extra if 0 < c < n})
+        cut_at, edges = [0, *cuts, n], [0]
+        for j in range(1, len(cut_at) - 1):  # drop some cuts, none to a piece over the limit
+            if cut_at[j + 1] - edges[-1] > PART_BODY_MAX or data.draw(st.booleans()):
+                edges.append(cut_at[j])
+        edges.append(n)
+        assert all(0 < y - x <= PART_BODY_MAX for x, y in itertools.pairwise(edges))
+        for j in range(len(edges) - 1):
+            for k in range(data.draw(st.integers(0, 2), "chat between")):
+                chat = f"chat {i} {j} {k}".encode()
+                a.send_app("router", chat, 2)
+                expected.append(MessageReceived(kind="router", body=chat))
+            a.send_part("file", body[edges[j] : edges[j + 1]], j == len(edges) - 2, 2)
+        expected.append(MessageReceived(kind="file", body=body))
+    wire = a.data_to_send()
+    splits = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8), "tcp"))
+    got: list = []
+    for x, y in itertools.pairwise([0, *splits, len(wire)]):
+        got += b.receive_data(wire[x:y], 2)
+    assert got == expected and b.is_open
+
+
+def test_parts_over_the_app_limit_close_the_link_too_large() -> None:
+    a, b = connected()
+    for _ in range(APP_BODY_MAX // PART_BODY_MAX):
+        a.send_part("file", b"z" * PART_BODY_MAX, False, 2)
+    assert b.receive_data(a.data_to_send(), 2) == []
+    assert b._parts_len == APP_BODY_MAX // PART_BODY_MAX * PART_BODY_MAX <= APP_BODY_MAX
+    a.send_part("file", b"z" * (APP_BODY_MAX % PART_BODY_MAX + 1), True, 2)
+    events = b.receive_data(a.data_to_send(), 2)
+    assert [(type(e), e.reason) for e in events] == [(LinkClosed, "too_large")] and b.closed
+    closing = a.receive_data(b.data_to_send(), 2)
+    assert [(e.reason, e.by_peer) for e in closing] == [("too_large", True)]
+    # exactly the limit passes
+    a, b = connected()
+    _send_in_parts(a, "file", b"k" * APP_BODY_MAX, [PART_BODY_MAX * k for k in range(1, 4)])
+    assert b.receive_data(a.data_to_send(), 2) == [
+        MessageReceived(kind="file", body=b"k" * APP_BODY_MAX)]
+
+
+def test_a_part_of_another_kind_amid_a_message_closes_the_link_bad_state() -> None:
+    a, b = connected()
+    a.send_part("file", b"1", False, 2)
+    with pytest.raises(LocalProtocolError) as info:  # our side never sends it
+        a.send_part("router", b"2", True, 2)
+    assert info.value.code == "bad_state"
+    wire = a.data_to_send() + _send_plain(a, {"t": "part", "v": 1, "kind": "router",
+                                              "body": b"2", "last": True})
+    events = b.receive_data(wire, 2)
+    assert [(type(e), e.reason) for e in events] == [(LinkClosed, "bad_state")]
+    assert "router" in events[0].detail and b.closed
+
+
+def test_a_part_before_hello_closes_the_link_bad_state(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """Both sides' first transport message made a ``part`` instead of a ``hello``."""
+    import tazcom.common.link as link_module
+
+    part = codec.pack({"t": "part", "v": 1, "kind": "file", "body": b"x", "last": True})
+    monkeypatch.setattr(link_module, "encode_message", lambda msg: part)
+    a, b = A.link(True), B.link(False)
+    _, ev_b = pump(a, b)
+    assert [(type(e), e.reason) for e in ev_b] == [(LinkClosed, "bad_state")]
+    assert a.closed and b.closed
+
+
+@pytest.mark.parametrize("obj", [
+    {"kind": "file", "body": b"x" * (PART_BODY_MAX + 1), "last": False},
+    {"kind": "file", "body": b"", "last": True},
+    {"kind": "file", "body": b"x", "last": 1},
+    {"kind": "file", "body": b"x"},
+    {"kind": "f" * 33, "body": b"x", "last": True},
+    {"kind": "", "body": b"x", "last": True},
+    {"kind": "file", "body": "x", "last": True},
+    {"kind": ["file"], "body": b"x", "last": True},
+], ids=repr)
+def test_parts_of_wrong_shapes_close_with_bad_message(obj: dict) -> None:
+    a, b = connected()
+    events = b.receive_data(_send_plain(a, {"t": "part", "v": 1, **obj}), 2)
+    assert [(type(e), e.reason) for e in events] == [(LinkClosed, "bad_message")]
+
+
+def test_an_older_node_drops_parts_as_an_unknown_type(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    """A node without ``part`` logs and drops one (it never said ``part/1``, so it is
+    never sent one); a ``part`` of a later version is dropped the same way."""
+    a, b = connected()
+    a.send_part("file", b"x" * 100, True, 2)
+    monkeypatch.delitem(MESSAGES, "part")
+    events = b.receive_data(a.data_to_send(), 2)
+    assert [(type(e), e.reason) for e in events] == [(MessageDropped, "unknown_type")]
+    assert b.is_open
+    monkeypatch.undo()
+    events = b.receive_data(_send_plain(a, {"t": "part", "v": 2, "kind": "file",
+                                            "body": b"x", "last": True}), 2)
+    assert [(type(e), e.reason) for e in events] == [(MessageDropped, "bad_version")]
+
+
+def test_send_part_refuses_like_send_app() -> None:
+    a = A.link(True)
+    with pytest.raises(LocalProtocolError) as info:
+        a.send_part("file", b"x", True, 0)
+    assert info.value.code == "no_link"
+    a, _ = connected()
+    for kind, body in (("file", b"x" * (PART_BODY_MAX + 1)), ("file", b""), ("", b"x")):
+        with pytest.raises(LocalProtocolError) as info:
+            a.send_part(kind, body, True, 2)
+        assert info.value.code == "too_large"
+    assert a.data_to_send() == b""
+
+
+def test_the_frame_rate_limit_takes_a_saturated_gigabit_link_of_parts() -> None:
+    """16 KiB parts at 1 Gbit/s are 7,630 frames/s: the default limit leaves room for that
+    and as many frames of chat and control besides."""
+    limits = LinkLimits()
+    parts_per_second = 1e9 / 8 / PART_BODY_MAX
+    assert limits.frames_per_second >= 2 * parts_per_second
+    assert limits.frame_burst >= limits.frames_per_second

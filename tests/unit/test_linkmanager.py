@@ -19,11 +19,12 @@ from typing import Any
 
 import nacl.signing
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tazcom.common import codec, noise
+from tazcom.common import codec, linkmanager, noise
+from tazcom.common.errors import LocalProtocolError
 from tazcom.common.events import (
     LinkDown,
     LinkMessage,
@@ -34,7 +35,8 @@ from tazcom.common.events import (
     WireRejected,
 )
 from tazcom.common.keys import DOMAIN_NOISE_STATIC, fingerprint
-from tazcom.common.link import Link, LinkClosed
+from tazcom.common.limits import PART_BODY_MAX
+from tazcom.common.link import PART_CAP, Link, LinkClosed
 from tazcom.common.linkmanager import (
     BACKOFF_MAX,
     BACKOFF_MIN,
@@ -723,8 +725,8 @@ def test_bulk_goes_behind_chat_and_only_as_fast_as_the_socket_takes_it() -> None
     introduce(net, low, high)
     net.settle(dials=True)
     conn = low.verified[HIGH.key].id
-    for i in range(8):
-        assert low.queue(HIGH.key, "bulk", bytes([i]) * 20_000, net.now, bulk=True) is None
+    for i in range(8):  # whole messages: under PART_BODY_MAX (parts: the tests below)
+        assert low.queue(HIGH.key, "bulk", bytes([i]) * 10_000, net.now, bulk=True) is None
     assert low.queue(HIGH.key, "test", b"chat 1", net.now) is None
     net.run(low, low.flush())
     assert net.want_write == [(low, conn)], "more bulk waits for the socket"
@@ -733,7 +735,7 @@ def test_bulk_goes_behind_chat_and_only_as_fast_as_the_socket_takes_it() -> None
     assert got[0] == ("test", b"c"), "chat first, although queued after the bulk"
     burst = [b for k, b in got[1:]]
     assert burst == [bytes([i]) for i in range(len(burst))]
-    assert burst and (len(burst) - 1) * 20_000 < BULK_HIGH <= len(burst) * 20_000
+    assert burst and (len(burst) - 1) * 10_000 < BULK_HIGH <= len(burst) * 10_000
     # the transport is full: chat still goes, bulk waits
     low.write_paused(conn)
     assert low.queue(HIGH.key, "test", b"chat 2", net.now) is None
@@ -757,6 +759,159 @@ def test_bulk_goes_behind_chat_and_only_as_fast_as_the_socket_takes_it() -> None
     assert low.queue(HIGH.key, "", b"", net.now, bulk=True) == "too_large"
     assert low.queue(HIGH.key, "bulk", b"x" * 70_000, net.now, bulk=True) == "too_large"
     assert low.queue(THIRD.key, "bulk", b"", net.now, bulk=True) == "no_link"
+
+
+def test_every_burst_of_bulk_is_reported_so_the_shell_can_gate_the_next() -> None:
+    """A burst that empties the bulk queue still says ``WantWrite`` (the gateway's gate,
+    common/bulkpace.py, times the next one); held back by ``write_paused``, bulk goes
+    neither with a chat flush nor with a new chunk, and ``write_resumed`` lets it go."""
+    net, low, high = pair()
+    introduce(net, low, high)
+    net.settle(dials=True)
+    conn = low.verified[HIGH.key].id
+    assert low.queue(HIGH.key, "bulk", b"x" * 1000, net.now, bulk=True) is None
+    net.run(low, low.flush())
+    assert net.want_write == [(low, conn)] and not low.verified[HIGH.key].bulk
+    net.want_write.clear()
+    low.write_paused(conn)  # the gate holds bulk back
+    assert low.queue(HIGH.key, "bulk", b"y" * 1000, net.now, bulk=True) is None
+    assert low.queue(HIGH.key, "test", b"chat", net.now) is None
+    net.run(low, low.flush())
+    net.settle()
+    assert [e["body"][:1] for e in net.events(high, LinkMessage)] == [b"x", b"c"]
+    assert net.want_write == [(low, conn)]
+    net.run(low, low.write_resumed(conn))
+    net.settle()
+    assert [e["body"][:1] for e in net.events(high, LinkMessage)] == [b"x", b"c", b"y"]
+
+
+def _bursts(net: Net, low: LinkManager, conn: int) -> list[int]:
+    """Release ``low``'s bulk one burst at a time, as the gateway's gate does; the bytes
+    written by each."""
+    sizes = []
+    while net.want_write:
+        core, c = net.want_write.pop()
+        assert (core, c) == (low, conn)
+        actions = net.run(low, low.write_resumed(conn))
+        sizes += [len(a.data) for a in actions if isinstance(a, Send)]
+        net.settle()
+    return sizes
+
+
+def test_bulk_over_16_kib_goes_in_parts_and_chat_goes_between_them() -> None:
+    """To a peer that said ``part/1`` a bulk message over PART_BODY_MAX is queued as its
+    parts, one burst each (so chat waits behind one part, not one chunk); the peer gets
+    each message whole, once, in order, with chat queued meanwhile ahead of the rest."""
+    net, low, high = pair()
+    introduce(net, low, high)
+    net.settle(dials=True)
+    c = low.verified[HIGH.key]
+    assert PART_CAP in c.link.peer_caps
+    chunks = [bytes([i]) * (3 * PART_BODY_MAX) + bytes([i, 7]) for i in range(2)]
+    for chunk in chunks:
+        assert low.queue(HIGH.key, "bulk", chunk, net.now, bulk=True) is None
+    assert [len(b) for _, b, _ in c.bulk] == ([PART_BODY_MAX] * 3 + [2]) * 2
+    assert [last for _, _, last in c.bulk] == [False, False, False, True] * 2
+    assert c.bulk_bytes == 2 * len(chunks[0])  # bytes, not messages
+    frames = c.link.frames_out
+    actions = net.run(low, low.flush())  # one burst: the first part
+    assert next(len(a.data) for a in actions if isinstance(a, Send)) < BULK_HIGH + 100
+    low.write_paused(conn := c.id)
+    net.settle()
+    assert net.events(high, LinkMessage) == []  # a part is no message yet
+    assert low.queue(HIGH.key, "test", b"chat", net.now) is None
+    net.run(low, low.flush())
+    net.settle()
+    assert [e["kind"] for e in net.events(high, LinkMessage)] == ["test"]
+    sizes = _bursts(net, low, conn)
+    assert max(sizes) < BULK_HIGH + 200, sizes
+    got = net.events(high, LinkMessage)
+    assert [(e["kind"], e["body"]) for e in got] == [("test", b"chat")] + [
+        ("bulk", chunk) for chunk in chunks]
+    assert c.link.frames_out - frames == 1 + 2 * 4  # chat + 2 x (3 parts + a last one)
+    assert not c.bulk and c.bulk_bytes == 0
+
+
+def test_no_parts_to_a_peer_that_did_not_say_part_1(monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    """An older peer (no ``part/1`` in its hello) gets every bulk message whole."""
+    monkeypatch.setattr(linkmanager, "CAPS", ("app/1", "env/2", "px/1", "file/1"))
+    net, low, high = pair()
+    introduce(net, low, high)
+    net.settle(dials=True)
+    c = low.verified[HIGH.key]
+    assert PART_CAP not in c.link.peer_caps
+    chunk = b"z" * (3 * PART_BODY_MAX)
+    assert low.queue(HIGH.key, "bulk", chunk, net.now, bulk=True) is None
+    assert [(len(b), last) for _, b, last in c.bulk] == [(len(chunk), None)]
+    frames = c.link.frames_out
+    net.run(low, low.flush())
+    net.settle()
+    assert c.link.frames_out - frames == 1  # one app message, one frame
+    assert [e["body"] for e in net.events(high, LinkMessage)] == [chunk]
+
+
+def test_a_part_the_link_refuses_drops_the_rest_of_its_message(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """Should the link refuse a part (it checks kind and size again), that message's other
+    parts go too, and the next message arrives whole."""
+    net, low, high = pair()
+    introduce(net, low, high)
+    net.settle(dials=True)
+    c = low.verified[HIGH.key]
+    chunk = b"q" * (2 * PART_BODY_MAX + 5)
+    assert low.queue(HIGH.key, "bulk", chunk, net.now, bulk=True) is None
+    assert low.queue(HIGH.key, "bulk", b"next", net.now, bulk=True) is None
+    send_part = c.link.send_part
+
+    def refuse_first(kind: str, body: bytes, last: bool, now: float) -> None:
+        monkeypatch.setattr(c.link, "send_part", send_part)
+        raise LocalProtocolError("refused", code="too_large")
+
+    monkeypatch.setattr(c.link, "send_part", refuse_first)
+    net.run(low, low.flush())
+    assert [(len(b), last) for _, b, last in c.bulk] == [(4, None)]
+    net.run(low, low.write_more(c.id))
+    net.settle()
+    assert not c.bulk and c.bulk_bytes == 0
+    assert [e["body"] for e in net.events(high, LinkMessage)] == [b"next"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.integers(1, 3 * PART_BODY_MAX + 9), min_size=1, max_size=4),
+       steps=st.lists(st.sampled_from(["chat", "burst", "pause"]), max_size=24))
+def test_parts_and_chat_in_any_order_give_every_message_whole(sizes: list[int],
+                                                              steps: list[str]) -> None:
+    """Whatever mixes chat flushes (which take a burst along unless paused), bursts and
+    pauses, the peer gets every bulk message whole and in order, and each chat message at
+    once, in the order queued."""
+    net, low, high = pair()
+    introduce(net, low, high)
+    net.settle(dials=True)
+    c = low.verified[HIGH.key]
+    bodies = [bytes([i]) * n for i, n in enumerate(sizes)]
+    for body in bodies:
+        assert low.queue(HIGH.key, "bulk", body, net.now, bulk=True) is None
+    chats = []
+    for i, step in enumerate(steps):
+        if step == "chat":
+            chats.append(f"chat {i}".encode())
+            assert low.queue(HIGH.key, "test", chats[-1], net.now) is None
+            net.run(low, low.flush())
+            net.settle()
+            assert chats[-1] in [e["body"] for e in net.events(high, LinkMessage)]
+        elif step == "burst":
+            net.run(low, low.write_resumed(c.id))
+            net.settle()
+        else:
+            low.write_paused(c.id)
+    while c.bulk:
+        net.run(low, low.write_resumed(c.id))
+        net.settle()
+    assert c.bulk_bytes == 0
+    got = net.events(high, LinkMessage)
+    assert [e["body"] for e in got if e["kind"] == "bulk"] == bodies
+    assert [e["body"] for e in got if e["kind"] == "test"] == chats
 
 
 def test_links_snapshot_names_every_link_at_the_table_version() -> None:
@@ -1113,8 +1268,8 @@ def test_every_link_code_is_a_short_identifier(reason: str) -> None:
     assert reason.isidentifier() and len(reason) <= 48
 
 
-def test_caps_name_app_v1_envelope_v2_peer_exchange_and_files() -> None:
-    assert CAPS == ("app/1", "env/2", "px/1", "file/1")
+def test_caps_name_app_v1_envelope_v2_peer_exchange_files_and_parts() -> None:
+    assert CAPS == ("app/1", "env/2", "px/1", "file/1", "part/1")
 
 
 def test_peer_verified_carries_the_clock_offset_of_the_peers_hello() -> None:
