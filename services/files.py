@@ -570,8 +570,8 @@ class FileService:
             return
         if row.file_id in self.incoming:
             return
-        # a DM file is decrypted next to its ciphertext; a room file is moved, not copied
-        need = row.size + (row.plain if row.key is not None else 0)
+        # chunks are written in place (a DM file's decrypted), then the file is renamed
+        need = row.plain if row.key is not None else row.size
         free = shutil.disk_usage(self.store.files_dir).free
         if free < need:
             self.fail(row, f"disk full: {need} bytes needed, {free} free")
@@ -581,8 +581,12 @@ class FileService:
         self.resume(row)
 
     def resume(self, row: FileRow) -> None:
+        # a DM file's chunks are decrypted as they arrive (each is verified first): its
+        # partial holds the plaintext, chunk i at i * PLAIN_CHUNK, so finishing is a rename
+        size, step = (row.plain, filecrypt.PLAIN_CHUNK) if row.key is not None \
+            else (row.size, CHUNK)
         try:
-            partial = self.store.open_partial(row.file_id, row.size)
+            partial = self.store.open_partial(row.file_id, size, step)
             download = Download(row.file_id, row.size, have=partial.have)
         except FileStoreError as e:
             self.fail(row, "disk full" if e.code == "disk_full" else e.message)
@@ -602,8 +606,14 @@ class FileService:
         self._wake.set()
 
     def take(self, inc: Incoming, chunk: Chunk, offset: int) -> None:
+        key = inc.row.key
         try:
-            inc.partial.write_chunk(chunk.index, chunk.data)
+            data = chunk.data if key is None else \
+                filecrypt.decrypt_chunk(key, chunk.index, chunk.data)
+            inc.partial.write_chunk(chunk.index, data)
+        except RemoteProtocolError as e:  # the tree vouched for it: the origin's key lies
+            self.abandon(inc, f"{e.code}: {e.message}")
+            return
         except FileStoreError as e:
             self.abandon(inc, "disk full" if e.code == "disk_full" else e.message)
             return
@@ -643,20 +653,13 @@ class FileService:
                 if leaves is not None:
                     self.write_leaves(row.file_id, leaves)
                     self.serve_complete(row.file_id, path, row.size)
-            else:
-                inc.partial.flush()
-                plain = self.store.scratch_path(row.file_id, "plain")
-                await asyncio.to_thread(_decrypt, inc.partial.data_path, plain, row.key,
-                                        row.size)
-                path = self.store.place(plain, row.name, row.file_id, row.plain)
-                self.store.delete(row.file_id)  # the ciphertext and its bitmap
-        except (FileStoreError, RemoteProtocolError, OSError) as e:
+            else:  # already plaintext (``take``); never served: no leaves
+                path = inc.partial.finish(row.name)
+                self.store.forget_complete(row.file_id)
+        except (FileStoreError, OSError) as e:
             message = getattr(e, "message", str(e))
             full = getattr(e, "code", "") == "disk_full" or \
-                getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)  # from _decrypt
-            if row.key is not None:  # a half-written plaintext must not keep the disk full
-                with contextlib.suppress(OSError):
-                    self.store.scratch_path(row.file_id, "plain").unlink()
+                getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             self.abandon(inc, "disk full" if full else message)
             return
         self.incoming.pop(row.file_id, None)
@@ -859,13 +862,3 @@ def _leaves_of(path: Path, fid: bytes, size: int, _unused: Callable[[], None] | 
     if builder.count and not leaves:
         leaves += _leaf(0, b"")
     return bytes(leaves) if built.file_id == fid and built.size == size else None
-
-
-def _decrypt(source: Path, target: Path, key: bytes, size: int) -> None:
-    """A DM file's plaintext from its verified ciphertext, synced before it is placed."""
-    count = max(1, -(-size // CHUNK))
-    with open(source, "rb") as src, open(target, "wb") as out:
-        for i in range(count):
-            out.write(filecrypt.decrypt_chunk(key, i, src.read(CHUNK)))
-        out.flush()
-        os.fsync(out.fileno())

@@ -531,16 +531,10 @@ class FileStore:
         raise FileStoreError(f"no free name for {wanted!r} after {FINISH_TRIES} tries",
                              code="io_error")
 
-    def place(self, source: Path, name: str, file_id: bytes, size: int) -> Path:
-        """Put a complete file we wrote ourselves (a DM file's plaintext, decrypted from
-        its partial) into ``files/`` as ``finish`` does, and serve it from there."""
-        final = self._place(source, name, file_id)
-        self._complete[file_id] = (final, size)
-        return final
-
-    def scratch_path(self, file_id: bytes, suffix: str) -> Path:
-        """A file of ours next to the partials (``.partial/<id>.<suffix>``)."""
-        return self.partial_dir / f"{_check_id(file_id)}.{suffix}"
+    def forget_complete(self, file_id: bytes) -> None:
+        """Never serve this finished download (a DM file's plaintext: its chunks are not
+        the file id's, which are ciphertext)."""
+        self._complete.pop(file_id, None)
 
     @staticmethod
     def _link_new(source: Path, final: Path) -> None:
