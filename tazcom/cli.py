@@ -504,22 +504,9 @@ class Cli:
             note = f"{safe(path.name)}: hashing{' and encrypting' if to else ''}..."
             sys.stdout.write(note)
             sys.stdout.flush()
-        try:
-            # The same client_id on every attempt: a retry never sends the file twice.
-            try:
-                row = await self.file_request(req, timeout=_send_timeout(path))
-            finally:
-                if note:
-                    sys.stdout.write("\r" + " " * len(note) + "\r")
-            if watch is None:
-                self.file_done(row, f"to {target}")
-                return 0
-            row = await self.follow_file(watch, row,
-                                         lambda f: file_finished(f, wait_room=wait_room))
-        finally:
-            if watch is not None:
-                await watch.close()
-        return self.file_result(row, f"to {target}", file_finished(row, wait_room=wait_room))
+        # The same client_id on every attempt: a retry never sends the file twice.
+        return await self.file_transfer(req, _send_timeout(path), watch, f"to {target}",
+                                        lambda f: file_finished(f, wait_room=wait_room), note)
 
     async def cmd_files(self) -> int:
         if self.args.action == "get":
@@ -552,17 +539,28 @@ class Cli:
         if wait is None:  # people watch it arrive; scripts get the row at once
             wait = sys.stdout.isatty() and not self.json
         watch = FileWatch(self) if wait else None
+        return await self.file_transfer(rpc.GetFile(file=prefix), 5.0, watch, "",
+                                        lambda f: file_finished(f, wait_room=False))
+
+    async def file_transfer(self, req: rpc.Request, timeout: float, watch: FileWatch | None,
+                            what: str, finished: Callable[[FileStatus], bool],
+                            note: str = "") -> int:
+        """``files.send`` or ``files.get``, then (``watch``) its progress until ``finished``;
+        ``note``: a line on the terminal while the router answers, wiped after."""
         try:
-            row = await self.file_request(rpc.GetFile(file=prefix), timeout=5.0)
+            try:
+                row = await self.file_request(req, timeout=timeout)
+            finally:
+                if note:
+                    sys.stdout.write("\r" + " " * len(note) + "\r")
             if watch is None:
-                self.file_done(row, "")
+                self.file_done(row, what)
                 return 0
-            row = await self.follow_file(watch, row,
-                                         lambda f: file_finished(f, wait_room=False))
+            row = await self.follow_file(watch, row, finished)
         finally:
             if watch is not None:
                 await watch.close()
-        return self.file_result(row, "", file_finished(row, wait_room=False))
+        return self.file_result(row, what, finished(row))
 
     async def file_request(self, req: rpc.Request, timeout: float) -> FileStatus:
         """``files.send`` or ``files.get``: the file's row, or the refusal in plain words."""

@@ -370,3 +370,33 @@ def history(node: Node, conv: str | None = None, limit: int = 10000) -> list[Any
     reply = request(node, "store", rpc.StoreHistory(
         conv=bytes.fromhex(conv) if conv else None, limit=limit))
     return list(reply.messages)
+
+
+@contextlib.contextmanager
+def lan_nodes(links: dict[str, list[int]], *, start: bool = True
+              ) -> Iterator[tuple[Any, dict[str, Node]]]:
+    """A node ``node-<host>`` in each host's namespace of ``tests.netns.lan(links)`` (on
+    all of its interfaces); ``start``: launched and up. At the end every node is stopped
+    before its namespace goes, and a traceback in any node's logs fails the test."""
+    from tests.netns import lan
+
+    root = short_tmp()
+    nodes: dict[str, Node] = {}
+    with lan(links) as net:
+        try:
+            for host in links:
+                nodes[host] = Node(root / host, f"node-{host}", netns=net.ns(host),
+                                   interfaces=",".join(net.interfaces[host]))
+            if start:
+                for node in nodes.values():
+                    node.start()
+                for node in nodes.values():
+                    node.wait_up()
+            yield net, nodes
+        finally:
+            problems = []
+            for node in nodes.values():
+                node.stop()
+                problems += node.tracebacks()
+            shutil.rmtree(root, ignore_errors=True)
+            assert not problems, "\n".join(problems)

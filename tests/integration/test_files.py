@@ -15,7 +15,6 @@ import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +22,13 @@ import pytest
 
 from tazcom.common import rpc
 from tazcom.common.errors import RequestFailed
-from tests.harness import Node, Timeout, request, short_tmp, wait_for
-from tests.netns import Lan, lan, why_unavailable
+from tests.harness import Node, Timeout, lan_nodes, request, wait_for
+from tests.netns import why_unavailable
 
 pytestmark = pytest.mark.skipif(why_unavailable() is not None,
                                 reason=str(why_unavailable()))
 
 MiB = 1024 * 1024
-
-
-@contextlib.contextmanager
-def mesh(links: dict[str, list[int]]) -> Iterator[tuple[Lan, dict[str, Node]]]:
-    root = short_tmp()
-    nodes: dict[str, Node] = {}
-    with lan(links) as net:
-        try:
-            for host in links:
-                nodes[host] = Node(root / host, f"node-{host}", netns=net.ns(host),
-                                   interfaces=",".join(net.interfaces[host])).start()
-            for node in nodes.values():
-                node.wait_up()
-            yield net, nodes
-        finally:
-            problems = []
-            for node in nodes.values():  # nodes stop before their namespaces go
-                node.stop()
-                problems += node.tracebacks()
-            assert not problems, "\n".join(problems)
 
 
 def knows(node: Node, other: Node, timeout: float = 30) -> None:
@@ -110,7 +89,7 @@ def marked(size: int, marker: bytes) -> bytes:
 def test_dm_file_through_a_relay_survives_kill_9_at_each_end_and_at_the_relay() -> None:
     marker = b"TAZCOM-PLAINTEXT-MARKER-5b1e"
     name = "secret-plan-7f3a.bin"
-    with mesh({"a": [0], "b": [0, 1], "c": [1]}) as (net, nodes):
+    with lan_nodes({"a": [0], "b": [0, 1], "c": [1]}) as (net, nodes):
         a, b, c = nodes["a"], nodes["b"], nodes["c"]
         knows(a, c)
         # a LAN's speed, so that the transfer lasts long enough to be killed six times
@@ -171,7 +150,7 @@ def test_dm_file_through_a_relay_survives_kill_9_at_each_end_and_at_the_relay() 
 
 def test_offline_recipient_gets_the_file_when_it_returns_and_the_sender_sees_delivered(
         ) -> None:
-    with mesh({"a": [0], "b": [0, 1], "c": [1]}) as (_net, nodes):
+    with lan_nodes({"a": [0], "b": [0, 1], "c": [1]}) as (_net, nodes):
         a, c = nodes["a"], nodes["c"]
         knows(a, c)
         c.stop()
@@ -192,7 +171,7 @@ def test_offline_recipient_gets_the_file_when_it_returns_and_the_sender_sees_del
 
 def test_room_file_is_fetched_by_two_nodes_the_second_from_the_relays_cache() -> None:
     # D's one neighbour is B: with A gone, only B's cache can serve it
-    with mesh({"a": [0], "b": [0, 1, 2], "c": [1], "d": [2]}) as (_net, nodes):
+    with lan_nodes({"a": [0], "b": [0, 1, 2], "c": [1], "d": [2]}) as (_net, nodes):
         a, b, c, d = nodes["a"], nodes["b"], nodes["c"], nodes["d"]
         knows(c, a)
         knows(d, a)

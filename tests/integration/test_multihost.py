@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import Node, short_tmp, wait_for
-from tests.netns import Lan, lan, why_unavailable
+from tests.harness import Node, lan_nodes, wait_for
+from tests.netns import Lan, why_unavailable
 
 REASON = why_unavailable()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
@@ -22,20 +22,9 @@ OFFLINE_LIMIT = 10.0
 
 @pytest.fixture
 def three_hosts() -> Iterator[tuple[Lan, dict[str, Node]]]:
-    root = short_tmp()
-    nodes: dict[str, Node] = {}
-    with lan({"a": [0], "b": [0], "c": [0]}) as net:
-        try:
-            for host in ("a", "b", "c"):
-                nodes[host] = Node(root / host, f"node-{host}", netns=net.ns(host),
-                                   interfaces=net.interfaces[host][0])
-            yield net, nodes
-        finally:
-            problems = []
-            for node in nodes.values():  # nodes stop before their namespaces go
-                node.stop()
-                problems += node.tracebacks()
-            assert not problems, "\n".join(problems)
+    # not started: the test times each launch itself
+    with lan_nodes({"a": [0], "b": [0], "c": [0]}, start=False) as (net, nodes):
+        yield net, nodes
 
 
 def test_three_hosts_see_each_other_and_a_departure(
