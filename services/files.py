@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import nacl.utils
 
-from tazcom.common import filecrypt, filewire, rpc
+from tazcom.common import filecrypt, fileplan, filewire, rpc
 from tazcom.common import routercore as core
 from tazcom.common.download import Download
 from tazcom.common.errors import RemoteProtocolError, RequestFailed
 from tazcom.common.events import FileStatus
 from tazcom.common.filecache import FileCache
+from tazcom.common.fileplan import STALL
 from tazcom.common.filerelay import Dropped, Relay, SendChunk, SendNone, SendWant, Serve, Store
 from tazcom.common.filetree import CHUNK, FILE_MAX, HASH, FileRef, HashTree, TreeBuilder
 from tazcom.common.filewire import Chunk, NoneMsg, Want
@@ -53,15 +54,6 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 #: ``file.status`` progress events per file at most this often (status changes at once).
 PROGRESS_EVERY = 0.25
-#: A download that got this many chunks failing their proof and none good is refused: its
-#: manifest lies (a size the id does not commit to), or every source does.
-BAD_LIMIT = 64
-#: Unasked DM files being received at once: per origin, and in all (times auto_accept).
-AUTO_PER_ORIGIN = 2
-AUTO_BUDGET = 4
-#: A download that got no verified chunk for this long fails (``stalled``): its sources
-#: are gone, banned or lying; ``files get`` tries again, from what it has.
-STALL = 300.0
 #: Final statuses: nothing more happens to these rows.
 FINAL = ("delivered", "failed", "received")
 
@@ -266,12 +258,7 @@ class FileService:
     def sources(self, row: FileRow) -> list[bytes]:
         """Whom a download asks, in order: toward the origin, whoever brought the
         manifest, then every other neighbour (each asks its own way toward the origin)."""
-        first = [self.upstream(row.origin), row.came_from]
-        out: list[bytes] = []
-        for k in [*first, *sorted(self.links)]:
-            if k is not None and k in self.links and k not in out:
-                out.append(k)
-        return out
+        return fileplan.sources(self.upstream(row.origin), row.came_from, self.links)
 
     # -- messages from neighbours --------------------------------------------------------
 
@@ -406,7 +393,7 @@ class FileService:
                 inc.bad += 1
                 self.rejected(link, "bad_proof", f"chunk {chunk.index} of "
                               f"{fid.hex()[:16]} fails its proof", penalize=True)
-                if inc.bad >= BAD_LIMIT and not inc.good:
+                if fileplan.gives_up(inc.bad, inc.good, 0.0) == "bad_manifest":
                     self.abandon(inc, f"bad_manifest: {inc.bad} chunks failed their proof "
                                  "and none passed (a size or id that lies)")
                     return
@@ -452,8 +439,7 @@ class FileService:
 
     def vouched(self, fid: bytes) -> bool:
         """A signed manifest accepted here says this file's size (not only a want)."""
-        return fid in self.incoming or fid in self.outgoing or bool(
-            self.db.rows("file_id = ?", (fid,), 1))
+        return fid in self.incoming or fid in self.outgoing or fid in self.room_files
 
     # -- the relay's cache ---------------------------------------------------------------
 
@@ -554,14 +540,10 @@ class FileService:
         """Unasked files take disk at once (preallocated): at most AUTO_PER_ORIGIN of them
         per origin, and AUTO_BUDGET times ``auto_accept`` bytes in all, being received at a
         time; the rest waits for ``files get`` (each origin is a key anyone can make)."""
-        auto = [inc.row for inc in self.incoming.values() if inc.row.auto]
-        if sum(r.origin == row.origin for r in auto) >= AUTO_PER_ORIGIN:
-            return False
-        budget = AUTO_BUDGET * self.settings.auto_accept
-        if sum(r.size for r in auto) + row.size > budget:
-            return False
-        row.auto = True
-        return True
+        receiving = [(i.row.origin, i.row.size) for i in self.incoming.values() if i.row.auto]
+        row.auto = fileplan.may_auto_accept(receiving, row.origin, row.size,
+                                            self.settings.auto_accept)
+        return row.auto
 
     def start(self, row: FileRow) -> None:
         if row.size > self.settings.max_size:
@@ -570,8 +552,7 @@ class FileService:
             return
         if row.file_id in self.incoming:
             return
-        # chunks are written in place (a DM file's decrypted), then the file is renamed
-        need = row.plain if row.key is not None else row.size
+        need = fileplan.space_needed(row.size, row.plain, row.key is not None)
         free = shutil.disk_usage(self.store.files_dir).free
         if free < need:
             self.fail(row, f"disk full: {need} bytes needed, {free} free")
@@ -787,7 +768,7 @@ class FileService:
             for inc in list(self.incoming.values()):
                 if inc.finishing:
                     continue
-                if now - inc.progressed > STALL:
+                if fileplan.gives_up(0, inc.good, now - inc.progressed) == "stalled":
                     self.count("stalled")
                     self.abandon(inc, f"stalled: no chunk for {STALL:.0f} s (no source has "
                                  "it now); `tazcom files get` tries again")

@@ -52,12 +52,12 @@ from tazcom.common import (
 )
 from tazcom.common.download import WANT_TIMEOUT
 from tazcom.common.errors import RequestFailed
+from tazcom.common.fileplan import BAD_LIMIT
 from tazcom.common.filetree import CHUNK, FILE_MAX, HashTree, build, chunk_of
 from tazcom.common.filewire import Chunk, NoneMsg, Want
 from tazcom.common.keys import DOMAIN_CERT, DOMAIN_NOISE_STATIC, fingerprint
 from tazcom.common.link import Link, LinkClosed, LinkLimits, LinkVerified, MessageReceived
 from tazcom.common.linkmanager import CAPS
-from tazcom.services.files import BAD_LIMIT
 from tests.harness import BusTap, Node, post, request, short_tmp, wait_for
 
 MiB = 1024 * 1024
