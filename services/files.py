@@ -25,7 +25,6 @@ import mimetypes
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +39,15 @@ from tazcom.common.events import FileStatus
 from tazcom.common.filecache import FileCache
 from tazcom.common.fileplan import STALL
 from tazcom.common.filerelay import Dropped, Relay, SendChunk, SendNone, SendWant, Serve, Store
-from tazcom.common.filetree import CHUNK, FILE_MAX, HASH, FileRef, HashTree, TreeBuilder
+from tazcom.common.filetree import (
+    CHUNK,
+    FILE_MAX,
+    HASH,
+    FileRef,
+    HashTree,
+    TreeBuilder,
+    leaf_hash,
+)
 from tazcom.common.filewire import Chunk, NoneMsg, Want
 from tazcom.common.keys import fingerprint
 
@@ -310,7 +317,7 @@ class FileService:
             data = None
             if i < whole.tree.count:
                 data = self.store.read_chunk(fid, i)
-            if data is not None and _leaf(i, data) != whole.tree.leaf(i):
+            if data is not None and leaf_hash(i, data) != whole.tree.leaf(i):
                 self.log.warning("%s changed since it was received: no longer served",
                                  whole.path)
                 del self.complete[fid]
@@ -349,7 +356,7 @@ class FileService:
         for i in indices:
             data = self.read_own(out, i)
             # the original as it was hashed, or else each chunk checked against its leaf
-            if data is None or (not same and _leaf(i, data) != out.tree.leaf(i)):
+            if data is None or (not same and leaf_hash(i, data) != out.tree.leaf(i)):
                 missing.append(i)
                 continue
             self.send(link, Chunk(row.file_id, i, data, tuple(out.tree.proof(i))))
@@ -388,7 +395,7 @@ class FileService:
             verdict = inc.download.on_chunk(chunk.index, chunk.data, chunk.proof, link, now)
             if verdict.ok:
                 leaf = verdict.leaf
-                self.take(inc, chunk, verdict.offset)
+                self.take(inc, chunk)
             elif verdict.reason == "bad_proof":
                 inc.bad += 1
                 self.rejected(link, "bad_proof", f"chunk {chunk.index} of "
@@ -482,7 +489,7 @@ class FileService:
             self.log.warning("cache: %s", e.message)
 
     async def index_cached(self, fid: bytes, path: Path, size: int) -> None:
-        leaves = await asyncio.to_thread(_leaves_of, path, fid, size, None)
+        leaves = await asyncio.to_thread(_leaves_of, path, fid, size)
         if leaves is None:
             self.drop_cached(fid)
             return
@@ -586,7 +593,7 @@ class FileService:
                                        ask.indices))
         self._wake.set()
 
-    def take(self, inc: Incoming, chunk: Chunk, offset: int) -> None:
+    def take(self, inc: Incoming, chunk: Chunk) -> None:
         key = inc.row.key
         try:
             data = chunk.data if key is None else \
@@ -629,8 +636,7 @@ class FileService:
         try:
             if row.key is None:
                 path = inc.partial.finish(row.name)
-                leaves = await asyncio.to_thread(_leaves_of, path, row.file_id, row.size,
-                                                 None)
+                leaves = await asyncio.to_thread(_leaves_of, path, row.file_id, row.size)
                 if leaves is not None:
                     self.write_leaves(row.file_id, leaves)
                     self.serve_complete(row.file_id, path, row.size)
@@ -798,10 +804,6 @@ def _plain_chunk(row: FileRow) -> int:
     return filecrypt.PLAIN_CHUNK if row.key is not None else CHUNK
 
 
-def _leaf(index: int, data: bytes) -> bytes:
-    from tazcom.common.filetree import leaf_hash
-
-    return leaf_hash(index, data)
 
 
 def _hash_file(path: Path, key: bytes | None) -> tuple[int, bytes, bytes]:
@@ -826,8 +828,7 @@ def _hash_file(path: Path, key: bytes | None) -> tuple[int, bytes, bytes]:
     return built.size, built.file_id, bytes(leaves)
 
 
-def _leaves_of(path: Path, fid: bytes, size: int, _unused: Callable[[], None] | None
-               ) -> bytes | None:
+def _leaves_of(path: Path, fid: bytes, size: int) -> bytes | None:
     """The leaves of a complete file on disk, if it is the file ``fid``."""
     builder = TreeBuilder()
     leaves = bytearray()
@@ -841,5 +842,5 @@ def _leaves_of(path: Path, fid: bytes, size: int, _unused: Callable[[], None] | 
                 break
     built = builder.finish()
     if builder.count and not leaves:
-        leaves += _leaf(0, b"")
+        leaves += leaf_hash(0, b"")
     return bytes(leaves) if built.file_id == fid and built.size == size else None
