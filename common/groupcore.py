@@ -45,13 +45,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, OrderedDict
+from typing import Any
 
-from . import groupstate, groupwire, senderkeys
+from . import codec, groupstate, groupwire, senderkeys
 from .errors import LocalProtocolError, RemoteProtocolError
 from .groupstate import GroupState, Op
 
 #: Keys and messages held per group until the ops or keys they need arrive.
 MAX_HELD = 256
+#: Groups whose welcome is still arriving in pieces.
+MAX_STAGED = 16
+#: Parents of a local op: the heads, at most this many (an op names what its author
+#: knew; fewer parents only make it concurrent with the rest, and keep it small enough
+#: for one envelope).
+LOCAL_PARENTS_MAX = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +82,8 @@ class Show:
     epoch: int
     index: int
     text: str
+    #: What the caller gave ``on_msg`` to name the message (its envelope), kept while held.
+    ref: Any = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,16 +112,18 @@ class _Group:
         self.keys = senderkeys.KeyStore(state.group_id)
         self.chains: dict[int, senderkeys.SenderChain] = {}
         # (sender, body) -> None, oldest first
-        self.held_keys: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
-        self.held_msgs: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        self.held_keys: OrderedDict[tuple[bytes, bytes], Any] = OrderedDict()
+        # (sender, body) -> the caller's ref
+        self.held_msgs: OrderedDict[tuple[bytes, bytes], Any] = OrderedDict()
 
 
 def _view(state: GroupState) -> tuple[object, ...]:
     return (state.name, state.members, state.admins, state.invited, state.epoch)
 
 
-def _hold(held: OrderedDict[tuple[bytes, bytes], None], item: tuple[bytes, bytes]) -> None:
-    held[item] = None
+def _hold(held: OrderedDict[tuple[bytes, bytes], Any], item: tuple[bytes, bytes],
+          ref: Any = None) -> None:
+    held[item] = ref
     while len(held) > MAX_HELD:
         held.popitem(last=False)
 
@@ -123,6 +134,8 @@ class GroupCore:
     def __init__(self, own_key: bytes) -> None:
         self.own = own_key
         self.groups: dict[bytes, _Group] = {}
+        #: Welcomes still arriving in pieces, by group (not a group of ours yet).
+        self.staged: OrderedDict[bytes, GroupState] = OrderedDict()
         self.refused: Counter[str] = Counter()
 
     # --- reading --------------------------------------------------------------------------
@@ -168,9 +181,9 @@ class GroupCore:
         for sender, body in list(g.held_keys):
             del g.held_keys[(sender, body)]
             out += self.on_key(sender, body, _retry=True)
-        for sender, body in list(g.held_msgs):
+        for (sender, body), ref in list(g.held_msgs.items()):
             del g.held_msgs[(sender, body)]
-            out += self.on_msg(sender, body, _retry=True)
+            out += self.on_msg(sender, body, ref, _retry=True)
         # A retried item refused now is reported; one held again is not repeated.
         return [a for a in out if not isinstance(a, Held)]
 
@@ -185,7 +198,8 @@ class GroupCore:
         before, members_before = _view(s), s.members
         recipients = set(s.members | s.invited)
         try:
-            op = groupstate.make_op(kind, group, self.own, target, s.heads, ts)
+            op = groupstate.make_op(kind, group, self.own, target,
+                                    s.heads[:LOCAL_PARENTS_MAX], ts)
         except RemoteProtocolError as e:
             return self._refuse(e.code, e.message)
         verdict = s.add(op)
@@ -193,8 +207,8 @@ class GroupCore:
             return self._refuse(verdict.code or verdict.status, f"{kind} had no effect")
         out = self._send_op(g, op, recipients)
         if kind == "invite" and target is not None:
-            out.append(SealTo(target, groupwire.KIND_WELCOME,
-                              groupwire.encode_welcome(group, s.ops_since(()))))
+            out += [SealTo(target, groupwire.KIND_WELCOME, piece)
+                    for piece in groupwire.encode_welcomes(group, s.ops_since(()))]
         return out + self._after_change(g, before, members_before)
 
     # --- local ----------------------------------------------------------------------------
@@ -222,6 +236,11 @@ class GroupCore:
         s = self.state(group)
         problem = None if s is None or self.own in s.invited else "not_invited"
         return self._local(group, "accept", None, ts, problem)
+
+    def decline(self, group: bytes, ts: int) -> list[Action]:
+        s = self.state(group)
+        problem = None if s is None or self.own in s.invited else "not_invited"
+        return self._local(group, "decline", None, ts, problem)
 
     def leave(self, group: bytes, ts: int) -> list[Action]:
         s = self.state(group)
@@ -293,37 +312,50 @@ class GroupCore:
         return out + self._after_change(g, before, members_before)
 
     def on_welcome(self, origin: bytes, body: bytes) -> list[Action]:
+        """One piece of a welcome (``groupwire.encode_welcomes``). The pieces are folded
+        into a staged state until it shows us invited by an admin with no op missing; a
+        group we know already merges the ops it lacks."""
         try:
             group, ops = groupwire.decode_welcome(body)
         except RemoteProtocolError as e:
             return self._refuse(e.code, e.message)
         known = self.groups.get(group)
-        try:
-            state = GroupState.create(ops[0])
-        except RemoteProtocolError as e:
-            return self._refuse(e.code, e.message)
+        if known is not None:  # a second invitation, or more pieces: merge what we lack
+            g = known
+            if ops[0].id not in g.state:
+                return self._refuse("bad_op", "a welcome with another create")
+            before, members_before = _view(g.state), g.state.members
+            new = [op for op in ops[1:] if op.id not in g.state]
+            if not new:
+                return self._refuse("replay", "nothing new in this welcome")
+            for op in new:
+                g.state.add(op)
+            return self._after_change(g, before, members_before)
+        state = self.staged.get(group)
+        if state is not None and ops[0].id not in state:
+            return self._refuse("bad_op", "a welcome with another create")
+        if state is None:
+            try:
+                state = GroupState.create(ops[0])
+            except RemoteProtocolError as e:
+                return self._refuse(e.code, e.message)
         for op in ops[1:]:
             verdict = state.add(op)
-            if not verdict.accepted:
+            if verdict.status == "rejected" and verdict.code != "replay":
+                self.staged.pop(group, None)
                 return self._refuse(verdict.code or "bad_op", "a welcome op refused")
+        if state.pending or self.own not in state.invited:
+            # more pieces to come (the invite of us is in the last one)
+            self.staged[group] = state
+            self.staged.move_to_end(group)
+            while len(self.staged) > MAX_STAGED:
+                self.staged.popitem(last=False)
+            return [Held("welcome", group)]
+        self.staged.pop(group, None)
         if origin not in state.admins:
             return self._refuse("not_admin", "a welcome from a non-admin")
-        if self.own not in state.invited:
-            return self._refuse("not_invited", "a welcome that does not invite us")
-        if known is None:
-            self.groups[group] = _Group(state)
-            return [Changed(group)]
-        # Already known (a second invitation): merge the ops we lack.
-        g = known
-        if ops[0].id not in g.state:
-            return self._refuse("bad_op", "a welcome with another create")
-        before, members_before = _view(g.state), g.state.members
-        new = [op for op in state.ops_since(()) if op.id not in g.state]
-        if not new:
-            return self._refuse("replay", "nothing new in this welcome")
-        for op in new:
-            g.state.add(op)
-        return self._after_change(g, before, members_before)
+        self.groups[group] = _Group(state)
+        return [Changed(group)]
 
     def on_key(self, origin: bytes, body: bytes, _retry: bool = False) -> list[Action]:
         try:
@@ -349,12 +381,13 @@ class GroupCore:
         if _retry:
             return []
         out: list[Action] = []
-        for sender, held in list(g.held_msgs):
+        for (sender, held), ref in list(g.held_msgs.items()):
             del g.held_msgs[(sender, held)]
-            out += self.on_msg(sender, held, _retry=True)
+            out += self.on_msg(sender, held, ref, _retry=True)
         return [a for a in out if not isinstance(a, Held)]
 
-    def on_msg(self, origin: bytes, body: bytes, _retry: bool = False) -> list[Action]:
+    def on_msg(self, origin: bytes, body: bytes, ref: Any = None,
+               _retry: bool = False) -> list[Action]:
         try:
             m = groupwire.decode_msg(body)
         except RemoteProtocolError as e:
@@ -370,13 +403,13 @@ class GroupCore:
             return self._refuse("stale_epoch", f"epoch {m.epoch} is too old")
         members = s.members_at(m.epoch)
         if m.epoch > s.epoch or (origin not in members and s.pending):
-            _hold(g.held_msgs, (origin, body))
+            _hold(g.held_msgs, (origin, body), ref)
             return [Held("msg", m.group)]
         if origin not in members:
             return self._refuse("not_member", f"sender not a member at epoch {m.epoch}")
         if not g.keys.has(origin, m.epoch):
             if self.own in members and self.own != origin:
-                _hold(g.held_msgs, (origin, body))
+                _hold(g.held_msgs, (origin, body), ref)
                 return [Held("msg", m.group)]
             return self._refuse("no_key", f"no key for this sender at epoch {m.epoch}")
         ad = groupwire.header_ad(m.group, m.epoch, origin, m.index)
@@ -385,4 +418,35 @@ class GroupCore:
             text = groupwire.decode_text(plain)
         except RemoteProtocolError as e:
             return self._refuse(e.code, e.message)
-        return [Show(m.group, origin, m.epoch, m.index, text)]
+        return [Show(m.group, origin, m.epoch, m.index, text, ref)]
+
+    # --- the node's disk --------------------------------------------------------------------
+
+    def dump(self, group: bytes) -> bytes:
+        """One group's whole state (secret: chain keys), msgpack, for ``load``."""
+        g = self.groups[group]
+        s = g.state
+        ops = [s.get(i) for i in s.snapshot()["order"]] + [s.get(i) for i in sorted(s.pending)]
+        return codec.pack([
+            1, group, [groupstate.encode(o) for o in ops if o is not None],  # type: ignore[arg-type]
+            [[c.epoch, c.export().chain_key, c.index] for c in g.chains.values()],
+            g.keys.dump(),
+            [[k, b] for (k, b) in g.held_keys],
+            [[k, b, list(r) if isinstance(r, tuple) else r] for (k, b), r in g.held_msgs.items()],
+        ])
+
+    def load(self, blob: bytes) -> bytes:
+        """Restore a group ``dump`` wrote (the node's own file); returns its id."""
+        _, group, ops, chains, keys, held_keys, held_msgs = codec.unpack(blob, 64 << 20)
+        decoded = [groupstate.decode(o) for o in ops]
+        state = GroupState.create(decoded[0])
+        for op in decoded[1:]:
+            state.add(op)
+        g = _Group(state)
+        g.chains = {e: senderkeys.SenderChain(self.own, group, e, ck, i) for e, ck, i in chains}
+        g.keys = senderkeys.KeyStore.load(group, keys)
+        g.held_keys = OrderedDict(((k, b), None) for k, b in held_keys)
+        g.held_msgs = OrderedDict(((k, b), tuple(r) if isinstance(r, list) else r)
+                                  for k, b, r in held_msgs)
+        self.groups[group] = g
+        return group

@@ -38,9 +38,12 @@ KIND_KEY = "group_key"
 KIND_MSG = "group_msg"
 KINDS = (KIND_OP, KIND_WELCOME, KIND_KEY, KIND_MSG)
 
-#: Ops in one welcome: the history an invitee needs to fold the group.
+#: Ops in one welcome piece: the history an invitee needs to fold the group.
 WELCOME_OPS_MAX = 2000
 WELCOME_MAX = 256 * 1024
+#: A body that travels sealed in one ``group_ctl`` envelope (common/envelope.py): a
+#: welcome longer than this goes in pieces (``encode_welcomes``).
+SEALED_BODY_MAX = 4600
 #: Epochs are counted by removals: far below 2^32 in any real group.
 EPOCH_MAX = 2**32 - 1
 #: The plaintext map ``{"text": ...}``: the text plus a few bytes of msgpack.
@@ -130,6 +133,28 @@ def decode_op(data: bytes) -> groupstate.Op:
 
 def encode_welcome(group: bytes, ops: list[groupstate.Op]) -> bytes:
     return codec.pack(Welcome(group, tuple(groupstate.encode(o) for o in ops)).to_array())
+
+
+def encode_welcomes(group: bytes, ops: list[groupstate.Op],
+                    limit: int = SEALED_BODY_MAX) -> list[bytes]:
+    """The welcome in pieces of at most ``limit`` bytes, in the order of ``ops`` (parents
+    first). Each piece starts with the create, so each decodes alone; the invitee folds the
+    pieces as they come, in any order (``groupcore``: a staged welcome)."""
+    create, rest = ops[0], ops[1:]
+    root = groupstate.encode(create)
+    pieces: list[bytes] = []
+    batch: list[bytes] = [root]
+    size = len(root) + 48
+    for op in rest:
+        raw = groupstate.encode(op)
+        if len(batch) > 1 and (size + len(raw) + 4 > limit
+                               or len(batch) >= WELCOME_OPS_MAX):
+            pieces.append(codec.pack(Welcome(group, tuple(batch)).to_array()))
+            batch, size = [root], len(root) + 48
+        batch.append(raw)
+        size += len(raw) + 4
+    pieces.append(codec.pack(Welcome(group, tuple(batch)).to_array()))
+    return pieces
 
 
 def decode_welcome(data: bytes) -> tuple[bytes, list[groupstate.Op]]:

@@ -43,6 +43,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import nacl.bindings
 import nacl.exceptions
@@ -176,6 +177,20 @@ class ReceiverChain:
     def from_key(cls, key: SenderKey) -> ReceiverChain:
         return cls(key)
 
+    def dump(self) -> list[Any]:
+        """Our position in the chain, for the node's disk: ``[sender, epoch, index,
+        chain_key, floor, [[index, message_key], ...]]`` (secret)."""
+        return [self.sender, self.epoch, self._index, self._chain_key, self._floor,
+                [[i, k] for i, k in self._skipped.items()]]
+
+    @classmethod
+    def load(cls, group: bytes, row: list[Any]) -> ReceiverChain:
+        sender, epoch, index, chain_key, floor, skipped = row
+        chain = cls(SenderKey(sender, group, epoch, index, chain_key))
+        chain._floor = floor
+        chain._skipped = OrderedDict((i, k) for i, k in skipped)
+        return chain
+
     @property
     def index(self) -> int:
         """The lowest index not yet derived past."""
@@ -280,6 +295,19 @@ class KeyStore:
             floor = self._newest - KEEP_EPOCHS
             self._chains = {k: c for k, c in self._chains.items() if k[1] >= floor}
         return True
+
+    def dump(self) -> list[list[Any]]:
+        return [c.dump() for c in self._chains.values()]
+
+    @classmethod
+    def load(cls, group: bytes, rows: list[list[Any]]) -> KeyStore:
+        store = cls(group)
+        for row in rows:
+            chain = ReceiverChain.load(group, row)
+            store._chains[(chain.sender, chain.epoch)] = chain
+            if store._newest is None or chain.epoch > store._newest:
+                store._newest = chain.epoch
+        return store
 
     def decrypt(self, sender: bytes, epoch: int, index: int, ciphertext: bytes,
                 header_ad: bytes) -> bytes:

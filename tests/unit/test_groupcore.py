@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from tazcom.common import codec, groupstate, groupwire, senderkeys
 from tazcom.common.errors import RemoteProtocolError
 from tazcom.common.groupcore import (
+    MAX_STAGED,
     Action,
     Changed,
     GroupCore,
+    Held,
     Publish,
     Refused,
     SealTo,
@@ -192,11 +194,37 @@ def test_op_or_invitation_for_unknown_group_refused() -> None:
     key = senderkeys.SenderChain.new(A, other, 0).export()
     assert codes(core.on_key(A, groupwire.encode_key(key))) == ["unknown_group"]
     assert core.groups == {}
-    # a welcome that does not invite us, or from a non-admin
-    assert codes(core.on_welcome(A, groupwire.encode_welcome(other, [root]))) == ["not_invited"]
+    # a welcome that does not invite us (yet) is staged, bounded, never a group of ours;
+    # a complete one from a non-admin is refused
+    out = core.on_welcome(A, groupwire.encode_welcome(other, [root]))
+    assert out == [Held("welcome", other)] and core.groups == {}
     assert codes(core.on_welcome(B, groupwire.encode_welcome(other, [root, inv]))) == [
         "not_admin"]
-    assert core.groups == {}
+    assert core.groups == {} and core.staged == {}
+    for i in range(MAX_STAGED + 5):
+        g = bytes([9, i]) * 16
+        r = groupstate.make_op("create", g, A, name="x", ts=1)
+        core.on_welcome(A, groupwire.encode_welcome(g, [r]))
+    assert len(core.staged) == MAX_STAGED and core.groups == {}
+
+
+def test_welcome_in_pieces_any_order() -> None:
+    """A big group's welcome travels in pieces that each fit one envelope; the invitee
+    folds them in any order and joins once the piece inviting it is in."""
+    members = [bytes([40 + i]) * 32 for i in range(60)]
+    admin = GroupCore(A)
+    admin.create("big", G, 1)
+    for i, m in enumerate(members):
+        admin.invite(G, m, 2 + i)
+    out = admin.invite(G, C, 100)
+    pieces = [a.body for a in out if isinstance(a, SealTo) and a.kind == groupwire.KIND_WELCOME]
+    assert len(pieces) > 1
+    assert all(len(p) <= groupwire.SEALED_BODY_MAX for p in pieces)
+    joiner = GroupCore(C)
+    for p in reversed(pieces[1:]):
+        assert joiner.on_welcome(A, p) == [Held("welcome", G)]
+    assert joiner.on_welcome(A, pieces[0]) == [Changed(G)]
+    assert joiner.state(G).snapshot() == admin.state(G).snapshot()
 
 
 def test_key_from_removed_member_refused() -> None:
@@ -260,3 +288,22 @@ def test_partitioned_member_catches_up_in_any_order(rng: random.Random) -> None:
     # and C, caught up, writes to the new epoch
     mesh.act(C, "say", G, "back", 17)
     assert (C, "back") in mesh.shown[A] and (C, "back") not in mesh.shown[D]
+
+
+def test_dump_and_load_keep_reading_and_writing() -> None:
+    """A node restarts: its groups come back from disk, chains where they were."""
+    mesh = group_of(C, D)
+    mesh.act(A, "say", G, "one")
+    mesh.act(C, "say", G, "two")
+    blobs = {k: core.dump(G) for k, core in mesh.cores.items() if G in core.groups}
+    for k, blob in blobs.items():
+        fresh = GroupCore(k)
+        assert fresh.load(blob) == G
+        assert fresh.state(G).snapshot() == mesh.cores[k].state(G).snapshot()
+        mesh.cores[k] = fresh
+    for k in mesh.shown:
+        mesh.shown[k].clear()
+    mesh.act(A, "say", G, "three")
+    mesh.act(D, "say", G, "four")
+    assert mesh.shown[C] == [(A, "three"), (D, "four")]
+    assert mesh.shown[A] == [(D, "four")] and mesh.shown[D] == [(A, "three")]
