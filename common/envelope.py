@@ -36,6 +36,15 @@ Kinds and their bodies:
 * ``revoke`` (5): ``[dkey, at]``: the origin revokes its delegated key ``dkey``
   from ``at`` (unix ms) on. Signed by the long-term key (``cert`` nil), flooded
   like a profile.
+* ``file`` (6): a file's manifest (common/filemanifest.py).
+* ``group_ctl`` (7): a private group's control message to one member ``to``: a
+  sealed box to its DM key holding ``{"from": origin, "type": "op" | "welcome" |
+  "key", "body": bytes}`` (common/groupwire.py bodies). Routed, held and
+  acknowledged like a DM; relays see only that ``origin`` wrote to ``to``.
+* ``group`` (8): a private group's message: ``to`` is the group id, the body a
+  ``groupwire`` message (``[1, group, epoch, index, ciphertext]``, its group
+  equal to ``to``), encrypted once with the sender's chain. Flooded, stored and
+  caught up like a room message; only members can open it.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgpack
 import nacl.public
 
-from . import codec, filemanifest
+from . import codec, filemanifest, groupwire
 from .errors import RemoteProtocolError, SchemaError
 from .events import Nickname
 from .limits import (
@@ -76,11 +85,18 @@ KIND_PROFILE = 4
 KIND_REVOKE = 5
 #: A file's manifest (common/filemanifest.py; docs/protocol.md, "Files").
 KIND_FILE = 6
+#: Private groups (common/groupwire.py; docs/protocol.md, "Private groups").
+KIND_GROUP_CTL = 7
+KIND_GROUP = 8
 KIND_NAMES = {KIND_ROOM: "room", KIND_DM: "dm", KIND_RECEIPT: "receipt", KIND_PROFILE: "profile",
-              KIND_REVOKE: "revoke", KIND_FILE: "file"}
+              KIND_REVOKE: "revoke", KIND_FILE: "file", KIND_GROUP_CTL: "group_ctl",
+              KIND_GROUP: "group"}
 #: Kinds addressed to one recipient when ``to`` is set: they follow paths, are held by
 #: relays and answered by receipts.
-ADDRESSED = (KIND_DM, KIND_RECEIPT, KIND_FILE)
+ADDRESSED = (KIND_DM, KIND_RECEIPT, KIND_FILE, KIND_GROUP_CTL)
+#: The kinds only nodes that said ``group/1`` read.
+GROUP_KINDS = (KIND_GROUP_CTL, KIND_GROUP)
+GROUP_CTL_TYPES = ("op", "welcome", "key")
 MAX_TEXT_BYTES = TEXT_MAX
 #: A DM's body: the sealed box of the text and the origin (48 bytes of box overhead).
 MAX_DM_BODY = DM_BODY_MAX
@@ -131,7 +147,7 @@ class SignedFields(ArrayRecord):
     TAG: ClassVar[Any] = ENVELOPE_V
     TAG_CODE: ClassVar[str | None] = "bad_version"
 
-    kind: Annotated[Literal[1, 2, 3, 4, 5, 6], Code("bad_kind")]
+    kind: Annotated[Literal[1, 2, 3, 4, 5, 6, 7, 8], Code("bad_kind")]
     origin: Key32
     seq: Annotated[int, Range(0, 2**63 - 1)]
     #: Written at, unix milliseconds (the origin's clock).
@@ -194,6 +210,18 @@ class DmInner(Record):
 
     author: Annotated[bytes, Len(KEY_BYTES, KEY_BYTES), Key("from")]
     text: BodyText
+
+
+@record
+class GroupCtlInner(Record):
+    """What a ``group_ctl`` box holds: its author (the envelope's origin), what it is, and
+    the ``groupwire`` body."""
+
+    CODE: ClassVar[str] = "bad_envelope"
+
+    author: Annotated[bytes, Len(KEY_BYTES, KEY_BYTES), Key("from")]
+    what: Annotated[Literal["op", "welcome", "key"], Key("type")]
+    body: Annotated[bytes, Len(1, ENVELOPE_BODY_MAX)]
 
 
 def _error(e: SchemaError) -> EnvelopeError:
@@ -285,6 +313,16 @@ def parse(signed: bytes, sig: bytes) -> Envelope:
         if version == 1:
             raise _fail("bad_kind", "a file manifest is a version 2 envelope")
         file_manifest(body, dm=to is not None)
+    elif kind == KIND_GROUP_CTL:
+        if to is None:
+            raise _fail("bad_envelope", "a group_ctl needs a recipient")
+        if len(body) < SEALED_BOX_MIN:
+            raise _fail("bad_envelope", f"a group_ctl body is a sealed box of at least "
+                                        f"{SEALED_BOX_MIN} bytes")
+    elif kind == KIND_GROUP:
+        if to is None:
+            raise _fail("bad_envelope", "a group message names its group in to")
+        group_msg(body, to)
     elif kind in (KIND_ROOM, KIND_PROFILE, KIND_REVOKE):
         if to is not None:
             raise _fail("bad_envelope", f"a {KIND_NAMES[kind]} message has no recipient")
@@ -423,6 +461,44 @@ def profile_body(nickname: str, enc_key: bytes, links: list[bytes] | None = None
     if not since:
         del fields["since"]  # unsaid: the same bytes as a profile from before it existed
     return codec.pack(fields)
+
+
+def group_msg(body: bytes, group: bytes) -> Any:
+    """A group message's body (``groupwire.MsgBody``), checked to be for ``group``."""
+    try:
+        m = groupwire.decode_msg(body)
+    except RemoteProtocolError as e:
+        raise _fail(e.code if e.code == "too_large" else "bad_envelope",
+                    f"group message: {e.message}") from None
+    if m.group != group:
+        raise _fail("bad_envelope", "a group message for another group than its to")
+    return m
+
+
+def seal_group_ctl(*, origin: bytes, what: str, body: bytes, recipient_enc_key: bytes
+                   ) -> bytes:
+    """A ``group_ctl`` body: ``body`` and its author, sealed to the recipient."""
+    try:
+        inner = codec.pack(GroupCtlInner(author=origin, what=what,  # type: ignore[arg-type]
+                                         body=body).to_dict())
+    except SchemaError as e:
+        raise _error(e) from None
+    return nacl.public.SealedBox(nacl.public.PublicKey(recipient_enc_key)).encrypt(inner)
+
+
+def group_ctl_inner(plaintext: bytes, origin: bytes) -> tuple[str, bytes]:
+    """Check an opened ``group_ctl`` belongs to its envelope; returns (type, body)."""
+    try:
+        obj: Any = codec.unpack(plaintext, MAX_BODY)
+    except RemoteProtocolError:
+        raise _fail("bad_envelope", "opened group_ctl is not msgpack") from None
+    if type(obj) is not dict or obj.get("from") != origin:
+        raise _fail("bad_author", "the sealed author differs from the envelope's origin")
+    try:
+        inner = GroupCtlInner.from_dict(obj)
+    except SchemaError as e:
+        raise _error(e) from None
+    return inner.what, inner.body
 
 
 def dm_plaintext(*, origin: bytes, text: str) -> bytes:

@@ -375,9 +375,9 @@ class ChatMessage(Event):
     """A message entered this node's history: received, or posted here."""
 
     id: MessageIdHex
-    kind: Literal["room", "dm"]
+    kind: Literal["room", "dm", "group"]
     origin: HexKey
-    #: The recipient for a DM; None for the room.
+    #: The recipient for a DM, the group's id for a group message; None for the room.
     to: OptKey = None
     #: When it was written (origin's clock), unix milliseconds.
     sent: Annotated[int, Range(0, 2**53)]
@@ -429,6 +429,26 @@ class ChatStatus(Event):
     status: Status
     reason: Detail = ""
     to: OptKey = None
+    #: A group message's: how many members acknowledged it, of how many it was for.
+    delivered: Annotated[int, Range(0, 100_000)] | None = None
+    members: Annotated[int, Range(0, 100_000)] | None = None
+
+
+GroupRole = Literal["admin", "member", "invited", "left", "removed"]
+
+
+@event("group.changed")
+class GroupChanged(Event):
+    """A private group of ours changed: created, joined, invited to, a member came or
+    went, we were removed (``router.groups`` has the whole table)."""
+
+    group: Annotated[str, HEX32]
+    name: Annotated[str, Len(0, 64, utf8=True)]
+    #: Our role in it.
+    role: GroupRole
+    epoch: Annotated[int, Range(0, 2**32 - 1)]
+    members: Annotated[int, Range(0, 100_000)]
+    invited: Annotated[int, Range(0, 100_000)] = 0
 
 
 @event("mesh.peer")

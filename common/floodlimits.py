@@ -53,6 +53,13 @@ class FloodSettings:
     #: File manifests (the chunks are pulled, and limited by the transfer itself).
     file_rate: float = 1.0
     file_burst: float = 20.0
+    #: A private group's control messages: a re-key or an op goes to every member at once
+    #: (common/groupcore.py), so the burst is a largest group's worth.
+    group_ctl_rate: float = 20.0
+    group_ctl_burst: float = 1000.0
+    #: Group messages, like the room's.
+    group_rate: float = 2.0
+    group_burst: float = 20.0
     backlog_rate: float = 4.0
     backlog_burst: float = 500.0
     link_envelope_rate: float = 500.0

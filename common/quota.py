@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .envelope import KIND_DM, KIND_FILE, KIND_RECEIPT, KIND_ROOM
+from .envelope import KIND_DM, KIND_FILE, KIND_GROUP, KIND_GROUP_CTL, KIND_RECEIPT, KIND_ROOM
 
 MIB = 1 << 20
 
@@ -49,7 +49,8 @@ class QuotaSettings:
 
 
 def evictable(kind: int, origin: bytes, to: bytes | None, own_key: bytes) -> bool:
-    return kind in (KIND_ROOM, KIND_DM, KIND_RECEIPT, KIND_FILE) and origin != own_key \
+    return kind in (KIND_ROOM, KIND_DM, KIND_RECEIPT, KIND_FILE, KIND_GROUP_CTL, KIND_GROUP) \
+        and origin != own_key \
         and to != own_key
 
 

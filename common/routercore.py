@@ -51,6 +51,8 @@ from .envelope import (
     ADDRESSED,
     KIND_DM,
     KIND_FILE,
+    KIND_GROUP,
+    KIND_GROUP_CTL,
     KIND_PROFILE,
     KIND_RECEIPT,
     KIND_REVOKE,
@@ -65,6 +67,7 @@ from .keyring import DM_KEY_KEEP
 from .keys import fingerprint
 from .mirror import Numbering
 from .quota import QuotaBook, QuotaSettings, evictable, row_bytes
+from .routergroups import GroupRouter, SaveGroups, StoreText
 from .scoring import PeerScores, ScoreSettings
 
 #: A frame of envelopes stays under this many bytes (router messages are <= 65455).
@@ -190,7 +193,7 @@ class Evict:
 
 
 Action = (Send | Emit | Rejected | Commit | Fetch | SetStatus | Release | LowerHops | ReserveSeq
-          | Sign | Open | Together | SavePolicy | Evict | FileManifest)
+          | Sign | Open | Together | SavePolicy | Evict | FileManifest | StoreText | SaveGroups)
 Step = Generator[Action, Any, Any]
 
 
@@ -258,6 +261,8 @@ class Accepted:
     came_from: bytes | None
     text: str | None = None
     secret: filemanifest.Secret | None = None
+    #: A group_ctl to us, opened: (type, body).
+    ctl: tuple[str, bytes] | None = None
 
 
 @dataclass
@@ -335,7 +340,7 @@ def file_line(name: str, size: int) -> str:
     return f"[file] {name} ({amount:.1f} GiB)"
 
 
-class RouterCore:
+class RouterCore(GroupRouter):
     def __init__(self, own_key: bytes, enc_key: bytes, nickname: str,
                  settings: RouterSettings | None = None, *, numbering: Numbering | None = None,
                  verify: Callable[[Envelope], None] | None = None,
@@ -407,6 +412,7 @@ class RouterCore:
         self.profile_at: float | None = 0.0
         self.summary_at: float | None = None
         self.last_profile: Envelope | None = None
+        self.init_groups()
 
     # -- start -----------------------------------------------------------------------------
 
@@ -581,6 +587,8 @@ class RouterCore:
             entries = [e for e in entries if envelope.version_of(e[1]) == 1]
         elif key in self.nofile_links:
             entries = [e for e in entries if envelope.kind_of(e[1]) != KIND_FILE]
+        if key in self.nogroup_links:
+            entries = [e for e in entries if envelope.kind_of(e[1]) not in envelope.GROUP_KINDS]
         batch: list[Entry] = []
         size = 0
         for entry in entries:
@@ -842,7 +850,8 @@ class RouterCore:
                                  if a.env.to != self.own_key], mono)
         for a in accepted:
             self.recent.put(a.env.id, a.hops, a.env)
-        to_me = [a for a in accepted if a.env.kind == KIND_DM and a.env.to == self.own_key]
+        to_me = [a for a in accepted if a.env.kind in (KIND_DM, KIND_GROUP_CTL)
+                 and a.env.to == self.own_key]
         receipts: list[Envelope] = []
         if to_me:
             # Open the DMs and sign their receipts together; receipts are committed with the
@@ -855,14 +864,18 @@ class RouterCore:
                 try:
                     if plain is None:
                         raise EnvelopeError("the sealed box does not open", code="cannot_open")
-                    a.text = envelope.dm_inner(plain, a.env.origin)
+                    if a.env.kind == KIND_GROUP_CTL:
+                        a.ctl = envelope.group_ctl_inner(plain, a.env.origin)
+                    else:
+                        a.text = envelope.dm_inner(plain, a.env.origin)
                 except EnvelopeError as e:
                     yield self.reject(f"origin {fingerprint(a.env.origin)}", e.code, e.message)
-            opened = [a for a in to_me if a.text is not None]
+            opened = [a for a in to_me if a.text is not None or a.ctl is not None]
             if len(opened) < len(to_me):  # rare: sign again, for the ones that opened
                 receipts = (yield from self.originate(self.receipt_specs(opened), now)) \
                     if opened else []
-                accepted = [a for a in accepted if not (a in to_me and a.text is None)]
+                accepted = [a for a in accepted
+                            if not (a in to_me and a.text is None and a.ctl is None)]
             else:
                 receipts = [envelope.parse(sb, sig) for sb, sig in zip(unsigned, sigs,
                                                                        strict=True)]
@@ -942,7 +955,7 @@ class RouterCore:
             text = file_line(name, size)
         # every receipt is held (offered in catch-up until it expires), also one to us, so
         # catch-up with the neighbours that brought it stays quiet, across restarts too
-        held = env.kind == KIND_RECEIPT or (env.kind in (KIND_DM, KIND_FILE)
+        held = env.kind == KIND_RECEIPT or (env.kind in (KIND_DM, KIND_FILE, KIND_GROUP_CTL)
                                             and env.to is not None and not mine)
         return rpc.StoredMessage(id=env.id, kind=env.kind, origin=env.origin, seq=env.seq,
                                  ts=env.ts, to=env.to, signed=env.signed, sig=env.sig,
@@ -952,9 +965,19 @@ class RouterCore:
     def after_accept(self, fresh: list[Accepted], now: float, mono: float) -> Step:
         custody: dict[bytes, list[bytes]] = defaultdict(list)
         updates: list[tuple[bytes, str]] = []
+        group_in: list[tuple[str, list[Any]]] = []
+        acked: list[tuple[Envelope, bytes]] = []
         for a in fresh:
             env = a.env
             mine = env.to == self.own_key
+            if env.kind == KIND_GROUP:  # caught up like a room message; members open it
+                self.index.add(env.id, env.ts)
+                group_in.append((f"origin {fingerprint(env.origin)}", self.group_input(a, None)))
+                continue
+            if env.kind == KIND_GROUP_CTL and mine:
+                group_in.append((f"origin {fingerprint(env.origin)}",
+                                 self.group_input(a, a.ctl)))
+                continue
             if env.kind == KIND_ROOM:
                 self.index.add(env.id, env.ts)
                 if not self.muted(env.origin):
@@ -964,6 +987,8 @@ class RouterCore:
                 if self.on_profile(env, a.hops, now):
                     self.schedule_recompute(mono)
                 yield from self.keys_gone(now)
+                if self.group_outbox:
+                    yield from self.flush_group_outbox(env.origin, now, mono)
             elif env.kind == KIND_REVOKE:
                 self.index.add(env.id, env.ts)
                 if self.on_revoke(env):
@@ -986,6 +1011,8 @@ class RouterCore:
                 for msg_id in envelope.receipt_ids(env.body):
                     if self.own_status.get(msg_id, ("", None))[1] == env.origin:
                         updates.append((msg_id, "delivered"))
+                    elif msg_id in self.group_acks:
+                        acked.append((env, msg_id))
             else:  # a DM or receipt for someone else: hold it, relay it, take custody
                 self.index.add(env.id, env.ts, env.to)
                 if a.came_from is not None:
@@ -997,6 +1024,10 @@ class RouterCore:
                 yield Send(link, routing.encode_custody(chunk))
         if updates:
             yield from self.set_status(updates)
+        for receipt, msg_id in acked:
+            yield from self.group_acked(receipt, msg_id)
+        for source, actions in group_in:
+            yield from self.group_actions(actions, source, now, mono)
 
     def release_delivered(self, receipt: Envelope) -> Step:
         """A relay drops the DMs a receipt acknowledges, if the receipt is their recipient's."""

@@ -22,6 +22,7 @@ from .events import (
     Epoch,
     FileStatus,
     Fingerprint,
+    GroupRole,
     HexKey,
     Hops,
     KindName,
@@ -234,7 +235,7 @@ class StatusReport(Record):
 Id16 = Annotated[bytes, Len(ID_BYTES, ID_BYTES)]
 Key32 = Annotated[bytes, Len(KEY_BYTES, KEY_BYTES)]
 Millis = Annotated[int, Range(0, 2**53)]
-KindNum = Annotated[int, Range(1, 6)]
+KindNum = Annotated[int, Range(1, 8)]
 Signed = Annotated[bytes, Len(1, SIGNED_MAX)]
 
 
@@ -457,6 +458,44 @@ class Scores(Record):
     items: Annotated[tuple[ScoreEntry, ...], Len(0, 100_000)]
 
 
+@record
+class GroupMember(Record):
+    key: HexKey
+    #: As its profile says ("" if no profile of it reached us).
+    nickname: Annotated[str, Len(0, 32, utf8=True)] = ""
+    admin: bool = False
+    #: ``member``, or ``invited`` (not accepted yet).
+    role: Literal["member", "invited"] = "member"
+
+
+@record
+class GroupInfo(Record):
+    """One private group as this node sees it (members only see this: docs/groups.md)."""
+
+    group: Annotated[str, Match(r"[0-9a-f]{64}")]
+    name: Annotated[str, Len(0, 64, utf8=True)]
+    #: Our role: ``admin``, ``member``, ``invited`` (an invitation to accept or decline),
+    #: ``left`` or ``removed``.
+    role: GroupRole
+    #: Grows at every removal or leave (the members re-key).
+    epoch: Annotated[int, Range(0, 2**32 - 1)] = 0
+    members: Annotated[tuple[GroupMember, ...], Len(0, 2000)] = ()
+    #: Who invited us (for an invitation).
+    invited_by: HexKey | None = None
+
+
+@record
+class GroupTable(Record):
+    groups: Annotated[tuple[GroupInfo, ...], Len(0, 10000)]
+    #: Group inputs refused since the router started, by reject code.
+    refused: Annotated[tuple[tuple[str, int], ...], Len(0, 64)] = ()
+
+
+@record
+class GroupAnswer(Record):
+    info: GroupInfo
+
+
 # --- requests ------------------------------------------------------------------------
 
 Domain = Annotated[bytes, Len(1, 32)]
@@ -660,6 +699,80 @@ class GetFile(Request):
     ``[files] max_size``), disk_full."""
 
     file: Annotated[str, Match(r"[0-9a-f]{4,64}")]
+
+
+#: A group named by the user: its name (among this node's groups), or its id or a unique
+#: prefix of it (at least 4 hex digits).
+GroupRef = Annotated[str, Len(1, 64, utf8=True)]
+
+
+@request("group.create", GroupAnswer)
+class CreateGroup(Request):
+    """Create a private group with us as its admin. Errors: bad_message (name)."""
+
+    name: Annotated[str, Len(1, 64, utf8=True)]
+
+
+@request("group.invite", GroupAnswer)
+class InviteToGroup(Request):
+    """Invite ``peer`` (admins only). Errors: not_found, ambiguous, not_admin,
+    already_member, already_invited, no_key (no profile of ``peer`` yet), bad_recipient."""
+
+    group: GroupRef
+    peer: HexKey
+
+
+@request("group.accept", GroupAnswer)
+class AcceptGroup(Request):
+    """Accept an invitation. Errors: not_found, ambiguous, not_invited."""
+
+    group: GroupRef
+
+
+@request("group.decline", GroupAnswer)
+class DeclineGroup(Request):
+    """Decline an invitation. Errors: not_found, ambiguous, not_invited."""
+
+    group: GroupRef
+
+
+@request("group.leave", GroupAnswer)
+class LeaveGroup(Request):
+    """Leave a group; the others re-key. Errors: not_found, ambiguous, not_member."""
+
+    group: GroupRef
+
+
+@request("group.remove", GroupAnswer)
+class RemoveFromGroup(Request):
+    """Remove ``peer`` (admins only); the others re-key, and ``peer`` cannot read what
+    follows. Errors: not_found, ambiguous, not_admin, not_member."""
+
+    group: GroupRef
+    peer: HexKey
+
+
+@request("group.say", PostResult)
+class GroupSay(Request):
+    """Write to a group: encrypted once with our sender key (re-keyed first after a
+    membership change), flooded, read by members only. ``client_id`` as for
+    ``router.post``. Errors: not_found, ambiguous, not_member, too_large, rate_limited."""
+
+    client_id: Annotated[bytes, Len(8, 32)]
+    group: GroupRef
+    text: Annotated[str, Len(1, TEXT_MAX, utf8=True)]
+
+
+@request("group.members", GroupAnswer)
+class GroupMembers(Request):
+    """One group, with its members. Errors: not_found, ambiguous."""
+
+    group: GroupRef
+
+
+@request("group.list", GroupTable)
+class ListGroups(Request):
+    """Every group of ours, invitations included (``role`` says which)."""
 
 
 @request("router.stats", RouterStats)

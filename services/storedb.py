@@ -128,7 +128,7 @@ _NEWEST_PROFILES = (
 _PENDING_SQL = "own = 1 AND status IN ('queued', 'sent', 'relayed')"
 
 #: common.quota.evictable, in SQL: not ours, not to us (``:own``), not a profile.
-_EVICTABLE_SQL = 'kind IN (1, 2, 3, 6) AND origin != :own AND ("to" IS NULL OR "to" != :own)'
+_EVICTABLE_SQL = 'kind IN (1, 2, 3, 6, 7, 8) AND origin != :own AND ("to" IS NULL OR "to" != :own)'
 
 
 #: A row's ``status.RANK`` (the one rule of change, common/status.py), in SQL.
@@ -336,7 +336,7 @@ class Store:
         # The room is kind 1 with conv NULL (StoredMessage: conv is None for the room).
         # files (kind 6) show in their conversation as a line of their own
         where = 'conv IS NULL AND kind IN (1, 6) AND "to" IS NULL' if req.conv is None else \
-            "conv = ? AND kind IN (2, 6)"
+            "conv = ? AND kind IN (2, 6, 8)"
         # what the user blocked or muted is not shown (docs/protocol.md, "Blocks and mutes")
         where += " AND origin NOT IN (SELECT key FROM policy WHERE policy IN ('block', 'mute'))"
         args: list[Any] = [] if req.conv is None else [req.conv]

@@ -287,6 +287,9 @@ class Node:
         self.silent = False
         #: File manifests the core handed to the file service (``FileManifest``).
         self.manifests: list[rc.FileManifest] = []
+        #: Group messages opened here (``StoreText``), and the groups as saved on disk.
+        self.texts: dict[bytes, str] = {}
+        self.group_disk: dict[bytes, bytes] = {}
 
     def __repr__(self) -> str:
         return f"<Node {self.index} {self.nickname}>"
@@ -297,6 +300,8 @@ class Node:
         core = rc.RouterCore(self.key, self.identity.enc_key, self.nickname, self.settings,
                              numbering=Numbering(self.epoch), verify=verify,
                              rng=random.Random(self.net.rng.random()))
+        for blob in getattr(self, "group_disk", {}).values():
+            core.groups.load(blob)
         if self.net.delegated:
             # as services/router.py: a delegated key identity certified signs our envelopes
             if getattr(self, "ring", None) is None:
@@ -364,6 +369,12 @@ class Node:
             self.store.set_policy(a)
         elif t is rc.FileManifest:
             self.manifests.append(a)
+        elif t is rc.StoreText:
+            if a.id not in self.store.rows:
+                self.net.violation(self, "a text for a row not committed")
+            self.texts[a.id] = a.text
+        elif t is rc.SaveGroups:
+            self.group_disk = {g: self.core.groups.dump(g) for g in self.core.groups.groups}
         else:
             raise TypeError(f"unknown action {a!r}")
         return None
@@ -388,6 +399,9 @@ class Node:
             if f["own"]:
                 self.step_status(f["id"], f["status"] or "queued")
         elif a.event is ChatStatus:
+            if f.get("members") is not None and self.statuses.get(
+                    bytes.fromhex(f["id"])) == "delivered":
+                return  # a group message: one more member acknowledged it
             self.step_status(f["id"], f["status"])
         elif a.event is MeshPeer:
             self.mesh[bytes.fromhex(f["key"])] = f["hops"]

@@ -209,6 +209,10 @@ class Node:
     sent_bytes: int = 0
     #: Most bytes of ``Net.watch``'s origin this node held against its quota between steps.
     watched_peak: int = 0
+    #: Group messages opened here (routercore.StoreText): id -> text.
+    texts: dict[bytes, str] = field(default_factory=dict)
+    #: Group events emitted (group.changed, group chat.message and chat.status), by class.
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 class Net:
@@ -295,6 +299,9 @@ class Net:
             self.transmit(node, a.link, a.body, send_at)
         elif isinstance(a, routercore.Emit):
             f = a.fields
+            if a.event.__name__ == "GroupChanged" or f.get("kind") == "group" \
+                    or f.get("members") is not None:
+                node.events.append((a.event.__name__, f))
             if a.event is ChatMessage:
                 msg_id = bytes.fromhex(f["id"])
                 if msg_id in node.shown:
@@ -336,6 +343,8 @@ class Net:
                 except Exception:  # noqa: BLE001 - a box that does not open is None
                     out.append(None)
             return out
+        elif isinstance(a, routercore.StoreText):
+            node.texts[a.id] = a.text
         elif isinstance(a, routercore.Together):
             return [self.execute(node, x, send_at) for x in a.actions]
         return None  # Rejected, SetStatus, Release: nothing to simulate
