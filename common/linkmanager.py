@@ -116,8 +116,9 @@ REDIAL_JITTER = 0.2
 #: Hello ``caps`` (docs/protocol.md §9, "Link messages"): we take ``app`` messages, v1, and
 #: envelopes of version 2 (a node that does not say ``env/2`` is sent version 1 only).
 #: ``file/1``: reads file manifests (envelope kind 6) and carries ``file`` messages.
+#: ``group/1``: reads private-group envelopes (kinds 7 and 8, common/routergroups.py).
 #: ``part/1``: takes a bulk message in ``part`` messages (common/link.py).
-CAPS = ("app/1", "env/2", PX_CAP, "file/1", PART_CAP)
+CAPS = ("app/1", "env/2", PX_CAP, "file/1", PART_CAP, "group/1")
 #: The reason of our normal close (the gateway stops).
 GOODBYE = "goodbye"
 #: A peer's ``close`` reason that is not a reject code we know.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from typing import Any
@@ -41,9 +42,11 @@ from tazcom.common.keyring import DmKey
 from tazcom.common.keys import fingerprint
 from tazcom.common.mirror import Change, Mirror
 from tazcom.common.rejects import RejectLog
+from tazcom.common.routergroups import CAP_GROUP
 
 from .busclient import Readable, tune
 from .files import FileService
+from .groupdb import GroupDB
 from .routerkeys import RouterKeys, by_size
 from .runtime import FatalError, Runtime, run
 from .storedb import MAINTENANCE_INTERVAL, Store, db_failure
@@ -85,6 +88,8 @@ class Router:
         #: Files sent, received and relayed (services/files.py): their link messages come
         #: and go on the same sockets, marked ``file``.
         self.files = FileService(self)
+        #: Our private groups' state (common/groupcore.py), saved as it changes.
+        self.group_db = GroupDB(rt.config.paths.home / "groups.sqlite")
 
     def wall(self) -> float:
         """The mesh time: our wall clock corrected by the mesh clock's offset."""
@@ -200,6 +205,11 @@ class Router:
             return self.db.evict(a.origin, a.size, a.own)
         elif isinstance(a, core.SavePolicy):
             self.db.set_policy(a.key, a.policy, a.since, a.until, a.reason)
+        elif isinstance(a, core.StoreText):
+            self.db.set_text(a.id, a.conv, a.text)
+        elif isinstance(a, core.SaveGroups):
+            g = self.c.groups
+            self.group_db.save({gid: g.dump(gid) for gid in g.groups})
         else:
             raise TypeError(f"unknown action {a!r}")
         return None
@@ -269,6 +279,8 @@ class Router:
                             and core.CAP_ENV2 not in r.caps}
         self.c.nofile_links = {bytes.fromhex(r.key) for r in rows if r.state == "open"
                                and r.key and core.CAP_FILE not in r.caps}
+        self.c.nogroup_links = {bytes.fromhex(r.key) for r in rows if r.state == "open"
+                                and r.key and CAP_GROUP not in r.caps}
         self.files.set_links(links - self.c.nofile_links)
         self.run_now(self.c.set_links(links, self.wall(), time.monotonic(), addresses))
 
@@ -440,8 +452,59 @@ class Router:
                 self.rt.log.warning("WAL checkpoint failed: %s (next time)", e)
                 db.checkpointed = db.commits
 
+    def load_groups(self) -> None:
+        for gid, blob in self.group_db.load():
+            try:
+                self.c.groups.load(blob)
+            except (TazcomError, ValueError, TypeError, KeyError) as e:
+                self.rt.log.error("group %s: its saved state does not load (%s); skipped",
+                                  gid.hex()[:16], e)
+        if self.c.groups.groups:
+            self.rt.log.info("loaded %d private groups", len(self.c.groups.groups))
+
+    async def group_local(self, method: str, ref: str | None, arg: Any) -> rpc.GroupAnswer:
+        out = await self.run(self.c.group_local(method, ref, arg, self.wall(),
+                                                time.monotonic()))
+        if isinstance(out, core.PostRefused):
+            raise RequestFailed(out.message, code=out.code)
+        return rpc.GroupAnswer(info=out)
+
+    async def group_create(self, req: rpc.CreateGroup) -> rpc.GroupAnswer:
+        return await self.group_local("create", os.urandom(32).hex(), req.name)
+
+    async def group_say(self, req: rpc.GroupSay) -> rpc.PostResult:
+        out = await self.run(self.c.group_say(req.group, req.text, req.client_id, self.wall(),
+                                              time.monotonic()))
+        if isinstance(out, core.PostRefused):
+            raise RequestFailed(out.message, code=out.code)
+        with contextlib.suppress(TazcomError, sqlite3.OperationalError):
+            await self.run(self.c.settle_posts())
+        return out
+
+    def group_members(self, req: rpc.GroupMembers) -> rpc.GroupAnswer:
+        found = self.c.resolve_group(req.group)
+        if isinstance(found, core.PostRefused):
+            raise RequestFailed(found.message, code=found.code)
+        return rpc.GroupAnswer(info=self.c.group_info(found))
+
+    def group_handlers(self) -> dict[type, Any]:
+        return {
+            rpc.CreateGroup: self.group_create,
+            rpc.InviteToGroup: lambda r: self.group_local("invite", r.group,
+                                                          bytes.fromhex(r.peer)),
+            rpc.AcceptGroup: lambda r: self.group_local("accept", r.group, None),
+            rpc.DeclineGroup: lambda r: self.group_local("decline", r.group, None),
+            rpc.LeaveGroup: lambda r: self.group_local("leave", r.group, None),
+            rpc.RemoveFromGroup: lambda r: self.group_local("remove", r.group,
+                                                            bytes.fromhex(r.peer)),
+            rpc.GroupSay: self.group_say,
+            rpc.GroupMembers: self.group_members,
+            rpc.ListGroups: lambda _r: self.c.group_table(),
+        }
+
     def close(self) -> None:
         self.files.close()
+        self.group_db.close()
         self.db.close()
         self.inbox.close(linger=0)
         self.out.close(linger=500)
@@ -453,6 +516,7 @@ async def main(rt: Runtime) -> None:
         router.follow_clock()
         await router.load()
         router.files.load()
+        router.load_groups()
         router.follow_links()
         rt.serve({rpc.Post: router.post, rpc.GetRouterStats: lambda _r: router.c.stats(),
                   rpc.GetMesh: lambda _r: router.c.mesh_table(),
@@ -464,7 +528,7 @@ async def main(rt: Runtime) -> None:
                   rpc.Revoke: router.revoke,
                   rpc.SendFile: router.files.send_file,
                   rpc.ListFiles: router.files.list_files,
-                  rpc.GetFile: router.files.get_file})
+                  rpc.GetFile: router.files.get_file, **router.group_handlers()})
         # the store service was merged into the router, its one writer: clients of the store
         # still find it at run/store.sock
         rt.serve({rpc.StoreHistory: router.history}, socket="store")

@@ -218,11 +218,18 @@ class Store:
     def set_status(self, req: rpc.StoreSetStatus) -> rpc.Empty:
         """Each update applies where ``status.advance`` allows it (forward only)."""
         with self._tx() as cur:
+            # the same status again changes its reason only (a group message's "2 of 3")
             cur.executemany(f"UPDATE messages SET status = ?, reason = ? "
-                            f"WHERE id = ? AND {_RANK_SQL} < ?",
-                            [(u.status, u.reason, u.id, RANK[u.status])
+                            f"WHERE id = ? AND ({_RANK_SQL} < ? OR status = ?)",
+                            [(u.status, u.reason, u.id, RANK[u.status], u.status)
                              for u in req.updates if u.status])
         return rpc.Empty()
+
+    def set_text(self, msg_id: bytes, conv: bytes, text: str) -> None:
+        """A group message opened after its row was written (its text, its group)."""
+        with self._tx() as cur:
+            cur.execute("UPDATE messages SET conv = ?, text = ? WHERE id = ?",
+                        (conv, text, msg_id))
 
     def lower_hops(self, distances: dict[bytes, int]) -> None:
         """The router found shorter paths to these messages (common.gossip, "Shortest
