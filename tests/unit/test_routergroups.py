@@ -109,7 +109,7 @@ def test_create_invite_accept_say_remove_and_catch_up() -> None:
 
 
 def test_bad_input_refused_and_counted() -> None:
-    net, a, b, c, d = mesh()
+    net, a, _b, c, d = mesh()
     group(net, a, c, name="g")
     # local refusals: a non-admin cannot invite or remove, unknown groups
     assert local(c, "invite", "g", d.key).code == "not_admin"
