@@ -199,7 +199,7 @@ class GroupCore:
         recipients = set(s.members | s.invited)
         try:
             op = groupstate.make_op(kind, group, self.own, target,
-                                    s.heads[:LOCAL_PARENTS_MAX], ts)
+                                    s.effective_heads[:LOCAL_PARENTS_MAX], ts)
         except RemoteProtocolError as e:
             return self._refuse(e.code, e.message)
         verdict = s.add(op)

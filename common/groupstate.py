@@ -393,6 +393,19 @@ class GroupState:
         return tuple(sorted(self._heads))
 
     @property
+    def effective_heads(self) -> tuple[bytes, ...]:
+        """The parents a new local op names: the effective ops no effective op names as a
+        parent, sorted. An ineffective op (a non-admin's ``remove``...) is never named: it
+        may have reached this replica alone, and an op naming it would wait for it forever
+        at every other member (an op's parents are what its author *applied*)."""
+        codes = self._fold.codes
+        named: set[bytes] = set()
+        for i in self._fold.order:
+            if codes[i] is None:
+                named.update(self._ops[i].parents)
+        return tuple(sorted(i for i in self._fold.order if codes[i] is None and i not in named))
+
+    @property
     def pending(self) -> frozenset[bytes]:
         return frozenset(self._pending)
 

@@ -355,3 +355,21 @@ def test_same_ops_same_state(seed: int) -> None:
         for op in made:
             m.state.add(op)
         assert m.state.snapshot() == ref
+
+
+def test_an_ineffective_op_is_never_a_parent_of_a_new_op() -> None:
+    """A non-admin's remove reached one replica alone: the ops written there next must not
+    name it, or every other replica would hold them pending forever."""
+    root, state = new_group()
+    grow(state, B, C)
+    forged = make_op("remove", G, B, C, state.heads, 50)
+    assert state.add(forged).status == "ineffective"
+    assert forged.id in state.heads and forged.id not in state.effective_heads
+    nxt = make_op("remove", G, A, C, state.effective_heads, 51)
+    assert state.add(nxt).status == "effective"
+    other = replica(root, [op for op in state.ops_since(()) if op.id != forged.id
+                           and op.kind != "create"])
+    assert not other.pending and other.members == frozenset({A, B})
+    # once the forged op reaches it too, both replicas are the same
+    other.add(forged)
+    assert other.snapshot() == state.snapshot()

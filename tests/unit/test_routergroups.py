@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tazcom.common import envelope, routing, rpc
+from tazcom.common import envelope, groupstate, groupwire, routing, rpc, senderkeys
 from tazcom.common.events import ChatStatus
+from tazcom.common.groupcore import SealTo
 from tests.corenet import Net, Node
 
 GID = "ab" * 32
@@ -144,3 +145,72 @@ def test_group_envelopes_never_reach_a_link_without_group_1() -> None:
     net.run_for(1.0)
     assert "x" in texts(d)
     assert sent and all(envelope.kind_of(s) not in envelope.GROUP_KINDS for s in sent)
+
+
+def forge(node: Node, seals: list[SealTo]) -> None:
+    """Send group_ctl envelopes as ``node``, past its own group core's checks."""
+    node.run(node.core.send_group_ctl(seals, node.net.now, node.net.mono))
+
+
+def publish(node: Node, gid: bytes, body: bytes) -> None:
+    def step() -> Any:
+        envs = yield from node.core.originate([(envelope.KIND_GROUP, gid, body)],
+                                              node.net.now)
+        yield from node.core.commit_own(envs, node.net.now)
+        yield from node.core.forward([(e, 0, None) for e in envs], node.net.mono)
+    node.run(step())
+
+
+def test_hostile_group_input_refused_counted_and_changes_nothing() -> None:
+    """The issue's bad-input cases, sent by real cores over the mesh to admin A: each is
+    refused with its code, counted, logged as a rejection, and A's group is unchanged."""
+    net, a, b, c, d = mesh()
+    group(net, a, c, d)
+    gid = bytes.fromhex(GID)
+    say(a, "friends", "warm up")
+    net.run_for(1.0)
+    state = a.core.groups.state(gid)
+    assert state is not None
+
+    def membership() -> tuple[Any, ...]:
+        # a non-admin's op is kept, ineffective (docs/groups.md: whether it counts depends
+        # on the fold order); what it may not change is who is in the group
+        return state.members, state.admins, state.invited, state.epoch, state.name
+
+    def check(code: str, send: Any) -> None:
+        before = membership()
+        count = a.core.groups.refused[code]
+        rejected = len(a.rejected)
+        send()
+        net.run_for(1.0)
+        assert a.core.groups.refused[code] == count + 1, (code, a.core.groups.refused)
+        assert any(r.reason == code for r in a.rejected[rejected:]), code
+        assert membership() == before, code
+
+    # a membership change signed by a non-admin (C removes D)
+    remove = groupstate.make_op("remove", gid, c.key, d.key, state.heads, 10)
+    body = groupwire.encode_op(remove)
+    check("not_admin", lambda: forge(c, [SealTo(a.key, groupwire.KIND_OP, body)]))
+    # the same op again, in a new envelope: a replay
+    check("replay", lambda: forge(c, [SealTo(a.key, groupwire.KIND_OP, body)]))
+    # an invitation to a group that does not exist
+    other = bytes([7]) * 32
+    root = groupstate.make_op("create", other, b.key, name="ghost", ts=1)
+    invite = groupstate.make_op("invite", other, b.key, c.key, [root.id], 2)
+    check("unknown_group", lambda: forge(b, [SealTo(a.key, groupwire.KIND_OP,
+                                                    groupwire.encode_op(invite))]))
+    # a message to the group from a non-member
+    chain = senderkeys.SenderChain.new(b.key, gid, 0)
+    plain = groupwire.encode_text("let me in")
+    _, sealed = chain.encrypt(plain, groupwire.header_ad(gid, 0, b.key, 0))
+    check("not_member", lambda: publish(b, gid, groupwire.encode_msg(gid, 0, 0, sealed)))
+    assert "let me in" not in texts(a) and "let me in" not in texts(c)
+
+    # a key update from a member who was removed
+    local(a, "remove", "friends", d.key)
+    net.run_for(1.0)
+    assert d.core.groups.state(gid).epoch == 1
+    key = senderkeys.SenderChain.new(d.key, gid, 1).export()
+    check("not_member", lambda: forge(d, [SealTo(a.key, groupwire.KIND_KEY,
+                                                 groupwire.encode_key(key))]))
+    assert not net.violations
