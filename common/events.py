@@ -440,7 +440,7 @@ GroupRole = Literal["admin", "member", "invited", "left", "removed"]
 @event("group.changed")
 class GroupChanged(Event):
     """A private group of ours changed: created, joined, invited to, a member came or
-    went, we were removed (``router.groups`` has the whole table)."""
+    went, we were removed (``group.list`` answers with the whole table)."""
 
     group: Annotated[str, HEX32]
     name: Annotated[str, Len(0, 64, utf8=True)]

@@ -53,6 +53,12 @@ from .groupstate import GroupState, Op
 
 #: Keys and messages held per group until the ops or keys they need arrive.
 MAX_HELD = 256
+#: What the user is told when its own action cannot be done.
+WHY = {"not_admin": "only an admin of the group can do that",
+       "already_member": "that peer is already a member",
+       "already_invited": "that peer is invited already",
+       "not_invited": "there is no invitation to this group to answer",
+       "not_member": "not a member of this group"}
 #: Groups whose welcome is still arriving in pieces.
 MAX_STAGED = 16
 #: Parents of a local op: the heads, at most this many (an op names what its author
@@ -146,6 +152,11 @@ class GroupCore:
 
     # --- helpers --------------------------------------------------------------------------
 
+    @staticmethod
+    def _deny(code: str, detail: str = "") -> list[Action]:
+        """The user's own action cannot be done (not counted: ``refused`` counts inputs)."""
+        return [Refused(code, detail)]
+
     def _refuse(self, code: str, detail: str = "") -> list[Action]:
         self.refused[code] += 1
         return [Refused(code, detail)]
@@ -191,9 +202,9 @@ class GroupCore:
                problem: str | None) -> list[Action]:
         g = self.groups.get(group)
         if g is None:
-            return self._refuse("unknown_group", "no such group here")
+            return self._deny("unknown_group", "no such group here")
         if problem is not None:
-            return self._refuse(problem, f"cannot {kind}")
+            return self._deny(problem, WHY.get(problem, f"cannot {kind}"))
         s = g.state
         before, members_before = _view(s), s.members
         recipients = set(s.members | s.invited)
@@ -201,10 +212,10 @@ class GroupCore:
             op = groupstate.make_op(kind, group, self.own, target,
                                     s.effective_heads[:LOCAL_PARENTS_MAX], ts)
         except RemoteProtocolError as e:
-            return self._refuse(e.code, e.message)
+            return self._deny(e.code, e.message)
         verdict = s.add(op)
         if verdict.status != "effective":
-            return self._refuse(verdict.code or verdict.status, f"{kind} had no effect")
+            return self._deny(verdict.code or verdict.status, f"{kind} had no effect")
         out = self._send_op(g, op, recipients)
         if kind == "invite" and target is not None:
             out += [SealTo(target, groupwire.KIND_WELCOME, piece)
@@ -215,11 +226,11 @@ class GroupCore:
 
     def create(self, name: str, group_id: bytes, ts: int) -> list[Action]:
         if group_id in self.groups:
-            return self._refuse("replay", "group already exists")
+            return self._deny("replay", "group already exists")
         try:
             root = groupstate.make_op("create", group_id, self.own, None, (), ts, name)
         except RemoteProtocolError as e:
-            return self._refuse(e.code, e.message)
+            return self._deny(e.code, e.message)
         self.groups[group_id] = _Group(GroupState.create(root))
         return [Changed(group_id)]
 
@@ -261,14 +272,14 @@ class GroupCore:
         del ts
         g = self.groups.get(group)
         if g is None:
-            return self._refuse("unknown_group", "no such group here")
+            return self._deny("unknown_group", "no such group here")
         s = g.state
         if self.own not in s.members:
-            return self._refuse("not_member", "we are not a member")
+            return self._deny("not_member", "we are not a member")
         try:
             plain = groupwire.encode_text(text)
         except RemoteProtocolError as e:
-            return self._refuse(e.code, e.message)
+            return self._deny(e.code, e.message)
         out: list[Action] = []
         chain = g.chains.get(s.epoch)
         if chain is None:
@@ -283,7 +294,7 @@ class GroupCore:
             _, sealed = chain.encrypt(plain, groupwire.header_ad(group, s.epoch, self.own,
                                                                  index))
         except LocalProtocolError as e:
-            return self._refuse("too_many", str(e))
+            return self._deny("too_many", str(e))
         out.append(Publish(groupwire.KIND_MSG, group,
                            groupwire.encode_msg(group, s.epoch, index, sealed)))
         return out

@@ -67,7 +67,7 @@ from .keyring import DM_KEY_KEEP
 from .keys import fingerprint
 from .mirror import Numbering
 from .quota import QuotaBook, QuotaSettings, evictable, row_bytes
-from .routergroups import GroupRouter, SaveGroups, StoreText
+from .routergroups import GroupRouter, SaveGroups, StoreReason, StoreText
 from .scoring import PeerScores, ScoreSettings
 
 #: A frame of envelopes stays under this many bytes (router messages are <= 65455).
@@ -193,7 +193,8 @@ class Evict:
 
 
 Action = (Send | Emit | Rejected | Commit | Fetch | SetStatus | Release | LowerHops | ReserveSeq
-          | Sign | Open | Together | SavePolicy | Evict | FileManifest | StoreText | SaveGroups)
+          | Sign | Open | Together | SavePolicy | Evict | FileManifest | StoreText | StoreReason
+          | SaveGroups)
 Step = Generator[Action, Any, Any]
 
 
@@ -437,7 +438,7 @@ class RouterCore(GroupRouter):
         for msg_id in seen:
             self.seen.add(msg_id, now)
         for item in sync:
-            self.index.add(item.id, item.ts, item.to)
+            self.index.add(item.id, item.ts, None if item.kind == KIND_GROUP else item.to)
         for e in profiles:
             try:
                 env = envelope.parse(e.signed, e.sig)
@@ -1380,7 +1381,8 @@ class RouterCore(GroupRouter):
 
     def own_limit(self, kind: int, wait: float) -> PostRefused:
         rate, burst = self.flood.settings.rate_of(kind)
-        what = {KIND_ROOM: "room messages", KIND_FILE: "files"}.get(kind, "direct messages")
+        what = {KIND_ROOM: "room messages", KIND_FILE: "files",
+                KIND_GROUP: "group messages"}.get(kind, "direct messages")
         return PostRefused("rate_limited", f"at most {rate:g} {what} per second (bursts of "
                            f"{burst:g}) leave one node, as every node accepts from one sender; "
                            f"try again in {wait:.1f} s")

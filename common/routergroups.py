@@ -61,6 +61,14 @@ class StoreText:
 
 
 @dataclass(slots=True)
+class StoreReason:
+    """A stored own message's reason at the same status (a group message's "2 of 3")."""
+
+    id: bytes
+    reason: str
+
+
+@dataclass(slots=True)
 class SaveGroups:
     """Write the groups' state (the service skips those unchanged)."""
 
@@ -84,7 +92,8 @@ class GroupRouter:
         self.nogroup_links: set[bytes] = set()
         self.group_outbox: list[SealTo] = []
         self.group_acks: OrderedDict[bytes, _Acks] = OrderedDict()
-        self.counts.update(group_held=0, group_refused=0, group_shown=0)
+        #: Group inputs held, refused and shown (``groups.refused`` has the codes).
+        self.group_counts = {"held": 0, "refused": 0, "shown": 0}
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -168,9 +177,9 @@ class GroupRouter:
             elif isinstance(act, Changed):
                 yield self.group_changed(act.group)
             elif isinstance(act, Held):
-                self.counts["group_held"] += 1
+                self.group_counts["held"] += 1
             elif isinstance(act, Refused):
-                self.counts["group_refused"] += 1
+                self.group_counts["refused"] += 1
                 yield self.reject(source, act.code, f"group: {act.detail}")
             elif isinstance(act, Publish):  # only ``say`` publishes: group_say handles it
                 raise AssertionError("a publish outside group_say")
@@ -193,7 +202,7 @@ class GroupRouter:
         acks: dict[bytes, list[bytes]] = defaultdict(list)
         for sh in shows:
             msg_id, ts, hops = sh.ref
-            self.counts["group_shown"] += 1
+            self.group_counts["shown"] += 1
             yield StoreText(msg_id, sh.group, sh.text)
             if not self.muted(sh.sender):
                 yield rc.Emit(ChatMessage, dict(
@@ -273,6 +282,7 @@ class GroupRouter:
         reason = f"{k} of {n} members"
         self.own_status.pop(msg_id, None)
         yield rc.SetStatus([rpc.StatusUpdate(id=msg_id, status="delivered", reason=reason)])
+        yield StoreReason(msg_id, reason)
         yield rc.Emit(ChatStatus, dict(id=msg_id.hex(), status="delivered", reason=reason,
                                          to=acks.group.hex(), delivered=k, members=n))
 
@@ -296,7 +306,9 @@ class GroupRouter:
             if method in ("invite", "remove"):
                 if arg == self.own_key:
                     return rc.PostRefused("bad_recipient", "that is this node's own key")
-                if method == "invite" and arg not in self.directory:
+                s = self.groups.state(group)
+                if method == "invite" and arg not in self.directory and s is not None \
+                        and self.own_key in s.admins:
                     return rc.PostRefused("no_key", f"no profile of {fingerprint(arg)} has "
                                        "reached us yet (it appears once the peer is known)")
                 actions = getattr(self.groups, method)(group, arg, ts)
@@ -344,7 +356,9 @@ class GroupRouter:
             yield rc.Emit(ChatMessage, dict(
                 id=msg.id.hex(), kind="group", origin=self.own_key.hex(), to=group.hex(),
                 sent=msg.ts, text=text, own=True, hops=0, status="queued"))
-        sent = yield from self.forward([(e, 0, None) for e in envs], mono)
+        # a retry of a post already made (its client_id): the first one went, not this copy
+        out = envs if outcome.new else envs[:-1]
+        sent = yield from self.forward([(e, 0, None) for e in out], mono)
         yield SaveGroups()
         self._sent += sorted(i for i in sent if i == msg.id)
         st = "sent" if msg.id in sent else "queued"

@@ -207,6 +207,8 @@ class Router:
             self.db.set_policy(a.key, a.policy, a.since, a.until, a.reason)
         elif isinstance(a, core.StoreText):
             self.db.set_text(a.id, a.conv, a.text)
+        elif isinstance(a, core.StoreReason):
+            self.db.set_reason(a.id, a.reason)
         elif isinstance(a, core.SaveGroups):
             g = self.c.groups
             self.group_db.save({gid: g.dump(gid) for gid in g.groups})

@@ -218,12 +218,16 @@ class Store:
     def set_status(self, req: rpc.StoreSetStatus) -> rpc.Empty:
         """Each update applies where ``status.advance`` allows it (forward only)."""
         with self._tx() as cur:
-            # the same status again changes its reason only (a group message's "2 of 3")
             cur.executemany(f"UPDATE messages SET status = ?, reason = ? "
-                            f"WHERE id = ? AND ({_RANK_SQL} < ? OR status = ?)",
-                            [(u.status, u.reason, u.id, RANK[u.status], u.status)
+                            f"WHERE id = ? AND {_RANK_SQL} < ?",
+                            [(u.status, u.reason, u.id, RANK[u.status])
                              for u in req.updates if u.status])
         return rpc.Empty()
+
+    def set_reason(self, msg_id: bytes, reason: str) -> None:
+        """A group message's count of receipts ("2 of 3 members"), at the same status."""
+        with self._tx() as cur:
+            cur.execute("UPDATE messages SET reason = ? WHERE id = ?", (reason, msg_id))
 
     def set_text(self, msg_id: bytes, conv: bytes, text: str) -> None:
         """A group message opened after its row was written (its text, its group)."""
@@ -381,6 +385,8 @@ class Store:
         rows = self._db.execute(
             'SELECT id, ts, kind, "to", held FROM messages '
             "WHERE conv IS NULL AND kind IN (1, 6) AND \"to\" IS NULL AND ts >= :since "
+            # a group's messages are flooded and caught up like the room's
+            'UNION SELECT id, ts, kind, "to", held FROM messages WHERE kind = 8 AND ts >= :since '
             'UNION SELECT id, ts, kind, "to", held FROM (' + _NEWEST_PROFILES + ") "
             "WHERE ts >= :since "
             'UNION SELECT id, ts, kind, "to", held FROM messages WHERE held = 1 '

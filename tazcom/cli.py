@@ -2,6 +2,9 @@
 
 Every subcommand acts on the node named by ``TAZCOM_HOME`` (or ``--home``),
 prints for people by default and one JSON object per line with ``--json``.
+Private groups: ``tazcom group ACTION ...`` (create, invite, invites, accept,
+decline, say, leave, remove, members), ``tazcom groups``, ``tazcom history
+--group NAME`` (docs/groups.md).
 It is a client only: it asks the node's services over their request sockets
 and reads the bus; it never reads the secret key.
 
@@ -18,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -32,6 +36,7 @@ import zmq.asyncio
 from tazcom.common import rpc
 from tazcom.common.config import Config
 from tazcom.common.display import json_escape, safe
+from tazcom.common.envelope import KIND_GROUP
 from tazcom.common.errors import ConfigError, SchemaError, TazcomError
 from tazcom.common.events import (
     Event,
@@ -63,6 +68,18 @@ FILE_ERRORS = {
     "io_error": "cannot read the file", "ambiguous": "several files match",
     "disk_full": "disk full",
 }
+#: What the router's terse refusals of ``group.*`` requests ("cannot invite") mean, in a
+#: few words; the others (not_found, ambiguous, no_key...) say it in the router's words.
+GROUP_ERRORS = {
+    "not_admin": "only an admin of the group can do that",
+    "not_member": "not a member of the group",
+    "not_invited": "no invitation to that group waits here (tazcom group invites)",
+    "already_member": "already a member of the group",
+    "already_invited": "already invited: the invitation waits for an answer",
+}
+#: Seconds to wait for a ``group.*`` request that changes the group (one attempt: unlike
+#: the other requests they are not safe to send twice, ``group.create`` least of all).
+GROUP_TIMEOUT = 5.0
 #: Seconds between ``files.list`` polls while the bus is silent (no welcome: it is down or
 #: not reached), and while it is up (a safety net for a dropped event).
 FILE_POLL = 0.2
@@ -95,20 +112,24 @@ class Cli:
     def out(self, row: dict[str, Any]) -> None:
         print(json_line(row), flush=True)
 
-    async def call(self, service: str, req: rpc.Request, timeout: float = 1.5) -> Any:
+    async def call(self, service: str, req: rpc.Request, timeout: float = 1.5,
+                   retries: int = 1) -> Any:
         client = self._clients.get(service)
         if client is None:
             client = self._clients[service] = RpcClient(self.ctx, self.config, service)
         try:
-            return await client.call(req, timeout=timeout, retries=1)
+            return await client.call(req, timeout=timeout, retries=retries)
         except TazcomError as e:
             if e.code == "unavailable":
-                raise NodeNotRunning(await self._silence(service, req, timeout)) from None
+                raise NodeNotRunning(await self._silence(service, req, timeout,
+                                                         retries + 1)) from None
             raise
 
-    async def _silence(self, service: str, req: rpc.Request, timeout: float) -> str:
+    async def _silence(self, service: str, req: rpc.Request, timeout: float,
+                       attempts: int = 2) -> str:
         """Why ``service`` did not answer: down, or up but busy (the bus says which)."""
-        waited = f"{service} did not answer {req.OP} within {timeout:g} s (2 attempts)"
+        tries = f"{attempts} attempts" if attempts != 1 else "1 attempt"
+        waited = f"{service} did not answer {req.OP} within {timeout:g} s ({tries})"
         state = None
         service = SERVED_BY.get(service, service)
         if service != "bus":
@@ -146,15 +167,17 @@ class Cli:
         snap = await self.call("discovery", rpc.GetPeers())
         return _match(query, snap.peers)
 
-    async def find_target(self, query: str) -> Target:
+    async def find_target(self, query: str, extra: Sequence[Target] = ()) -> Target:
         """``query`` in the peer table, else among the nodes the router knows through the
-        mesh, else a full 64-hex key of a node never seen."""
+        mesh (and ``extra``), else a full 64-hex key of a node never seen."""
         snap = await self.call("discovery", rpc.GetPeers())
         found = {p.key: Target(p.key, p.fingerprint, p.nickname) for p in snap.peers}
         with contextlib.suppress(TazcomError):
             mesh = await self.call("router", rpc.GetMesh(), timeout=1.0)
             for m in mesh.items:
                 found.setdefault(m.key, Target.of(m.key, m.nickname))
+        for t in extra:
+            found.setdefault(t.key, t)
         return _match(query, list(found.values()), resolve_target)
 
     async def nicknames(self) -> dict[str, str]:
@@ -451,13 +474,18 @@ class Cli:
         return await self.post(peer, self.args.text)
 
     async def cmd_history(self) -> int:
+        group = await self.find_group(self.args.group) if self.args.group else None
         peer = await self.find_peer(self.args.peer) if self.args.peer else None
-        conv = bytes.fromhex(peer.key) if peer else None
+        conv = bytes.fromhex(group.group if group else peer.key) if group or peer else None
         reply = await self.call("store", rpc.StoreHistory(conv=conv, limit=self.args.limit))
         names: dict[str, str] = {}
         with contextlib.suppress(TazcomError):
             snap = await self.call("discovery", rpc.GetPeers(), timeout=1.0)
             names = {p.key: p.nickname for p in snap.peers}
+        if group is not None:  # members known only through the mesh have a name there too
+            for member in group.members:
+                if member.nickname:
+                    names.setdefault(member.key, member.nickname)
         with contextlib.suppress(TazcomError):
             me = await self.call("identity", rpc.GetIdentity(), timeout=1.0)
             names[me.key] = f"{me.nickname} (me)"
@@ -471,11 +499,196 @@ class Cli:
             claimed = (f"  (claimed {_when(m.ts / 1000)})"
                        if abs(m.ts - arrived) > CLAIM_SKEW_MS else "")
             who = names.get(origin, origin[:8])
-            mark = f"  [{status}{': ' + m.reason if m.reason else ''}]" if m.own else ""
+            if group is not None:  # "delivered (2 of 3 members)"
+                mark = f"  [{group_status_text(status, m.reason)}]" if m.own else ""
+            else:
+                mark = f"  [{status}{': ' + m.reason if m.reason else ''}]" if m.own else ""
             text = "(unreadable)" if m.text is None else m.text
             print(f"{_when(arrived / 1000)}  {safe(who)}: {safe(text)}{safe(mark)}{claimed}")
         if not reply.messages and not self.json:
             print("no messages yet")
+        return 0
+
+    # -- private groups -------------------------------------------------------------------
+
+    async def group_call(self, req_type: type[rpc.Request], *, timeout: float = GROUP_TIMEOUT,
+                         retries: int = 0, codes: dict[str, str] | None = None,
+                         **fields: Any) -> Any:
+        """A ``group.*`` request to the router: arguments the schema refuses are a usage
+        error; a refusal comes back in plain words (``codes`` overrides ``GROUP_ERRORS``)."""
+        try:
+            req = req_type(**fields)
+        except SchemaError as e:
+            raise UserError(e.message) from None
+        try:
+            return await self.call("router", req, timeout=timeout, retries=retries)
+        except TazcomError as e:
+            if isinstance(e, NodeNotRunning):
+                raise
+            words = (codes or {}).get(e.code) or GROUP_ERRORS.get(e.code)
+            if words:
+                raise TazcomError(f"{words} ({e.message})", code=e.code) from None
+            if e.code in NOT_SENT:  # refused by our own router: say so plainly
+                raise TazcomError(f"{NOT_SENT[e.code]}: {e.message}", code=e.code) from None
+            raise
+
+    async def group_info(self, ref: str) -> rpc.GroupInfo:
+        """The group the user named (``group.members``: its name or an id prefix)."""
+        reply = await self.group_call(rpc.GroupMembers, timeout=1.5, retries=1, group=ref)
+        return reply.info  # type: ignore[no-any-return]
+
+    async def find_group(self, ref: str) -> rpc.GroupInfo:
+        """``ref`` among ``group.list`` as the router resolves it: a unique name, else a
+        unique prefix of an id (at least 4 hex digits). Errors: not_found, ambiguous."""
+        table = await self.call("router", rpc.ListGroups())
+        named = [g for g in table.groups if g.name == ref]
+        low = ref.lower()
+        by_id = [g for g in table.groups if len(low) >= 4 and g.group.startswith(low)]
+        found = named or by_id
+        if len(found) == 1:
+            return found[0]  # type: ignore[no-any-return]
+        if found:
+            raise TazcomError(f"{len(found)} groups match {ref!r}: give more of the id "
+                              "(tazcom groups)", code="ambiguous")
+        raise TazcomError(f"no group {ref!r} here (tazcom groups)", code="not_found")
+
+    async def cmd_group(self) -> int:
+        if self.args.action is None:  # ``tazcom group``: as ``tazcom groups``
+            return await self.cmd_groups()
+        return await GROUP_ACTIONS[self.args.action](self)
+
+    async def cmd_groups(self) -> int:
+        table = await self.call("router", rpc.ListGroups())
+        groups = sorted(table.groups, key=lambda g: (g.name.lower(), g.group))
+        names = await self.nicknames() if any(g.invited_by for g in groups) else {}
+        if self.json:
+            for g in groups:
+                self.out(group_row(g, names))
+            return 0
+        if not groups:
+            print("no groups yet (tazcom group create NAME)")
+            return 0
+        rows = [("NAME", "ID", "ROLE", "MEMBERS", "EPOCH")]
+        for g in groups:
+            count = str(member_count(g)) + (f" (+{invited_count(g)} invited)"
+                                            if invited_count(g) else "")
+            rows.append((g.name, g.group[:12], g.role, count, str(g.epoch)))
+        _table(rows)
+        if any(g.role == "invited" for g in groups):
+            print("invitations: tazcom group invites")
+        return 0
+
+    async def group_create(self) -> int:
+        info = (await self.group_call(rpc.CreateGroup, name=self.args.name)).info
+        if self.json:
+            self.out(group_row(info))
+            return 0
+        print(f"created group {safe(info.name)} (id {info.group[:12]}); invite with: "
+              f"tazcom group invite {shlex.quote(safe(info.name))} PEER")
+        return 0
+
+    async def group_invite(self) -> int:
+        group = await self.group_info(self.args.name)
+        target = await self.find_target(self.args.peer)
+        info = (await self.group_call(rpc.InviteToGroup, group=group.group,
+                                      peer=target.key)).info
+        if self.json:
+            self.out(group_row(info))
+            return 0
+        print(f"invited {safe(target)} to {safe(info.name)}; it joins once it accepts "
+              f"(tazcom group members {shlex.quote(safe(info.name))})")
+        return 0
+
+    async def group_invites(self) -> int:
+        table = await self.call("router", rpc.ListGroups())
+        invites = [g for g in table.groups if g.role == "invited"]
+        names = await self.nicknames() if invites else {}
+        if self.json:
+            for g in invites:
+                self.out(group_row(g, names))
+            return 0
+        if not invites:
+            print("no invitations waiting")
+            return 0
+        rows = [("NAME", "ID", "INVITED BY", "MEMBERS")]
+        for g in invites:
+            rows.append((g.name, g.group[:12], inviter_text(g, names), str(member_count(g))))
+        _table(rows)
+        print("tazcom group accept NAME joins; tazcom group decline NAME refuses")
+        return 0
+
+    async def group_accept(self) -> int:
+        info = (await self.group_call(rpc.AcceptGroup, group=self.args.name)).info
+        if self.json:
+            self.out(group_row(info))
+            return 0
+        n = member_count(info)
+        print(f"joined {safe(info.name)} ({n} member{'s' if n != 1 else ''}); write with: "
+              f"tazcom group say {shlex.quote(safe(info.name))} TEXT")
+        return 0
+
+    async def group_decline(self) -> int:
+        info = (await self.group_call(rpc.DeclineGroup, group=self.args.name)).info
+        if self.json:
+            self.out(group_row(info))
+            return 0
+        print(f"declined the invitation to {safe(info.name)}")
+        return 0
+
+    async def group_leave(self) -> int:
+        info = (await self.group_call(rpc.LeaveGroup, group=self.args.name)).info
+        if self.json:
+            self.out(group_row(info))
+            return 0
+        print(f"left {safe(info.name)}; the others re-key and what follows is not readable "
+              "here")
+        return 0
+
+    async def group_remove(self) -> int:
+        group = await self.group_info(self.args.name)
+        # its members and invitees by the names the group knows them by, too
+        known = [Target.of(m.key, m.nickname or None) for m in group.members]
+        target = await self.find_target(self.args.peer, known)
+        info = (await self.group_call(
+            rpc.RemoveFromGroup, group=group.group, peer=target.key,
+            codes={"not_member": "not a member of the group, nor invited"})).info
+        if self.json:
+            self.out(group_row(info))
+            return 0
+        print(f"removed {safe(target)} from {safe(info.name)}; the others re-key (epoch "
+              f"{info.epoch})")
+        return 0
+
+    async def group_members(self) -> int:
+        info = await self.group_info(self.args.name)
+        me = None
+        with contextlib.suppress(TazcomError):
+            me = (await self.call("identity", rpc.GetIdentity(), timeout=1.0)).key
+        if self.json:
+            for m in info.members:
+                self.out(group_member_row(info, m))
+            return 0
+        print(f"{safe(info.name)} (id {info.group[:12]}, epoch {info.epoch}): you are "
+              f"{info.role}")
+        rows = [("NICKNAME", "FINGERPRINT", "ROLE")]
+        for m in info.members:
+            nick = (m.nickname or "?") + (" (me)" if m.key == me else "")
+            rows.append((nick, fingerprint(bytes.fromhex(m.key)), member_role(m)))
+        _table(rows)
+        return 0
+
+    async def group_say(self) -> int:
+        group = await self.group_info(self.args.name)
+        # One attempt: a second group.say with the same client_id is answered with the
+        # first message, but the router floods a second ciphertext of it all the same.
+        reply = await self.group_call(rpc.GroupSay, client_id=os.urandom(16),
+                                      group=group.group, text=self.args.text)
+        if self.json:
+            self.out(group_post_row(reply, group, self.args.text))
+        else:
+            print(f"to group {safe(group.name)}: "
+                  f"{safe(group_status_text(reply.status, reply.reason))} "
+                  f"(message {reply.message_id.hex()[:12]})")
         return 0
 
     # -- files ----------------------------------------------------------------------------
@@ -916,10 +1129,71 @@ def post_row(reply: rpc.PostResult, to: PeerInfo | None, text: str) -> dict[str,
 
 
 def history_row(m: rpc.HistoryEntry) -> dict[str, Any]:
+    """``history``; a group's rows (``--group``) have ``to`` the group's id."""
+    kind = "room" if m.to is None else "group" if m.kind == KIND_GROUP else "dm"
     return {"id": m.id.hex(), "from": m.origin.hex(), "to": m.to.hex() if m.to else "*",
             "text": m.text, "ts": m.ts / 1000, "status": m.status or "received",
-            "reason": m.reason, "kind": "room" if m.to is None else "dm",
+            "reason": m.reason, "kind": kind,
             "received": None if m.received is None else m.received / 1000}
+
+
+def group_row(info: rpc.GroupInfo, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """``groups`` and ``group invites`` (a row per group), and ``group create``, ``invite``,
+    ``accept``, ``decline``, ``leave`` and ``remove`` (the group after the change)."""
+    return {"group": info.group, "name": info.name, "role": info.role, "epoch": info.epoch,
+            "members": member_count(info), "invited": invited_count(info),
+            "invited_by": info.invited_by,
+            "invited_by_nickname": inviter_name(info, names or {})}
+
+
+def group_member_row(info: rpc.GroupInfo, m: rpc.GroupMember) -> dict[str, Any]:
+    """``group members``: a row per member and per invitee."""
+    return {"group": info.group, "key": m.key, "fingerprint": fingerprint(bytes.fromhex(m.key)),
+            "nickname": m.nickname, "admin": m.admin, "role": m.role}
+
+
+def group_post_row(reply: rpc.PostResult, info: rpc.GroupInfo, text: str) -> dict[str, Any]:
+    """``group say``: as ``send``, ``to`` the group's id."""
+    return {"id": reply.message_id.hex(), "to": info.group, "name": info.name,
+            "status": reply.status, "reason": reply.reason, "text": text}
+
+
+def member_count(info: rpc.GroupInfo) -> int:
+    return sum(1 for m in info.members if m.role == "member")
+
+
+def invited_count(info: rpc.GroupInfo) -> int:
+    return sum(1 for m in info.members if m.role == "invited")
+
+
+def member_role(m: rpc.GroupMember) -> str:
+    """``admin``, ``member`` or ``invited``, for people."""
+    return "admin" if m.admin and m.role == "member" else m.role
+
+
+def inviter_name(info: rpc.GroupInfo, names: dict[str, str]) -> str | None:
+    """The nickname of who invited us: as the group knows it, else as the mesh does."""
+    if info.invited_by is None:
+        return None
+    known = next((m.nickname for m in info.members if m.key == info.invited_by), "")
+    return known or names.get(info.invited_by) or None
+
+
+def inviter_text(info: rpc.GroupInfo, names: dict[str, str]) -> str:
+    if info.invited_by is None:
+        return "-"
+    fp = fingerprint(bytes.fromhex(info.invited_by))
+    nick = inviter_name(info, names)
+    return f"{nick} ({fp})" if nick else fp
+
+
+def group_status_text(status: str, reason: str) -> str:
+    """``delivered (2 of 3 members)``; ``failed: why``; else the status."""
+    if not reason:
+        return status
+    if re.fullmatch(r"\d+ of \d+ members?", reason):
+        return f"{status} ({reason})"
+    return f"{status}: {reason}"
 
 
 def policy_row(target: Target, entry: rpc.PolicyEntry | None) -> dict[str, Any]:
@@ -1088,6 +1362,8 @@ JSON_ROWS: dict[str, Callable[..., dict[str, Any]]] = {
     "block": policy_row, "mute": policy_row, "keys": keys_row, "revoke": keys_row,
     "connect": static_row, "invite": invite_row, "join": join_row,
     "send-file": file_row, "share": file_row, "files": file_row,
+    # ``group members`` prints group_member_row, ``group say`` group_post_row
+    "group": group_row, "groups": group_row,
 }
 
 
@@ -1204,8 +1480,11 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("send", parents=[common], help="send a direct message")
     dp.add_argument("peer", help="key, fingerprint (prefix) or nickname")
     dp.add_argument("text")
-    hp = sub.add_parser("history", parents=[common], help="the room, or the DMs with PEER")
+    hp = sub.add_parser("history", parents=[common],
+                        help="the room, the DMs with PEER, or a private group (--group)")
     hp.add_argument("peer", nargs="?", help="key, fingerprint (prefix) or nickname")
+    hp.add_argument("--group", metavar="NAME", default=None,
+                    help="a private group's messages: its name or an id prefix (4+ hex digits)")
     hp.add_argument("--limit", type=int, default=100, help="newest N messages (default 100)")
     for name, what in (("block", "nothing PEER writes is shown, stored or relayed here, and "
                                  "its links are refused"),
@@ -1292,6 +1571,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="follow it until received (default: on a terminal)")
     fg.add_argument("--timeout", type=float, default=None,
                     help="stop waiting after S seconds (the download goes on)")
+    add_group_parsers(sub, common)
     sub.add_parser("chat", parents=[common], help="the terminal chat app")
     ev = sub.add_parser("events", parents=[common], help="tail the node's event bus")
     ev.add_argument("--topic", default="", help="only topics starting with this prefix")
@@ -1299,6 +1579,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--timeout", type=float, default=None, help="stop after S seconds")
     ev.add_argument("--quiet", action="store_true", help="no banner on stderr")
     return parser
+
+
+def add_group_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tazcom group ACTION ...`` and ``tazcom groups``."""
+    name_help = "the group's name, or 4+ hex digits of its id (tazcom groups)"
+    gp = sub.add_parser("group", parents=[common], help="private groups: create, invite, "
+                        "accept, say, members... (tazcom group -h)",
+                        description="Private groups: end-to-end encrypted, readable by their "
+                        "members only. NAME is a group's name or a unique prefix of its id "
+                        "(at least 4 hex digits; tazcom groups lists them); PEER a nickname, "
+                        "a fingerprint or key prefix, or a full key. Without ACTION: every "
+                        "group, as tazcom groups.")
+    actions = gp.add_subparsers(dest="action", metavar="ACTION")
+
+    def action(name: str, what: str, *args: tuple[str, str]) -> argparse.ArgumentParser:
+        ap = actions.add_parser(name, parents=[common], help=what, description=what + ".")
+        for arg, arg_help in args:
+            ap.add_argument(arg, metavar=arg.upper(), help=arg_help)
+        return ap
+
+    peer = ("peer", "key, fingerprint (prefix) or nickname")
+    action("create", "create a group, with this node as its admin",
+           ("name", "the group's name (up to 64 bytes)"))
+    action("invite", "invite PEER (admins only); it joins once it accepts",
+           ("name", name_help), peer)
+    action("invites", "the invitations waiting here, and who sent them")
+    action("accept", "accept an invitation (tazcom group invites)", ("name", name_help))
+    action("decline", "decline an invitation", ("name", name_help))
+    action("say", "write to a group (its members only can read it)", ("name", name_help),
+           ("text", "the message"))
+    action("leave", "leave a group; the others re-key", ("name", name_help))
+    action("remove", "remove PEER (admins only); the others re-key and it cannot read "
+           "what follows", ("name", name_help), peer)
+    action("members", "a group's members and invitees", ("name", name_help))
+    sub.add_parser("groups", parents=[common],
+                   help="every private group here: name, id, our role, members, epoch")
 
 
 COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
@@ -1320,6 +1636,14 @@ COMMANDS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
     "send-file": Cli.cmd_send_file,
     "share": Cli.cmd_share,
     "files": Cli.cmd_files,
+    "group": Cli.cmd_group,
+    "groups": Cli.cmd_groups,
+}
+#: ``tazcom group ACTION``.
+GROUP_ACTIONS: dict[str, Callable[[Cli], Coroutine[Any, Any, int]]] = {
+    "create": Cli.group_create, "invite": Cli.group_invite, "invites": Cli.group_invites,
+    "accept": Cli.group_accept, "decline": Cli.group_decline, "say": Cli.group_say,
+    "leave": Cli.group_leave, "remove": Cli.group_remove, "members": Cli.group_members,
 }
 
 
@@ -1329,6 +1653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "connect" and bool(args.list) == bool(args.address):
         parser.error("tazcom connect: give HOST[:PORT] (with or without --remove), "
                      "or --list alone")
+    if args.command == "history" and args.peer and args.group:
+        parser.error("tazcom history: give PEER or --group NAME, not both")
     if args.command in ("block", "mute") and bool(args.list) == bool(args.peer):
         parser.error(f"tazcom {args.command}: give PEER (with or without --remove), "
                      "or --list alone")

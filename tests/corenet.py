@@ -373,6 +373,8 @@ class Node:
             if a.id not in self.store.rows:
                 self.net.violation(self, "a text for a row not committed")
             self.texts[a.id] = a.text
+        elif t is rc.StoreReason:
+            pass
         elif t is rc.SaveGroups:
             self.group_disk = {g: self.core.groups.dump(g) for g in self.core.groups.groups}
         else:

@@ -1269,7 +1269,7 @@ def test_every_link_code_is_a_short_identifier(reason: str) -> None:
 
 
 def test_caps_name_app_v1_envelope_v2_peer_exchange_files_and_parts() -> None:
-    assert CAPS == ("app/1", "env/2", "px/1", "file/1", "part/1")
+    assert CAPS == ("app/1", "env/2", "px/1", "file/1", "part/1", "group/1")
 
 
 def test_peer_verified_carries_the_clock_offset_of_the_peers_hello() -> None:

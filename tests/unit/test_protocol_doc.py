@@ -263,6 +263,12 @@ def cli_samples() -> dict[str, list[dict[str, Any]]]:
     file = build(events.FileStatus)
     rows["send-file"] = rows["share"] = rows["files"] = [
         cli.file_row(_with(file, sent=1_700_000_000_000)), cli.file_row(_with(file, to=None))]
+    info = build(rpc.GroupInfo)
+    member = build(rpc.GroupMember)
+    info = _with(info, members=(member,))
+    names = {member.key: "bob"}
+    rows["group"] = rows["groups"] = [cli.group_row(info, names),
+                                      cli.group_row(_with(info, invited_by=None))]
     keys = build(rpc.SigningKeys)
     rows["keys"] = rows["revoke"] = [cli.keys_row(keys),
                                      cli.keys_row(_with(keys, key=None, enc_key=None))]
