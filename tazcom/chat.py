@@ -22,6 +22,15 @@ Images show as ``[image 640x480 photo.jpg]``, and as a picture under the
 conversation where the terminal draws Kitty or Sixel graphics (the optional
 ``textual-image`` package, probed before the app starts).
 
+Private groups (docs/groups.md): listed beside the room and the peers (``≡ name``),
+with unread counts; writing in an open group is ``group.say``, and our line's status
+says how many members have it (``[delivered 2/3]``). ``/group NAME`` creates one and
+opens it; in the open group ``/invite NICK``, ``/kick NICK`` (admins), ``/members`` and
+``/leave``. An invitation is a line of the room: ``/accept NAME`` or ``/decline NAME``,
+or Esc then ``a`` / ``d`` on the line; an accepted group opens. ``/groups`` lists them
+all. The app follows ``group.changed`` and reloads ``group.list``; what changed (who
+was invited, joined, went; our removal) is said in the group's conversation.
+
 Safe among strangers: every string a peer wrote is shown through
 ``common.display.safe`` (no escape sequence, control character or bidi
 override reaches the terminal) and never parsed as markup (the app builds
@@ -37,11 +46,13 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +84,7 @@ from tazcom.common.events import (
     ClockOffset,
     Event,
     FileStatus,
+    GroupChanged,
     PeerDiscovered,
     PeerForgotten,
     PeerInfo,
@@ -84,7 +96,7 @@ from tazcom.common.events import (
     ServiceHeartbeat,
     ServiceStopping,
 )
-from tazcom.common.keys import safety_number
+from tazcom.common.keys import fingerprint, safety_number
 from tazcom.common.mirror import Change
 from tazcom.common.peers import PeerAmbiguous, PeerNotFound, Target, match_peer, resolve_target
 from tazcom.services.busclient import BusClient, RpcClient
@@ -118,6 +130,11 @@ HELP = [
     "Esc              select file lines (Up/Down): g get an offered file, o open it,",
     "                 s show and copy its path, v images on/off; Esc or i: back here",
     "/get /open /save the same for the selected (else the newest) file",
+    "/group NAME      create a private group and open it; /groups lists yours",
+    "/invite NICK     invite NICK to the open group; /kick NICK removes (admins)",
+    "/members         who is in the open group;  /leave  leave it",
+    "/accept NAME     join a group you are invited to (Esc, then a on its line);",
+    "/decline NAME    refuse the invitation (Esc, then d on its line)",
     "/help            this text;  /quit  leave (the node keeps running)",
     "Tab completes nicknames; PageUp/PageDown scroll; Ctrl+T light/dark theme.",
 ]
@@ -128,6 +145,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 FILE_BAR = 10
 #: The largest side of an image preview, in pixels, before the terminal scales it.
 PREVIEW_PIXELS = 1024
+#: The kind of a group message in the store (envelope.KIND_GROUP).
+KIND_GROUP = 8
+#: Our roles in a group that list it beside the room (invitations, left and removed
+#: groups are not listed, unless open).
+GROUP_ACTIVE = ("admin", "member")
+GROUP_MARK = "≡ "
+#: A group message's delivery reason (routergroups: "2 of 3 members").
+MEMBERS_REASON = re.compile(r"(\d+) of (\d+) members?")
+#: An invitation line's id (a line of the room, never a stored message's).
+INVITE_ID = "invite:"
 
 
 @dataclass
@@ -147,6 +174,14 @@ class Msg:
     file: FileStatus | None = None
     #: Its pixels, for an image that is here in full (None: not an image, or unknown).
     image: tuple[int, int] | None = None
+    #: A group message (``to`` is the group's id).
+    group: bool = False
+    #: Our group message: how many members have it, of how many (chat.status).
+    delivered: int | None = None
+    members: int | None = None
+    #: An invitation line: the group's id (its status: pending, accepted, declined...;
+    #: its reason: the group's name, for the line's hint).
+    invite: str = ""
 
     @property
     def arrived(self) -> float:
@@ -154,7 +189,34 @@ class Msg:
 
     @property
     def conv(self) -> str:
-        return ROOM if self.to is None else (self.to if self.own else self.origin)
+        if self.to is None:
+            return ROOM
+        return self.to if self.own or self.group else self.origin
+
+    @property
+    def selectable(self) -> bool:
+        """A line the keys act on: a file, or an invitation."""
+        return self.file is not None or bool(self.invite)
+
+
+def status_mark(msg: Msg) -> tuple[str, bool]:
+    """The mark of our message's status, and whether its reason is said with it: a group
+    message delivered says to how many members (``delivered 2/3``)."""
+    if msg.group and msg.status == "delivered":
+        k, n = msg.delivered, msg.members
+        found = MEMBERS_REASON.fullmatch(msg.reason or "")
+        if (k is None or n is None) and found:
+            k, n = int(found[1]), int(found[2])
+        if k is not None and n is not None:
+            return f"delivered {k}/{n}", False
+    return STATUS_MARKS.get(msg.status, msg.status), True
+
+
+def invite_hint(status: str, name: str) -> tuple[str, str]:
+    """What an invitation line says after its text, and its style."""
+    if status == "pending":
+        return f"  [/accept {name} or /decline {name}; Esc then a or d]", "bold yellow"
+    return f"  [{status}]", "dim"
 
 
 def _nick_style(key: str) -> Style:
@@ -227,7 +289,8 @@ class MessageView(ScrollView, can_focus=True):
     messages scroll without lag and a status can change in place."""
 
     DEFAULT_CSS = "MessageView { height: 1fr; }"
-    # With the focus here (Esc from the input line), keys act on the selected file line.
+    # With the focus here (Esc from the input line), keys act on the selected file line
+    # (or invitation line).
     BINDINGS = [
         Binding("up", "select_file(-1)", "Previous file", show=False),
         Binding("down", "select_file(1)", "Next file", show=False),
@@ -235,6 +298,8 @@ class MessageView(ScrollView, can_focus=True):
         Binding("o", "app.file('open')", "Open file", show=False),
         Binding("s", "app.file('save')", "File path", show=False),
         Binding("v", "app.file('preview')", "Previews", show=False),
+        Binding("a", "app.invitation('accept')", "Accept invitation", show=False),
+        Binding("d", "app.invitation('decline')", "Decline invitation", show=False),
         Binding("escape,i", "app.focus_input", "Type", show=False),
         Binding("pageup", "app.page_up", "Scroll up", show=False),
         Binding("pagedown", "app.page_down", "Scroll down", show=False),
@@ -249,7 +314,8 @@ class MessageView(ScrollView, can_focus=True):
         self._lines: list[Strip] = []
         self._first_line: list[int] = []  # message index -> its first line
         self._width = 0
-        #: The file line the file keys act on: the newest, until Up/Down choose one.
+        #: The file (or invitation) line the keys act on: the newest, until Up/Down
+        #: choose one.
         self.selected: str | None = None
         self._chosen = False
 
@@ -265,7 +331,8 @@ class MessageView(ScrollView, can_focus=True):
         self.by_id = {m.id: i for i, m in enumerate(self.messages) if m.id}
         if not (self._chosen and self.selected in self.by_id):
             self._chosen = False
-            self.selected = next((m.id for m in reversed(self.messages) if m.file), None)
+            self.selected = next((m.id for m in reversed(self.messages) if m.selectable),
+                                 None)
         self._rewrap()
 
     def _to_end(self) -> None:
@@ -286,7 +353,7 @@ class MessageView(ScrollView, can_focus=True):
 
     def add(self, msg: Msg) -> None:
         if msg.id and msg.id in self.by_id:
-            if msg.file is None:
+            if msg.file is None and not msg.invite:
                 self.update(msg.id, msg.status, msg.reason)
             else:
                 self.redraw(msg.id)
@@ -296,7 +363,7 @@ class MessageView(ScrollView, can_focus=True):
         if msg.id:
             self.by_id[msg.id] = len(self.messages) - 1
         previous = self.selected
-        if msg.file is not None and not self._chosen:
+        if msg.selectable and not self._chosen:
             self.selected = msg.id  # the newest file, unless one was chosen
         self._first_line.append(len(self._lines))
         self._lines += self._wrap(msg)
@@ -306,12 +373,15 @@ class MessageView(ScrollView, can_focus=True):
         if at_end:
             self._to_end()
 
-    def update(self, msg_id: str, status: str, reason: str = "") -> bool:
+    def update(self, msg_id: str, status: str, reason: str = "",
+               delivered: int | None = None, members: int | None = None) -> bool:
         i = self.by_id.get(msg_id)
         if i is None:
             return False
         msg = self.messages[i]
         msg.status, msg.reason = status, reason
+        if members is not None:
+            msg.delivered, msg.members = delivered, members
         return self.redraw(msg_id)
 
     def redraw(self, msg_id: str) -> bool:
@@ -339,11 +409,22 @@ class MessageView(ScrollView, can_focus=True):
     # -- file lines ---------------------------------------------------------------------
 
     def selected_file(self) -> Msg | None:
+        """The selected file line; else (an invitation is selected) the newest file."""
         i = self.by_id.get(self.selected or "")
-        return self.messages[i] if i is not None and self.messages[i].file else None
+        if i is not None and self.messages[i].file:
+            return self.messages[i]
+        return next((m for m in reversed(self.messages) if m.file), None)
+
+    def selected_invitation(self) -> Msg | None:
+        """The selected invitation line; else the newest one still pending."""
+        i = self.by_id.get(self.selected or "")
+        if i is not None and self.messages[i].invite:
+            return self.messages[i]
+        return next((m for m in reversed(self.messages)
+                     if m.invite and m.status == "pending"), None)
 
     def action_select_file(self, step: int) -> None:
-        files = [i for i, m in enumerate(self.messages) if m.file is not None]
+        files = [i for i, m in enumerate(self.messages) if m.selectable]
         if not files:  # nothing to select: the keys scroll, as they do elsewhere
             (self.scroll_up if step < 0 else self.scroll_down)(animate=False)
             return
@@ -379,6 +460,14 @@ class MessageView(ScrollView, can_focus=True):
         # Text objects, never markup: a nickname "[link=...]" is shown as typed; and every
         # peer string through safe(): no escape sequence reaches the terminal.
         stamp = time.strftime("%H:%M", time.localtime(msg.arrived))
+        if msg.invite:  # an invitation: what to do with it, until it is done
+            hint, style = invite_hint(msg.status, msg.reason)
+            text = Text.assemble((f"{stamp} ", "dim"), ("* " + safe(msg.text), "italic"),
+                                 (safe(hint), style))
+            if msg.id == self.selected and self.has_focus:
+                text = Text.assemble(("▶ ", "bold"), text)
+                text.stylize("reverse")
+            return text
         if msg.system:
             return Text.assemble((f"{stamp} ", "dim"), ("* " + safe(msg.text), "italic"))
         who = "me" if msg.own else self.names.get(msg.origin, msg.origin[:8])
@@ -394,9 +483,10 @@ class MessageView(ScrollView, can_focus=True):
         if abs(msg.ts - msg.arrived) > CLAIM_SKEW:
             text.append(f"  (claimed {time.strftime('%H:%M', time.localtime(msg.ts))})", "dim")
         if msg.own and msg.status:
-            mark = STATUS_MARKS.get(msg.status, msg.status)
+            mark, with_reason = status_mark(msg)
             style = "bold red" if msg.status == "failed" else "dim"
-            text.append(f"  [{mark}{': ' + safe(msg.reason) if msg.reason else ''}]", style)
+            reason = ": " + safe(msg.reason) if msg.reason and with_reason else ""
+            text.append(f"  [{mark}{reason}]", style)
         return text
 
     def _wrap(self, msg: Msg) -> list[Strip]:
@@ -472,6 +562,9 @@ class ChatApp(App[None]):
                                      fetch=lambda req: self.call("gateway", req, 1.0))
         #: Services whose requests went unanswered (cleared when one is answered).
         self.unreachable: set[str] = set()
+        #: Our private groups by id, invitations included (the router's group.list).
+        self.groups: dict[str, rpc.GroupInfo] = {}
+        self._groups_loaded = False
         self._bus_watch: tuple[int, int] | None = None  # (pid, pidfd) of the node's bus
         self.current = ROOM
         self.conversations: dict[str, list[Msg]] = {ROOM: []}
@@ -518,9 +611,10 @@ class ChatApp(App[None]):
         rows = self.health_feed.core.items
         return {name for name, row in rows.items() if row.state != "up"} | self.unreachable
 
-    async def call(self, service: str, req: rpc.Request, timeout: float = 2.0) -> Any:
+    async def call(self, service: str, req: rpc.Request, timeout: float = 2.0,
+                   retries: int = 1) -> Any:
         try:
-            reply = await self.client(service).call(req, timeout=timeout, retries=1)
+            reply = await self.client(service).call(req, timeout=timeout, retries=retries)
         except TazcomError as e:
             if e.code == "unavailable" and service not in self.unreachable:
                 self.unreachable.add(service)
@@ -548,6 +642,8 @@ class ChatApp(App[None]):
         with contextlib.suppress(TazcomError):  # file.status events bring them after
             table = await self.call("router", rpc.ListFiles(), 1.0)
             self.files = {row.id: row for row in table.files}
+        with contextlib.suppress(TazcomError):  # group.changed events ask again
+            self.groups_loaded(await self.call("router", rpc.ListGroups(), 2.0))
         self.node_state = "up"
         self.last_heartbeat = time.monotonic()  # it answered: the watchdog starts from now
         self.loaded.clear()
@@ -574,7 +670,8 @@ class ChatApp(App[None]):
                 continue
             out.append(Msg(id=m.id.hex(), origin=m.origin.hex(),
                            to=m.to.hex() if m.to else None, ts=m.ts / 1000, text=m.text or "",
-                           own=m.own, status=m.status, reason=m.reason, received=received))
+                           own=m.own, status=m.status, reason=m.reason, received=received,
+                           group=m.kind == KIND_GROUP))
         return out
 
     def with_files(self, conv: str, messages: list[Msg]) -> list[Msg]:
@@ -638,7 +735,10 @@ class ChatApp(App[None]):
         self.render_conversations()
 
     def names(self) -> dict[str, str]:
-        names = {k: p.nickname for k, p in self.peers.items()}
+        # a group's members, as the router knows them (one may be no peer of ours)
+        names = {m.key: m.nickname for g in self.groups.values() for m in g.members
+                 if m.nickname}
+        names.update({k: p.nickname for k, p in self.peers.items()})
         if self.me:
             names[self.me.key] = self.me.nickname
         return names
@@ -648,7 +748,7 @@ class ChatApp(App[None]):
     @work(exclusive=True, group="bus")
     async def follow_bus(self) -> None:
         bus = BusClient(self.ctx, self.config, "chat", publish=False)
-        for prefix in ("chat.", "peer.", "mesh.", "service.", "clock.", "file."):
+        for prefix in ("chat.", "peer.", "mesh.", "service.", "clock.", "file.", "group."):
             bus.subscribe(prefix)
         try:
             while True:
@@ -682,6 +782,8 @@ class ChatApp(App[None]):
             self.on_chat_status(ev)
         elif isinstance(ev, FileStatus):
             self.on_file_status(ev)
+        elif isinstance(ev, GroupChanged):
+            self.refresh_groups()  # the event is a summary: the table has the members
         elif isinstance(ev, PeerKeyChanged):
             self.system(ROOM, f"KEY CHANGED: {ev.alert}")
             self.notify(safe(ev.alert), title="key changed", severity="warning", timeout=10,
@@ -692,7 +794,7 @@ class ChatApp(App[None]):
             return  # the router stops publishing them too; this covers the moment between
         # ev.ts: when the router published it, as it committed it (arrival, our clock)
         msg = Msg(id=ev.id, origin=ev.origin, to=ev.to, ts=ev.sent / 1000, text=ev.text,
-                  own=ev.own, status=ev.status, received=ev.ts)
+                  own=ev.own, status=ev.status, received=ev.ts, group=ev.kind == "group")
         conv = msg.conv
         messages = self.conversations.setdefault(conv, [])
         if any(m.id == msg.id for m in messages[-50:]):
@@ -703,15 +805,20 @@ class ChatApp(App[None]):
         elif not msg.own:
             self.unread[conv] = self.unread.get(conv, 0) + 1
             self.render_conversations()
+        if msg.group and conv not in self.groups:
+            self.refresh_groups()  # a group we have not listed yet
 
     def on_chat_status(self, ev: ChatStatus) -> None:
         conv = ROOM if ev.to is None else ev.to
         if conv == self.current:  # the view holds the same Msg objects
-            self.query_one(MessageView).update(ev.id, ev.status, ev.reason)
+            self.query_one(MessageView).update(ev.id, ev.status, ev.reason, ev.delivered,
+                                               ev.members)
             return
         for msg in reversed(self.conversations.get(conv, [])):
             if msg.id == ev.id:
                 msg.status, msg.reason = ev.status, ev.reason
+                if ev.members is not None:
+                    msg.delivered, msg.members = ev.delivered, ev.members
                 break
 
     def on_file_status(self, row: FileStatus) -> None:
@@ -790,6 +897,288 @@ class ChatApp(App[None]):
         if conv == self.current:
             self.query_one(MessageView).add(msg)
 
+    # -- private groups ------------------------------------------------------------------------
+
+    def listed_groups(self) -> list[rpc.GroupInfo]:
+        """The groups beside the room: those we are in, and the open one (left, say)."""
+        shown = [g for g in self.groups.values()
+                 if g.role in GROUP_ACTIVE or g.group == self.current]
+        return sorted(shown, key=lambda g: (g.name.lower(), g.group))
+
+    def group_name(self, gid: str) -> str:
+        g = self.groups.get(gid)
+        return g.name if g is not None and g.name else gid[:8]
+
+    def who(self, key: str, nickname: str = "") -> str:
+        """A member as a line says it: its nickname (the peer table's, else the router's)
+        and fingerprint."""
+        peer = self.peers.get(key)
+        name = peer.nickname if peer is not None else nickname
+        fp = fingerprint(bytes.fromhex(key))
+        return f"{name} ({fp})" if name else fp
+
+    @work(exclusive=True, group="groups")
+    async def refresh_groups(self) -> None:
+        with contextlib.suppress(TazcomError):  # the next group.changed (or sync) asks again
+            self.groups_loaded(await self.call("router", rpc.ListGroups(), 2.0))
+
+    def groups_loaded(self, table: rpc.GroupTable) -> None:
+        """The router's group table: what changed is said (at the first load only the
+        invitations waiting), and the list shows it."""
+        first = not self._groups_loaded
+        self._groups_loaded = True
+        fresh = {g.group: g for g in table.groups}
+        for gid in [g for g in self.groups if g not in fresh]:
+            old = self.groups.pop(gid)
+            if old.role == "invited":
+                self.settle_invitation(gid, "withdrawn")
+        for info in fresh.values():
+            self.apply_group(info, quiet=first)
+        self.groups_shown()
+
+    def groups_shown(self) -> None:
+        self.query_one(MessageView).names = self.names()
+        self.render_conversations()
+        if self.current in self.groups:
+            self.render_title()
+
+    def apply_group(self, info: rpc.GroupInfo, quiet: bool = False) -> None:
+        """One group's new row (group.list, or a request's answer); what changed is said
+        in its conversation, an invitation in the room (``quiet``: invitations only)."""
+        gid, name = info.group, info.name
+        old = self.groups.get(gid)
+        self.groups[gid] = info
+        if info.role == "invited":
+            if old is None or old.role != "invited":
+                self.invitation(info, notify=not quiet)
+            return
+        if old is not None and old.role == "invited":
+            self.settle_invitation(gid, {"left": "declined"}.get(info.role, info.role)
+                                   if info.role not in GROUP_ACTIVE else "accepted")
+        if quiet:
+            return
+        if old is None:
+            if info.role == "admin":
+                self.system(gid, f"you created the private group {name}: only its members "
+                            "read it; /invite NICK adds people")
+            return
+        if old.role not in GROUP_ACTIVE and info.role in GROUP_ACTIVE:
+            me = self.me.key if self.me else ""
+            others = ", ".join(self.who(m.key, m.nickname) for m in info.members
+                               if m.role == "member" and m.key != me)
+            self.system(gid, f"you joined {name}" + (f" with {others}" if others else ""))
+        elif old.role in GROUP_ACTIVE and info.role == "removed":
+            text = f"you were removed from {name}: you no longer read what is written there"
+            self.system(gid, text)
+            if self.current != gid:
+                self.system(ROOM, text)
+            self.notify(safe(text), title="private group", severity="warning", timeout=10,
+                        markup=False)
+        elif old.role in GROUP_ACTIVE and info.role == "left":
+            self.system(gid, f"you left {name}")
+        elif old.role in GROUP_ACTIVE and info.role in GROUP_ACTIVE:
+            self.member_changes(old, info)
+
+    def member_changes(self, old: rpc.GroupInfo, new: rpc.GroupInfo) -> None:
+        me = self.me.key if self.me else ""
+        before = {m.key: m for m in old.members}
+        after = {m.key: m for m in new.members}
+        gid, name = new.group, new.name
+        for key, m in after.items():
+            b = before.get(key)
+            if key == me or (b is not None and b.role == m.role):
+                continue
+            who = self.who(key, m.nickname)
+            if m.role == "invited":
+                self.system(gid, f"{who} is invited to {name} (a member once they accept)")
+            else:
+                self.system(gid, f"{who} joined {name}")
+        for key, b in before.items():
+            if key in after or key == me:
+                continue
+            who = self.who(key, b.nickname)
+            if b.role == "invited":
+                self.system(gid, f"{who} is no longer invited to {name}")
+            else:
+                self.system(gid, f"{who} is no longer a member of {name}"
+                            + (": new keys, they cannot read what follows"
+                               if new.epoch > old.epoch else ""))
+        if old.role != new.role and new.role == "admin":
+            self.system(gid, f"you are now an admin of {name}")
+
+    def invitation(self, info: rpc.GroupInfo, notify: bool) -> None:
+        """An invitation: a line of the room, to accept or decline."""
+        if info.invited_by is not None and self.hidden(info.invited_by):
+            return  # from a key blocked or muted here: /groups still lists it
+        by = self.who(info.invited_by) if info.invited_by else "someone"
+        members = sum(1 for m in info.members if m.role == "member")
+        text = (f"{by} invites you to the private group {info.name} ({members} member"
+                f"{'s' if members != 1 else ''})")
+        messages = self.conversations.setdefault(ROOM, [])
+        n = sum(1 for m in messages if m.invite == info.group)
+        msg = Msg(id=f"{INVITE_ID}{info.group}:{n}", origin="", to=None, ts=time.time(),
+                  text=text, system=True, invite=info.group, status="pending",
+                  reason=info.name)
+        messages.append(msg)
+        if self.current == ROOM:
+            self.query_one(MessageView).add(msg)
+        if notify:
+            self.notify(safe(text) + f": /accept {safe(info.name)}", title="invitation",
+                        timeout=10, markup=False)
+
+    def settle_invitation(self, gid: str, status: str) -> None:
+        """The invitation lines of ``gid`` say what became of it."""
+        view = self.query_one(MessageView)
+        for msg in self.conversations.get(ROOM, []):
+            if msg.invite == gid and msg.status == "pending":
+                msg.status = status
+                if self.current == ROOM:
+                    view.redraw(msg.id)
+
+    def find_group(self, query: str, roles: tuple[str, ...] = ()) -> rpc.GroupInfo | None:
+        """A group named by the user: its name (any case), or a prefix of its id; among
+        those where our role is one of ``roles`` (all if empty)."""
+        groups = [g for g in self.groups.values() if not roles or g.role in roles]
+        q = query.strip()
+        found = [g for g in groups if g.name == q] or \
+            [g for g in groups if g.name.lower() == q.lower()]
+        if not found and len(q) >= 4:
+            found = [g for g in groups if g.group.startswith(q.lower())]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            ids = ", ".join(f"{g.name} {g.group[:8]}" for g in found)
+            self.system(self.current, f"{query!r} is ambiguous: {ids} (name it by its id)")
+        else:
+            self.system(self.current, f"no group {query!r} here (/groups lists them)")
+        return None
+
+    def open_group(self, cmd: str) -> rpc.GroupInfo | None:
+        g = self.groups.get(self.current)
+        if g is None:
+            self.system(self.current, f"{cmd} acts on the open group: open one (Ctrl+N), or "
+                        "create one with /group NAME")
+        return g
+
+    async def group_request(self, make: Callable[[], rpc.Request], what: str,
+                            conv: str | None = None) -> rpc.GroupInfo | None:
+        """A group request; its answer is applied, a refusal said (``conv``, else the
+        open conversation). Sent once: a retry could do it twice (create) or be refused
+        as done already (invite, accept)."""
+        try:
+            answer = await self.call("router", make(), 5.0, retries=0)
+        except TazcomError as e:
+            self.system(conv or self.current, f"could not {what} ({e.code}): {e.message}")
+            return None
+        self.apply_group(answer.info)
+        self.groups_shown()
+        return answer.info
+
+    async def create_group(self, name: str) -> None:
+        if not name:
+            self.system(self.current, "usage: /group NAME (a private group, you its admin)")
+            return
+        info = await self.group_request(lambda: rpc.CreateGroup(name=name),
+                                        f"create the group {name}")
+        if info is not None:
+            await self.open_conversation(info.group)
+
+    async def invite(self, query: str) -> None:
+        g = self.open_group("/invite")
+        if g is None:
+            return
+        if not query:
+            self.system(self.current, "usage: /invite NICK (to the open group)")
+            return
+        peer = self.find(query)
+        if peer is not None:
+            await self.group_request(lambda: rpc.InviteToGroup(group=g.group, peer=peer.key),
+                                     f"invite {peer.nickname} to {g.name}", g.group)
+
+    async def kick(self, query: str) -> None:
+        g = self.open_group("/kick")
+        if g is None:
+            return
+        if not query:
+            self.system(self.current, "usage: /kick NICK (from the open group; admins)")
+            return
+        me = self.me.key if self.me else ""
+        members = [Target.of(m.key, (self.peers[m.key].nickname if m.key in self.peers
+                                     else m.nickname) or None)
+                   for m in g.members if m.key != me]
+        try:
+            target = match_peer(query, members)
+        except PeerNotFound:
+            self.system(self.current, f"no member of {g.name} matches {query!r}")
+            return
+        except PeerAmbiguous as e:
+            names = ", ".join(str(t) for t in e.candidates)
+            self.system(self.current, f"{query!r} is ambiguous: {names}")
+            return
+        await self.group_request(lambda: rpc.RemoveFromGroup(group=g.group, peer=target.key),
+                                 f"remove {target} from {g.name}", g.group)
+
+    async def leave(self, query: str) -> None:
+        g = self.find_group(query, GROUP_ACTIVE) if query else self.open_group("/leave")
+        if g is not None:
+            await self.group_request(lambda: rpc.LeaveGroup(group=g.group),
+                                     f"leave {g.name}", g.group)
+
+    async def answer_invitation(self, what: str, query: str) -> None:
+        """``/accept`` or ``/decline``: the invitation named, else the only one waiting."""
+        if query:
+            g = self.find_group(query, ("invited",))
+        else:
+            waiting = [g for g in self.groups.values() if g.role == "invited"]
+            g = waiting[0] if len(waiting) == 1 else None
+            if g is None:
+                self.system(self.current, f"usage: /{what} NAME (an invitation: /groups)"
+                            if waiting else "no invitation is waiting")
+        if g is not None:
+            await self.reply_invitation(what, g)
+
+    async def reply_invitation(self, what: str, g: rpc.GroupInfo) -> None:
+        make = (lambda: rpc.AcceptGroup(group=g.group)) if what == "accept" else \
+            (lambda: rpc.DeclineGroup(group=g.group))
+        info = await self.group_request(make, f"{what} the invitation to {g.name}")
+        if info is None:
+            return
+        if what == "accept":  # in: its conversation opens
+            await self.open_conversation(info.group)
+            self.action_focus_input()
+        else:
+            self.system(self.current, f"declined the invitation to {g.name}")
+
+    async def action_invitation(self, what: str) -> None:
+        """``a`` / ``d`` on the selected (else the newest pending) invitation line."""
+        msg = self.query_one(MessageView).selected_invitation()
+        if msg is None:
+            self.system(self.current, "no invitation here (they are lines of the room)")
+            return
+        g = self.groups.get(msg.invite)
+        if g is None or g.role != "invited":
+            self.system(self.current, f"the invitation to {msg.reason} is no longer waiting")
+            return
+        await self.reply_invitation(what, g)
+
+    def list_members(self) -> None:
+        g = self.open_group("/members")
+        if g is None:
+            return
+        for m in g.members:
+            role = "admin" if m.admin else ("invited" if m.role == "invited" else "member")
+            me = " (you)" if self.me and m.key == self.me.key else ""
+            self.system(self.current, f"{self.who(m.key, m.nickname)}: {role}{me}")
+
+    def list_groups(self) -> None:
+        if not self.groups:
+            self.system(self.current, "no private groups yet (/group NAME creates one)")
+        for g in sorted(self.groups.values(), key=lambda g: g.name.lower()):
+            members = sum(1 for m in g.members if m.role == "member")
+            hint = f": /accept {g.name} or /decline {g.name}" if g.role == "invited" else ""
+            self.system(self.current, f"{g.name} {g.group[:8]}: {g.role}, {members} member"
+                        f"{'s' if members != 1 else ''}{hint}")
+
     def watchdog(self) -> None:
         # a killed bus says nothing: after three heartbeat intervals of silence
         silent = time.monotonic() - self.last_heartbeat > 3 * self.config.heartbeat_interval + 0.5
@@ -803,15 +1192,22 @@ class ChatApp(App[None]):
         order = {"verified": 0, "connected": 1, "discovered": 1, "mesh": 2, "offline": 3}
         peers = sorted(self.peers.values(), key=lambda p: (order.get(p.state, 4),
                                                            p.nickname.lower()))
-        return [ROOM] + [p.key for p in peers]
+        return [ROOM] + [g.group for g in self.listed_groups()] + [p.key for p in peers]
 
     def render_conversations(self) -> None:
         options = []
         for key in self.conversation_keys():
             unread = self.unread.get(key, 0)
             badge = f" ({unread})" if unread else ""
+            group = self.groups.get(key)
             if key == ROOM:
                 prompt = Text.assemble(("# room", "bold"), (badge, "bold yellow"))
+            elif group is not None:
+                members = sum(1 for m in group.members if m.role == "member")
+                gone = "" if group.role in GROUP_ACTIVE else f" {group.role}"
+                prompt = Text.assemble((GROUP_MARK, "bold"), (safe(group.name[:16]), "bold"),
+                                       (f" {members}", "dim"), (gone, "red"),
+                                       (badge, "bold yellow"))
             else:
                 p = self.peers[key]
                 mark = STATE_MARKS.get(p.state, "?")
@@ -832,8 +1228,16 @@ class ChatApp(App[None]):
             widget.highlighted = keys.index(self.current)
 
     def render_title(self) -> None:
+        group = self.groups.get(self.current)
         if self.current == ROOM:
             title = "# room: everyone on the mesh"
+        elif group is not None:
+            members = sum(1 for m in group.members if m.role == "member")
+            invited = len(group.members) - members
+            title = (f"{GROUP_MARK}{group.name}: private group, {members} member"
+                     f"{'s' if members != 1 else ''}" + (f", {invited} invited" if invited else "")
+                     + {"admin": "; you are its admin", "left": "; you left it",
+                        "removed": "; you were removed"}.get(group.role, ""))
         else:
             p = self.peers.get(self.current)
             title = (f"{p.nickname}  {p.fingerprint}  {p.state}" if p
@@ -1092,11 +1496,16 @@ class ChatApp(App[None]):
             await self.post(None if self.current == ROOM else self.current, text)
 
     async def post(self, to: str | None, text: str, typed: str | None = None) -> None:
-        """Post ``text``; when it is refused (rate_limited, blocked, ...) say why and put
-        what was typed (``typed``, else ``text``) back in the input line."""
-        req = rpc.Post(client_id=os.urandom(16), to=bytes.fromhex(to) if to else None,
-                       text=text)
+        """Post ``text`` (to a group: ``group.say``); when it is refused (rate_limited,
+        blocked, not_member...) say why and put what was typed (``typed``, else ``text``)
+        back in the input line."""
         try:
+            req: rpc.Request
+            if to is not None and to in self.groups:
+                req = rpc.GroupSay(client_id=os.urandom(16), group=to, text=text)
+            else:
+                req = rpc.Post(client_id=os.urandom(16), to=bytes.fromhex(to) if to else None,
+                               text=text)
             await self.call("router", req, timeout=5.0)
         except TazcomError as e:
             box = self.query_one("#input", Input)
@@ -1141,6 +1550,20 @@ class ChatApp(App[None]):
             self.send_file(rest)
         elif cmd in ("/get", "/open", "/save"):
             self.action_file(cmd[1:])
+        elif cmd == "/group":
+            await self.create_group(rest)
+        elif cmd == "/groups":
+            self.list_groups()
+        elif cmd == "/invite":
+            await self.invite(rest)
+        elif cmd == "/kick":
+            await self.kick(rest)
+        elif cmd == "/leave":
+            await self.leave(rest)
+        elif cmd == "/members":
+            self.list_members()
+        elif cmd in ("/accept", "/decline"):
+            await self.answer_invitation(cmd[1:], rest)
         elif cmd == "/peers":
             if not self.peers:
                 self.system(self.current, "no peers seen yet")

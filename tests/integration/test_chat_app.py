@@ -376,3 +376,135 @@ def test_a_dm_image_sent_with_file_is_delivered_and_shown_in_both_apps(make_node
         await asyncio.gather(fay(), gus())
 
     asyncio.run(main())
+
+
+# -- private groups (docs/groups.md) -----------------------------------------------------------
+
+
+def test_a_private_group_created_invited_accepted_and_written_in_both_apps(make_node) -> None:
+    # a service type of their own: the module's pair (and other loopback nodes) stay apart
+    own = '[discovery]\nservice_type = "_tzchatgroup._tcp.local."\n'
+    a = make_node("hal", config=own).start()
+    b = make_node("ivy", config=own).start()
+    a.wait_up()
+    b.wait_up()
+    a.wait_peer("ivy", ("verified",), timeout=20)
+    b.wait_peer("hal", ("verified",), timeout=20)
+    from tazcom.common import rpc
+    from tests.harness import request
+
+    # each router has the other's profile (its DM key): an invitation is sealed to it
+    for node, other in ((a, b), (b, a)):
+        wait_for(lambda node=node, other=other: any(
+            e.key == other.key for e in request(node, "router", rpc.GetMesh()).items), 20,
+            f"{other.nick}'s profile at {node.nick}'s router")
+    app_a = ChatApp(load_from_env(a.env))
+    app_b = ChatApp(load_from_env(b.env))
+    b_ready = asyncio.Event()  # ivy's app is up: the invitation reaches it live
+    invited = asyncio.Event()
+    joined = asyncio.Event()
+    written = asyncio.Event()
+    finished = asyncio.Event()
+    gid: list[str] = []
+
+    def listed(app: ChatApp) -> list[str]:
+        return [str(o.prompt) for o in app.query_one("#conversations").options]
+
+    def drawn(app: ChatApp) -> str:
+        return "\n".join(screen_lines(app))
+
+    async def hal() -> None:
+        async with app_a.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app_a.ready_at is not None, 20, "hal's app to load")
+            await until(pilot, lambda: b.key in app_a.peers, 10, "ivy in hal's peer list")
+            await until(pilot, b_ready.is_set, 20, "ivy's app to load")
+            # /invite outside a group: said, nothing sent
+            await pilot.press(*"/invite ivy", "enter")
+            await until(pilot, lambda: any("acts on the open group" in t for t in texts(app_a)),
+                        5, "/invite refused outside a group")
+            # /group NAME creates it and opens it; it is listed beside the room
+            await pilot.press(*"/group crew", "enter")
+            await until(pilot, lambda: app_a.current in app_a.groups, 10, "the group open")
+            gid.append(app_a.current)
+            assert app_a.groups[gid[0]].role == "admin"
+            assert any(p.startswith("≡ crew") for p in listed(app_a)), listed(app_a)
+            assert "crew: private group, 1 member" in str(app_a.query_one("#title").render())
+            await pilot.press(*"/invite ivy", "enter")
+            await until(pilot, lambda: any(t.startswith("ivy (") and "is invited" in t
+                                           for t in texts(app_a)), 10, "ivy invited")
+            invited.set()
+            await until(pilot, lambda: any(t.startswith("ivy (") and t.endswith("joined crew")
+                                           for t in texts(app_a)), 20,
+                        "ivy's joining said in the group")
+            await until(pilot, joined.is_set, 20, "ivy's app in the group")
+            await pilot.press(*"hello crew", "enter")
+            await until(pilot, lambda: any(m.text == "hello crew" and m.own and m.group
+                                           for m in app_a.query_one(MessageView).messages),
+                        10, "our group message shown")
+            await until(pilot, lambda: "hello crew  [delivered 1/1]" in drawn(app_a), 20,
+                        "delivered to 1 of 1 members, drawn")
+            written.set()
+            await until(pilot, lambda: "hi hal, ivy here" in texts(app_a), 20,
+                        "ivy's answer in the group")
+            (reply,) = [m for m in app_a.query_one(MessageView).messages
+                        if m.text == "hi hal, ivy here"]
+            assert reply.origin == b.key and reply.group and reply.to == gid[0]
+            assert "ivy: hi hal, ivy here" in drawn(app_a)
+            await until(pilot, finished.is_set, 30, "ivy's app to finish")
+            # /kick NICK: ivy is removed, said here (and at ivy's: below, before finishing)
+            await pilot.press(*"/kick ivy", "enter")
+            await until(pilot, lambda: any("is no longer a member of crew" in t
+                                           for t in texts(app_a)), 10, "ivy removed")
+            assert [m.key for m in app_a.groups[gid[0]].members] == [a.key]
+
+    async def ivy() -> None:
+        try:
+            async with app_b.run_test(size=(100, 30)) as pilot:
+                await until(pilot, lambda: app_b.ready_at is not None, 20, "ivy's app to load")
+                b_ready.set()
+                await until(pilot, invited.is_set, 30, "hal's invitation")
+                # the invitation: a line of the room, pending; the group is not listed yet
+                view = app_b.query_one(MessageView)
+                await until(pilot, lambda: any(m.invite and m.status == "pending"
+                                               for m in view.messages), 20,
+                            "the invitation line in the room")
+                (line,) = [m for m in view.messages if m.invite]
+                assert line.text.startswith("hal (") and "invites you to the private group " \
+                    "crew" in line.text, line.text
+                assert "/accept crew or /decline crew" in drawn(app_b)
+                assert app_b.groups[line.invite].role == "invited"
+                assert not any(p.startswith("≡ ") for p in listed(app_b))
+                # Esc, then a on the line: accepted, and the group opens
+                await pilot.press("escape", "a")
+                await until(pilot, lambda: app_b.current == line.invite, 10,
+                            "the group open after accepting")
+                assert app_b.groups[line.invite].role == "member"
+                assert line.status == "accepted"
+                assert any(p.startswith("≡ crew") for p in listed(app_b)), listed(app_b)
+                assert app_b.focused is app_b.query_one("#input")
+                joined.set()
+                await until(pilot, written.is_set, 30, "hal's message")
+                await until(pilot, lambda: "hello crew" in texts(app_b), 20,
+                            "hal's message in the group conversation")
+                assert "hal: hello crew" in drawn(app_b)
+                # a member is no admin: the router's refusal is a line, not a crash
+                await pilot.press(*"/kick hal", "enter")
+                await until(pilot, lambda: any(t.startswith("could not remove hal")
+                                               and "(not_admin)" in t for t in texts(app_b)),
+                            10, "/kick refused (not_admin)")
+                await pilot.press(*"hi hal, ivy here", "enter")
+                await until(pilot, lambda: "hi hal, ivy here  [delivered 1/1]" in drawn(app_b),
+                            20, "ivy's answer delivered")
+                finished.set()
+                await until(pilot, lambda: app_b.groups[line.invite].role == "removed", 20,
+                            "ivy removed by hal")
+                await until(pilot, lambda: any(t.startswith("you were removed from crew")
+                                               for t in texts(app_b)), 10,
+                            "the removal said in the group")
+        finally:
+            finished.set()
+
+    async def main() -> None:
+        await asyncio.gather(hal(), ivy())
+
+    asyncio.run(main())
