@@ -1341,6 +1341,10 @@ class RouterCore(GroupRouter):
         if delivered:
             yield Release(delivered)
         for msg_id, st, to in changed:
+            if msg_id in self.quiet:
+                if st in ("delivered", "failed"):
+                    self.quiet.discard(msg_id)
+                continue
             yield Emit(ChatStatus, dict(id=msg_id.hex(), status=st, reason=reason,
                                         to=to.hex() if to else None))
 

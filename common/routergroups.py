@@ -91,6 +91,8 @@ class GroupRouter:
         #: Links that did not say ``group/1``: they would refuse kinds 7 and 8.
         self.nogroup_links: set[bytes] = set()
         self.group_outbox: list[SealTo] = []
+        #: Our control messages: their statuses are kept, not announced (nobody saw them).
+        self.quiet: set[bytes] = set()
         self.group_acks: OrderedDict[bytes, _Acks] = OrderedDict()
         #: Group inputs held, refused and shown (``groups.refused`` has the codes).
         self.group_counts = {"held": 0, "refused": 0, "shown": 0}
@@ -238,6 +240,7 @@ class GroupRouter:
                 self.index.add(r.id, r.ts, r.to)
             if r.kind == KIND_GROUP_CTL:
                 self.own_status[r.id] = ("queued", r.to)
+                self.quiet.add(r.id)
         return results
 
     def send_group_ctl(self: RouterCore, seals: list[SealTo], now: float, mono: float  # type: ignore[misc]

@@ -708,9 +708,12 @@ GroupRef = Annotated[str, Len(1, 64, utf8=True)]
 
 @request("group.create", GroupAnswer)
 class CreateGroup(Request):
-    """Create a private group with us as its admin. Errors: bad_message (name)."""
+    """Create a private group with us as its admin. ``client_id`` makes a retry safe: the
+    same client_id names the same group (its id is derived from it). Errors: bad_message
+    (name)."""
 
     name: Annotated[str, Len(1, 64, utf8=True)]
+    client_id: Annotated[bytes, Len(8, 32)] | None = None
 
 
 @request("group.invite", GroupAnswer)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import sqlite3
 import time
@@ -472,7 +473,14 @@ class Router:
         return rpc.GroupAnswer(info=out)
 
     async def group_create(self, req: rpc.CreateGroup) -> rpc.GroupAnswer:
-        return await self.group_local("create", os.urandom(32).hex(), req.name)
+        if req.client_id is None:
+            gid = os.urandom(32)
+        else:  # a retry names the same group, and finds it made
+            gid = hashlib.blake2b(self.c.own_key + req.client_id, digest_size=32,
+                                  person=b"tazcom-gcreate").digest()
+            if gid in self.c.groups.groups:
+                return rpc.GroupAnswer(info=self.c.group_info(gid))
+        return await self.group_local("create", gid.hex(), req.name)
 
     async def group_say(self, req: rpc.GroupSay) -> rpc.PostResult:
         out = await self.run(self.c.group_say(req.group, req.text, req.client_id, self.wall(),

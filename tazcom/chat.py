@@ -1078,7 +1078,9 @@ class ChatApp(App[None]):
         if not name:
             self.system(self.current, "usage: /group NAME (a private group, you its admin)")
             return
-        info = await self.group_request(lambda: rpc.CreateGroup(name=name),
+        # one client_id for every try: a retried create names the same group
+        cid = os.urandom(16)
+        info = await self.group_request(lambda: rpc.CreateGroup(name=name, client_id=cid),
                                         f"create the group {name}")
         if info is not None:
             await self.open_conversation(info.group)

@@ -579,7 +579,8 @@ class Cli:
         return 0
 
     async def group_create(self) -> int:
-        info = (await self.group_call(rpc.CreateGroup, name=self.args.name)).info
+        info = (await self.group_call(rpc.CreateGroup, name=self.args.name,
+                                      client_id=os.urandom(16))).info
         if self.json:
             self.out(group_row(info))
             return 0
