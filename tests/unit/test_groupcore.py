@@ -307,3 +307,27 @@ def test_dump_and_load_keep_reading_and_writing() -> None:
     mesh.act(D, "say", G, "four")
     assert mesh.shown[C] == [(A, "three"), (D, "four")]
     assert mesh.shown[A] == [(D, "four")] and mesh.shown[D] == [(A, "three")]
+
+
+def test_a_group_of_100_members_reads_and_a_removal_locks_one_out() -> None:
+    """The issue's explicit size: 100 members join (welcomes in pieces), every member reads
+    one ciphertext, and after a removal the 98 others read on while the removed one cannot."""
+    keys = [(1000 + i).to_bytes(2, "big") * 16 for i in range(100)]
+    mesh = Mesh(*keys)
+    admin, writer, gone = keys[0], keys[7], keys[-1]
+    mesh.act(admin, "create", "hundred", G, 1)
+    for k in keys[1:]:
+        mesh.act(admin, "invite", G, k, 2)
+    for k in keys[1:]:
+        mesh.act(k, "accept", G, 3)
+    for core in mesh.cores.values():
+        assert core.state(G).members == frozenset(keys)
+    out = mesh.act(writer, "say", G, "hello, hundred")
+    published = [a for a in out if isinstance(a, Publish)]
+    assert len(published) == 1  # one ciphertext for 99 readers
+    assert sum((writer, "hello, hundred") in mesh.shown[k] for k in keys) == 99
+    mesh.act(admin, "remove", G, gone, 4)
+    mesh.act(writer, "say", G, "after the removal")
+    readers = [k for k in keys if (writer, "after the removal") in mesh.shown[k]]
+    assert len(readers) == 98 and gone not in readers
+    assert all(not r for k, r in mesh.refused.items() if k != gone)
