@@ -21,6 +21,15 @@ link at both ends for its length, as the gateway does (``services/gateway.py``
 ``on_policy``, ``common/linkmanager.py`` ``policy_changed``), and the link comes
 back after it (the dialler's next try). A node may have an outgoing ``filter``
 (bench/sim/adversary.py: relays that drop or corrupt what they forward).
+
+With ``delegated=True`` (off by default) each node signs as a real router does: a
+delegated key (``common.keyring.KeyRing``) certified by its long-term key, so its
+envelopes are version 2 and carry the certificate (the group kinds need them). With
+real signatures that key signs (Ed25519) and each core checks certificates with its own
+caching verifier, as services/router.py; with counted ones the stand-in signature is
+kept (bound to the origin), the certificate carried but not checked. The keys come from
+the seed; the group cores' own randomness (sender chains, sealed control bodies) does not,
+so a group run's bytes differ from run to run (its sizes and decisions do not).
 """
 
 from __future__ import annotations
@@ -39,9 +48,10 @@ import nacl.bindings
 import nacl.public
 import nacl.signing
 
-from tazcom.common import envelope, quota, routercore, routing, rpc
+from tazcom.common import certs, envelope, quota, routercore, routing, rpc
 from tazcom.common.events import ChatMessage, ChatStatus, MeshPeer, PeerPolicy
-from tazcom.common.keys import DOMAIN_ENVELOPE
+from tazcom.common.keyring import DmKey, KeyRing, Signer
+from tazcom.common.keys import DOMAIN_CERT, DOMAIN_ENVELOPE
 from tazcom.common.link import LinkLimits
 
 #: Bytes a router message costs on the wire beyond its body: the link ``app`` message
@@ -213,6 +223,8 @@ class Node:
     texts: dict[bytes, str] = field(default_factory=dict)
     #: Group events emitted (group.changed, group chat.message and chat.status), by class.
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: The delegated key that signs our envelopes (``Net(delegated=True)``), else None.
+    ring: KeyRing | None = None
 
 
 class Net:
@@ -221,12 +233,15 @@ class Net:
     def __init__(self, *, hop_limit: int = envelope.DEFAULT_HOP_LIMIT, seed: int = 1,
                  params: LinkParams | None = None, real_signatures: bool = False,
                  per_frame: float = 0.0001, hop_delay: float = 0.0,
-                 settings: routercore.RouterSettings | None = None) -> None:
+                 settings: routercore.RouterSettings | None = None,
+                 delegated: bool = False) -> None:
         self.loop = Loop()
         self.rng = random.Random(seed)
         self.seal_rng = random.Random(f"seal {seed}")  # for DMs (seeded_seal)
         self.params = params or LinkParams()
         self.real = real_signatures
+        #: Nodes sign with certified delegated keys (envelope version 2; module doc).
+        self.delegated = delegated
         self.per_frame = per_frame
         #: Fixed delay between a frame's processing and what it sends leaving the node (the
         #: gateway -> router -> gateway hand-offs of a real node: ~2 ms per hop, bench.mesh).
@@ -264,14 +279,34 @@ class Net:
         signer = nacl.signing.SigningKey(seed)
         box = nacl.public.PrivateKey(self.rng.randbytes(32))
         key = bytes(signer.verify_key)
+        verify: Callable[[envelope.Envelope], None] | None = \
+            envelope.verify if self.real else self._count_verify
+        if self.delegated and self.real:
+            verify = None  # the core's own Verifier: certificates checked once, cached
         core = routercore.RouterCore(
             key, bytes(box.public_key), f"n{i}", self.settings,
-            verify=envelope.verify if self.real else self._count_verify,
-            rng=random.Random(self.rng.random()))
+            verify=verify, rng=random.Random(self.rng.random()))
         node = Node(i, key, signer, box, core, store=Store(key))
+        if self.delegated:
+            node.ring = self._certified_ring(node)
+            core.set_signer(node.ring.signer.cert)
         self.nodes.append(node)
         self.by_key[key] = node
         return node
+
+    def _certified_ring(self, node: Node) -> KeyRing:
+        """A key ring as services/router.py keeps one: a delegated signing key (from the
+        seed) that the node's long-term key certified, as identity.certify does, and the
+        node's DM key."""
+        public, secret64 = nacl.bindings.crypto_sign_seed_keypair(self.rng.randbytes(32))
+        now = EPOCH + self.loop.now
+        ring = KeyRing(Signer(secret64, public),
+                       [DmKey(bytes(node.box), bytes(node.box.public_key), int(now))])
+        dkey, not_before, not_after = ring.cert_request(now)
+        part = certs.signed_part(node.key, dkey, not_before, not_after)
+        ring.certified(dkey, certs.encode(dkey, not_before, not_after,
+                                          node.signer.sign(DOMAIN_CERT + part).signature))
+        return ring
 
     def _count_verify(self, env: envelope.Envelope) -> None:
         self.verified += 1
@@ -279,7 +314,9 @@ class Net:
             raise envelope.EnvelopeError("the origin's signature does not verify",
                                          code="bad_signature")
 
-    def sign(self, node: Node, items: list[bytes]) -> list[bytes]:
+    def sign(self, node: Node, items: list[bytes], long_term: bool = True) -> list[bytes]:
+        if self.real and node.ring is not None and not long_term:
+            return [node.ring.sign(m) for m in items]  # the delegated key (module doc)
         if self.real:
             return [node.signer.sign(DOMAIN_ENVELOPE + m).signature for m in items]
         return [counted_sig(node.key, m) for m in items]
@@ -333,7 +370,7 @@ class Net:
             node.store.seq += a.count
             return first
         elif isinstance(a, routercore.Sign):
-            return self.sign(node, a.items)
+            return self.sign(node, a.items, a.long_term)
         elif isinstance(a, routercore.Open):
             unseal = nacl.public.SealedBox(node.box)
             out: list[bytes | None] = []
