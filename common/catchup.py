@@ -106,10 +106,48 @@ def differing(mine: Summary, theirs: Summary) -> list[int]:
     return sorted(b for b in a.keys() | t.keys() if a.get(b) != t.get(b))
 
 
-def lacking(index: SyncIndex, bucket: int, their_ids: Iterable[bytes]) -> list[bytes]:
-    """Ids we have in ``bucket`` that the peer did not list."""
+def lacking(index: SyncIndex, bucket: int, their_ids: Iterable[bytes],
+            lo: bytes | None = None, hi: bytes | None = None) -> list[bytes]:
+    """Ids we have in ``bucket`` that the peer did not list, within the part of the bucket
+    its list covers: above ``lo`` (exclusive) and up to ``hi`` (inclusive); None: open."""
     theirs = set(their_ids)
-    return [i for i in index.ids_in(bucket) if i not in theirs]
+    return [i for i in index.ids_in(bucket) if i not in theirs
+            and (lo is None or i > lo) and (hi is None or i <= hi)]
+
+
+def id_lists(ids: list[bytes], size: int) -> list[list[bytes]]:
+    """A bucket's ids (ascending) as the id lists that carry them: full lists while more
+    follow, and always a last one that is not full (empty if need be), so the receiver
+    knows where the whole list ends (``IdCursor``)."""
+    out = chunks(ids, size)
+    if len(out[-1]) == size:
+        out.append([])
+    return out
+
+
+class IdCursor:
+    """Where each peer's id list of a bucket has got to: a full list means more follow,
+    and covers the ids above the previous list's last up to its own last; a list that is
+    not full ends it. Bounded (the oldest positions are forgotten)."""
+
+    def __init__(self, size: int, most: int = 4096) -> None:
+        self.size = size
+        self.most = most
+        self._at: dict[tuple[bytes, int], bytes] = {}
+
+    def span(self, link: bytes, bucket: int, ids: list[bytes]
+             ) -> tuple[bytes | None, bytes | None]:
+        """The part ``(lo, hi]`` of the bucket that this list of the peer covers."""
+        lo = self._at.pop((link, bucket), None)
+        if lo is not None and ids and min(ids) <= lo:
+            lo = None  # a new list of that bucket began
+        if len(ids) < self.size:
+            return lo, None
+        hi = max(ids)
+        self._at[(link, bucket)] = hi
+        while len(self._at) > self.most:
+            del self._at[next(iter(self._at))]
+        return lo, hi
 
 
 def chunks(ids: list[bytes], size: int = MAX_IDS_PER_MESSAGE) -> list[list[bytes]]:

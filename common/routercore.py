@@ -38,7 +38,7 @@ with no path known, the envelope floods from there, as before.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +87,8 @@ SEQ_BLOCK = 1000
 #: Neighbours one hop closer that an origin sends a DM or receipt to (relays send to one).
 PATH_FANOUT = 2
 MAX_POSTS = 256
+#: Receipts' ids remembered when the envelope they acknowledge has not reached us.
+ACKED_KEPT = 65_536
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -384,6 +386,11 @@ class RouterCore(GroupRouter):
         self._dup_custody: dict[bytes, list[bytes]] = defaultdict(list)
         self.seen = gossip.SeenSet(s.seen_capacity, s.seen_horizon)
         self.index = catchup.SyncIndex()
+        #: How far each neighbour's id list of a bucket has got (lists of over MAX_IDS).
+        self.id_cursor = catchup.IdCursor(routing.MAX_IDS)
+        #: Ids a receipt we relayed acknowledged before the envelope itself reached us ->
+        #: their recipient: such an envelope is not held (its recipient has it).
+        self.acked: OrderedDict[bytes, bytes] = OrderedDict()
         #: Our verified neighbours (the gateway's link table).
         self.links: set[bytes] = set()
         #: Those that did not say ``env/2`` in their hello: they read version 1 only.
@@ -967,6 +974,7 @@ class RouterCore(GroupRouter):
         custody: dict[bytes, list[bytes]] = defaultdict(list)
         updates: list[tuple[bytes, str]] = []
         group_in: list[tuple[str, list[Any]]] = []
+        released: list[bytes] = []
         acked: list[tuple[Envelope, bytes]] = []
         for a in fresh:
             env = a.env
@@ -1015,7 +1023,10 @@ class RouterCore(GroupRouter):
                     elif msg_id in self.group_acks:
                         acked.append((env, msg_id))
             else:  # a DM or receipt for someone else: hold it, relay it, take custody
-                self.index.add(env.id, env.ts, env.to)
+                if env.to is not None and self.acked.get(env.id) == env.to:
+                    released.append(env.id)  # its receipt came first: delivered already
+                else:
+                    self.index.add(env.id, env.ts, env.to)
                 if a.came_from is not None:
                     custody[a.came_from].append(env.id)
                 if env.kind == KIND_RECEIPT:
@@ -1025,6 +1036,8 @@ class RouterCore(GroupRouter):
                 yield Send(link, routing.encode_custody(chunk))
         if updates:
             yield from self.set_status(updates)
+        if released:
+            yield Release(released)
         for receipt, msg_id in acked:
             yield from self.group_acked(receipt, msg_id)
         for source, actions in group_in:
@@ -1032,8 +1045,13 @@ class RouterCore(GroupRouter):
 
     def release_delivered(self, receipt: Envelope) -> Step:
         """A relay drops the DMs a receipt acknowledges, if the receipt is their recipient's."""
-        done = [i for i in envelope.receipt_ids(receipt.body)
-                if self.index.recipient(i) == receipt.origin]
+        ids = envelope.receipt_ids(receipt.body)
+        done = [i for i in ids if self.index.recipient(i) == receipt.origin]
+        for i in ids:
+            if i not in self.index:
+                self.acked[i] = receipt.origin
+        while len(self.acked) > ACKED_KEPT:
+            self.acked.popitem(last=False)
         for msg_id in done:
             self.index.remove(msg_id)
         if done:
@@ -1297,11 +1315,12 @@ class RouterCore(GroupRouter):
 
     def on_summary(self, link: bytes, theirs: list[tuple[int, int, bytes]]) -> Step:
         for bucket in catchup.differing(self.index.summary(), theirs)[-routing.MAX_BUCKETS:]:
-            for chunk in catchup.chunks(self.index.ids_in(bucket), routing.MAX_IDS):
+            for chunk in catchup.id_lists(self.index.ids_in(bucket), routing.MAX_IDS):
                 yield Send(link, routing.encode_ids(bucket, chunk))
 
     def on_ids(self, link: bytes, bucket: int, their_ids: list[bytes]) -> Step:
-        missing = catchup.lacking(self.index, bucket, their_ids)
+        lo, hi = self.id_cursor.span(link, bucket, their_ids)
+        missing = catchup.lacking(self.index, bucket, their_ids, lo, hi)
         for chunk in catchup.chunks(missing, 512):
             if not chunk:
                 continue
