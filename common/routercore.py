@@ -1025,6 +1025,8 @@ class RouterCore(GroupRouter):
             else:  # a DM or receipt for someone else: hold it, relay it, take custody
                 if env.to is not None and self.acked.get(env.id) == env.to:
                     released.append(env.id)  # its receipt came first: delivered already
+                elif env.kind == KIND_RECEIPT and self.acks_flooded(env):
+                    released.append(env.id)  # a group's: nothing held waits for it
                 else:
                     self.index.add(env.id, env.ts, env.to)
                 if a.came_from is not None:
@@ -1042,6 +1044,13 @@ class RouterCore(GroupRouter):
             yield from self.group_acked(receipt, msg_id)
         for source, actions in group_in:
             yield from self.group_actions(actions, source, now, mono)
+
+    def acks_flooded(self, receipt: Envelope) -> bool:
+        """A receipt for group messages only (flooded, held by nobody): it is passed on
+        towards their author, not held and offered in catch-up (docs/protocol.md,
+        "Private groups")."""
+        ids = envelope.receipt_ids(receipt.body)
+        return all(i in self.index and self.index.recipient(i) is None for i in ids)
 
     def release_delivered(self, receipt: Envelope) -> Step:
         """A relay drops the DMs a receipt acknowledges, if the receipt is their recipient's."""

@@ -221,7 +221,8 @@ class GroupRouter:
     def commit_own(self: RouterCore, envs: list[Envelope], now: float,  # type: ignore[misc]
                    texts: dict[bytes, tuple[bytes, str, bytes | None]] | None = None
                    ) -> Generator[Any, Any, list[rpc.PutOutcome]]:
-        """Store our own envelopes (receipts and control messages held for delivery)."""
+        """Store our own group envelopes: control messages (held for delivery), messages
+        (offered in catch-up) and receipts for group messages (neither)."""
         texts = texts or {}
         items = []
         for r in envs:
@@ -229,15 +230,17 @@ class GroupRouter:
             items.append(rpc.StoredMessage(
                 id=r.id, kind=r.kind, origin=r.origin, seq=r.seq, ts=r.ts, to=r.to,
                 signed=r.signed, sig=r.sig, hops=0, own=True, conv=conv, text=text,
-                held=r.kind != KIND_GROUP, client_id=client_id,
+                held=r.kind == KIND_GROUP_CTL, client_id=client_id,
                 status="queued" if r.kind != KIND_RECEIPT else ""))
         results: list[rpc.PutOutcome] = (yield rc.Commit(items)) if items else []
         for r in envs:
             self.seen.add(r.id, now)
             if r.kind == KIND_GROUP:
                 self.index.add(r.id, r.ts)
-            else:
+            elif r.kind == KIND_GROUP_CTL:
                 self.index.add(r.id, r.ts, r.to)
+            # a receipt for group messages goes once, along the paths to their author:
+            # not held, not offered in catch-up (every member acknowledges every message)
             if r.kind == KIND_GROUP_CTL:
                 self.own_status[r.id] = ("queued", r.to)
                 self.quiet.add(r.id)
