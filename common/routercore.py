@@ -1015,8 +1015,11 @@ class RouterCore(GroupRouter):
                                        a.secret, a.hops, a.came_from)
             elif env.kind == KIND_RECEIPT and mine:
                 # held like every receipt, so catch-up with the neighbours that have it
-                # finds nothing to send again
-                self.index.add(env.id, env.ts, env.to)
+                # finds nothing to send again; but a group's receipts are held by nobody
+                if self.acks_flooded(env):
+                    released.append(env.id)
+                else:
+                    self.index.add(env.id, env.ts, env.to)
                 for msg_id in envelope.receipt_ids(env.body):
                     if self.own_status.get(msg_id, ("", None))[1] == env.origin:
                         updates.append((msg_id, "delivered"))

@@ -214,3 +214,27 @@ def test_hostile_group_input_refused_counted_and_changes_nothing() -> None:
     check("not_member", lambda: forge(d, [SealTo(a.key, groupwire.KIND_KEY,
                                                  groupwire.encode_key(key))]))
     assert not net.violations
+
+
+def test_group_receipts_are_held_by_nobody_and_catch_up_goes_quiet() -> None:
+    """Every member acknowledges every message: those receipts reach the author and stop;
+    after a round of catch-up the nodes' sync sets are equal and the next round sends no
+    envelope at all."""
+    net, a, _b, c, d = mesh()
+    group(net, a, c, d)
+    answer = say(a, "friends", "count me")
+    net.run_for(1.0)
+    assert a.statuses[answer.message_id] == "delivered"
+    net.run_for(2 * 61.0)
+    marks = [len(n.sent) for n in net.nodes]
+    net.run_for(61.0)
+    for n, mark in zip(net.nodes, marks, strict=True):
+        assert envs_sent(n.sent[mark:]) == 0, n
+    sets = [set(n.core.index._items) for n in net.nodes]
+    assert all(s == sets[0] for s in sets)
+    assert not net.violations
+
+
+def envs_sent(sent: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(msg.entries) for _, body in sent
+               if isinstance(msg := routing.decode(body), routing.Envs))
