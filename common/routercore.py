@@ -67,7 +67,7 @@ from .keyring import DM_KEY_KEEP
 from .keys import fingerprint
 from .mirror import Numbering
 from .quota import QuotaBook, QuotaSettings, evictable, row_bytes
-from .routergroups import GroupRouter, SaveGroups, StoreReason, StoreText
+from .routergroups import GroupRouter, SaveAcks, SaveGroups, StoreReason, StoreText
 from .scoring import PeerScores, ScoreSettings
 
 #: A frame of envelopes stays under this many bytes (router messages are <= 65455).
@@ -196,7 +196,7 @@ class Evict:
 
 Action = (Send | Emit | Rejected | Commit | Fetch | SetStatus | Release | LowerHops | ReserveSeq
           | Sign | Open | Together | SavePolicy | Evict | FileManifest | StoreText | StoreReason
-          | SaveGroups)
+          | SaveGroups | SaveAcks)
 Step = Generator[Action, Any, Any]
 
 

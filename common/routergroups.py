@@ -69,6 +69,17 @@ class StoreReason:
 
 
 @dataclass(slots=True)
+class SaveAcks:
+    """Who has acknowledged our group message ``id`` so far (the count outlives a
+    restart): its group, the epoch it was written in, the members whose receipts came."""
+
+    id: bytes
+    group: bytes
+    epoch: int
+    acked: list[bytes]
+
+
+@dataclass(slots=True)
 class SaveGroups:
     """Write the groups' state (the service skips those unchanged)."""
 
@@ -76,6 +87,7 @@ class SaveGroups:
 @dataclass(slots=True)
 class _Acks:
     group: bytes
+    epoch: int
     meant: frozenset[bytes]
     acked: set[bytes]
 
@@ -151,6 +163,19 @@ class GroupRouter:
             return rc.PostRefused("ambiguous", f"{len(found)} groups match {ref!r}: use the "
                                "group's id (tazcom groups)")
         return rc.PostRefused("not_found", f"no group {ref!r} here (tazcom groups)")
+
+    def load_acks(self: RouterCore, rows: list[tuple[bytes, bytes, int, list[bytes]]]  # type: ignore[misc]
+                  ) -> None:
+        """The counts of our group messages' receipts, as ``SaveAcks`` left them (oldest
+        first); those of a group we no longer have are dropped."""
+        for msg_id, group, epoch, acked in rows:
+            s = self.groups.state(group)
+            if s is None:
+                continue
+            meant = frozenset(s.members_at(epoch) - {self.own_key})
+            self.group_acks[msg_id] = _Acks(group, epoch, meant, set(acked) & meant)
+        while len(self.group_acks) > ACKS_KEPT:
+            self.group_acks.popitem(last=False)
 
     # -- what arrives --------------------------------------------------------------------------
 
@@ -287,6 +312,7 @@ class GroupRouter:
         k, n = len(acks.acked), len(acks.meant)
         reason = f"{k} of {n} members"
         self.own_status.pop(msg_id, None)
+        yield SaveAcks(msg_id, acks.group, acks.epoch, sorted(acks.acked))
         yield rc.SetStatus([rpc.StatusUpdate(id=msg_id, status="delivered", reason=reason)])
         yield StoreReason(msg_id, reason)
         yield rc.Emit(ChatStatus, dict(id=msg_id.hex(), status="delivered", reason=reason,
@@ -355,8 +381,9 @@ class GroupRouter:
             s = self.groups.state(group)
             assert s is not None
             self.own_status[msg.id] = ("queued", group)
-            self.group_acks[msg.id] = _Acks(group, frozenset(s.members - {self.own_key}),
-                                            set())
+            self.group_acks[msg.id] = _Acks(group, s.epoch,
+                                            frozenset(s.members - {self.own_key}), set())
+            yield SaveAcks(msg.id, group, s.epoch, [])
             while len(self.group_acks) > ACKS_KEPT:
                 self.group_acks.popitem(last=False)
             yield rc.Emit(ChatMessage, dict(

@@ -1,4 +1,5 @@
-"""groups.sqlite: this node's private groups, one row per group (``GroupCore.dump``).
+"""groups.sqlite: this node's private groups, one row per group (``GroupCore.dump``), and
+who has acknowledged each of our newest group messages (``acks``).
 
 The rows hold the groups' sender keys (secret), so the file is the node's alone (0600), as
 store.sqlite and files.sqlite are. A row is written when its group's state changed: the
@@ -17,7 +18,15 @@ CREATE TABLE IF NOT EXISTS groups (
     id BLOB PRIMARY KEY,
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS acks (
+    id BLOB PRIMARY KEY,
+    grp BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    acked BLOB NOT NULL
+);
 """
+#: Our group messages whose receipts are counted (routergroups.ACKS_KEPT).
+ACKS_KEPT = 4096
 
 
 class GroupDB:
@@ -45,6 +54,19 @@ class GroupDB:
                                     changed)
             self._written.update(changed)
         return len(changed)
+
+    def save_acks(self, msg_id: bytes, group: bytes, epoch: int, acked: list[bytes]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR REPLACE INTO acks (id, grp, epoch, acked) "
+                            "VALUES (?, ?, ?, ?)", (msg_id, group, epoch, b"".join(acked)))
+            self.db.execute("DELETE FROM acks WHERE rowid <= (SELECT max(rowid) FROM acks) - ?",
+                            (ACKS_KEPT,))
+
+    def acks(self) -> list[tuple[bytes, bytes, int, list[bytes]]]:
+        rows = self.db.execute("SELECT id, grp, epoch, acked FROM acks ORDER BY rowid")
+        return [(bytes(i), bytes(g), e, [bytes(a[k:k + 32]) for k in range(0, len(a), 32)])
+                for i, g, e, a in rows]
 
     def close(self) -> None:
         self.db.close()

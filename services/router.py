@@ -210,6 +210,8 @@ class Router:
             self.db.set_text(a.id, a.conv, a.text)
         elif isinstance(a, core.StoreReason):
             self.db.set_reason(a.id, a.reason)
+        elif isinstance(a, core.SaveAcks):
+            self.group_db.save_acks(a.id, a.group, a.epoch, a.acked)
         elif isinstance(a, core.SaveGroups):
             g = self.c.groups
             self.group_db.save({gid: g.dump(gid) for gid in g.groups})
@@ -462,6 +464,7 @@ class Router:
             except (TazcomError, ValueError, TypeError, KeyError) as e:
                 self.rt.log.error("group %s: its saved state does not load (%s); skipped",
                                   gid.hex()[:16], e)
+        self.c.load_acks(self.group_db.acks())
         if self.c.groups.groups:
             self.rt.log.info("loaded %d private groups", len(self.c.groups.groups))
 

@@ -290,6 +290,7 @@ class Node:
         #: Group messages opened here (``StoreText``), and the groups as saved on disk.
         self.texts: dict[bytes, str] = {}
         self.group_disk: dict[bytes, bytes] = {}
+        self.acks_disk: dict[bytes, tuple[bytes, bytes, int, list[bytes]]] = {}
 
     def __repr__(self) -> str:
         return f"<Node {self.index} {self.nickname}>"
@@ -302,6 +303,7 @@ class Node:
                              rng=random.Random(self.net.rng.random()))
         for blob in getattr(self, "group_disk", {}).values():
             core.groups.load(blob)
+        core.load_acks(list(getattr(self, "acks_disk", {}).values()))
         if self.net.delegated:
             # as services/router.py: a delegated key identity certified signs our envelopes
             if getattr(self, "ring", None) is None:
@@ -375,6 +377,8 @@ class Node:
             self.texts[a.id] = a.text
         elif t is rc.StoreReason:
             pass
+        elif t is rc.SaveAcks:
+            self.acks_disk[a.id] = (a.id, a.group, a.epoch, list(a.acked))
         elif t is rc.SaveGroups:
             self.group_disk = {g: self.core.groups.dump(g) for g in self.core.groups.groups}
         else:

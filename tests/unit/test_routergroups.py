@@ -238,3 +238,23 @@ def test_group_receipts_are_held_by_nobody_and_catch_up_goes_quiet() -> None:
 def envs_sent(sent: list[tuple[bytes, bytes]]) -> int:
     return sum(len(msg.entries) for _, body in sent
                if isinstance(msg := routing.decode(body), routing.Envs))
+
+
+def test_the_count_of_receipts_outlives_a_restart_of_the_author() -> None:
+    net, a, b, c, d = mesh()
+    group(net, a, c, d)
+    net.unlink((b, d))
+    answer = say(a, "friends", "D is away")
+    net.run_for(1.0)
+
+    def last() -> dict[str, Any]:
+        return [e.fields for e in a.emitted if e.event is ChatStatus
+                and e.fields["id"] == answer.message_id.hex()][-1]
+
+    assert last()["reason"] == "1 of 2 members"
+    a.restart()
+    net.link((b, d))
+    net.settle()
+    assert "D is away" in texts(d)
+    assert last()["delivered"] == 2 and last()["reason"] == "2 of 2 members"
+    assert not net.violations
