@@ -486,18 +486,24 @@ def seal_group_ctl(*, origin: bytes, what: str, body: bytes, recipient_enc_key: 
     return nacl.public.SealedBox(nacl.public.PublicKey(recipient_enc_key)).encrypt(inner)
 
 
-def group_ctl_inner(plaintext: bytes, origin: bytes) -> tuple[str, bytes]:
-    """Check an opened ``group_ctl`` belongs to its envelope; returns (type, body)."""
+def _opened(plaintext: bytes, origin: bytes, record: Any, limit: int, what: str) -> Any:
+    """An opened sealed box's map as ``record``, checked to be ``origin``'s (its ``from``):
+    nobody can re-sign someone else's ciphertext as their own."""
     try:
-        obj: Any = codec.unpack(plaintext, MAX_BODY)
+        obj: Any = codec.unpack(plaintext, limit)
     except RemoteProtocolError:
-        raise _fail("bad_envelope", "opened group_ctl is not msgpack") from None
+        raise _fail("bad_envelope", f"opened {what} is not msgpack") from None
     if type(obj) is not dict or obj.get("from") != origin:
         raise _fail("bad_author", "the sealed author differs from the envelope's origin")
     try:
-        inner = GroupCtlInner.from_dict(obj)
+        return record.from_dict(obj)
     except SchemaError as e:
         raise _error(e) from None
+
+
+def group_ctl_inner(plaintext: bytes, origin: bytes) -> tuple[str, bytes]:
+    """Check an opened ``group_ctl`` belongs to its envelope; returns (type, body)."""
+    inner = _opened(plaintext, origin, GroupCtlInner, MAX_BODY, "group_ctl")
     return inner.what, inner.body
 
 
@@ -518,13 +524,4 @@ def seal_dm(*, origin: bytes, text: str, recipient_enc_key: bytes) -> bytes:
 
 def dm_inner(plaintext: bytes, origin: bytes) -> str:
     """Check an opened DM belongs to its envelope; returns the text."""
-    try:
-        obj: Any = codec.unpack(plaintext, MAX_DM_BODY)
-    except RemoteProtocolError:
-        raise _fail("bad_envelope", "opened DM is not msgpack") from None
-    if type(obj) is not dict or obj.get("from") != origin:
-        raise _fail("bad_author", "the sealed author differs from the envelope's origin")
-    try:
-        return DmInner.from_dict(obj).text
-    except SchemaError as e:
-        raise _error(e) from None
+    return _opened(plaintext, origin, DmInner, MAX_DM_BODY, "DM").text

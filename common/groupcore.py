@@ -142,6 +142,10 @@ class GroupCore:
         self.groups: dict[bytes, _Group] = {}
         #: Welcomes still arriving in pieces, by group (not a group of ours yet).
         self.staged: OrderedDict[bytes, GroupState] = OrderedDict()
+        #: Ops for a group not known here, refused (``unknown_group``) but remembered,
+        #: bounded: an invitee's welcome can arrive after another member's op (its
+        #: ``accept``) that went a shorter way; they are applied once the welcome is in.
+        self.orphans: OrderedDict[bytes, list[tuple[bytes, bytes]]] = OrderedDict()
         self.refused: Counter[str] = Counter()
 
     # --- reading --------------------------------------------------------------------------
@@ -310,6 +314,12 @@ class GroupCore:
             return self._refuse("bad_op", "an op travels in its author's envelope")
         g = self.groups.get(op.group)
         if g is None:
+            waiting = self.orphans.setdefault(op.group, [])
+            if len(waiting) < MAX_HELD:
+                waiting.append((origin, body))
+            self.orphans.move_to_end(op.group)
+            while len(self.orphans) > MAX_STAGED:
+                self.orphans.popitem(last=False)
             return self._refuse("unknown_group", "an op for a group not known here")
         before, members_before = _view(g.state), g.state.members
         verdict = g.state.add(op)
@@ -333,6 +343,8 @@ class GroupCore:
         known = self.groups.get(group)
         if known is not None:  # a second invitation, or more pieces: merge what we lack
             g = known
+            if origin not in g.state.admins:
+                return self._refuse("not_admin", "a welcome from a non-admin")
             if ops[0].id not in g.state:
                 return self._refuse("bad_op", "a welcome with another create")
             before, members_before = _view(g.state), g.state.members
@@ -366,7 +378,11 @@ class GroupCore:
         if origin not in state.admins:
             return self._refuse("not_admin", "a welcome from a non-admin")
         self.groups[group] = _Group(state)
-        return [Changed(group)]
+        out: list[Action] = [Changed(group)]
+        for sender, held in self.orphans.pop(group, []):
+            out += [a for a in self.on_op(sender, held)
+                    if not (isinstance(a, Refused) and a.code == "replay")]
+        return out
 
     def on_key(self, origin: bytes, body: bytes, _retry: bool = False) -> list[Action]:
         try:

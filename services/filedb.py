@@ -9,14 +9,14 @@ like any message; this is the transfer's own state, written by the router proces
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from tazcom.common.events import FileStatus
+
+from .privatedb import open_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -88,12 +88,7 @@ COLUMNS = [f.name for f in fields(FileRow) if f.name != "auto"]
 class FileDB:
     def __init__(self, path: Path) -> None:
         # it holds DM file keys and names: ours alone, as store.sqlite is
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = open_private(path, SCHEMA)
 
     def put(self, row: FileRow) -> None:
         values = {k: v for k, v in asdict(row).items() if k in COLUMNS}

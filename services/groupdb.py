@@ -9,9 +9,9 @@ whose bytes differ from what it last wrote.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from pathlib import Path
+
+from .privatedb import open_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -31,12 +31,7 @@ ACKS_KEPT = 4096
 
 class GroupDB:
     def __init__(self, path: Path) -> None:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = open_private(path, SCHEMA)
         self._written: dict[bytes, bytes] = {}
 
     def load(self) -> list[tuple[bytes, bytes]]:

@@ -578,27 +578,29 @@ class Cli:
             print("invitations: tazcom group invites")
         return 0
 
+    def group_done(self, info: rpc.GroupInfo, text: str) -> int:
+        """A group after a change: its row (``--json``), or a line for people."""
+        if self.json:
+            self.out(group_row(info))
+        else:
+            print(text)
+        return 0
+
     async def group_create(self) -> int:
         info = (await self.group_call(rpc.CreateGroup, name=self.args.name,
                                       client_id=os.urandom(16))).info
-        if self.json:
-            self.out(group_row(info))
-            return 0
-        print(f"created group {safe(info.name)} (id {info.group[:12]}); invite with: "
-              f"tazcom group invite {shlex.quote(safe(info.name))} PEER")
-        return 0
+        name = shlex.quote(safe(info.name))
+        return self.group_done(info, f"created group {safe(info.name)} (id {info.group[:12]});"
+                                     f" invite with: tazcom group invite {name} PEER")
 
     async def group_invite(self) -> int:
         group = await self.group_info(self.args.name)
         target = await self.find_target(self.args.peer)
         info = (await self.group_call(rpc.InviteToGroup, group=group.group,
                                       peer=target.key)).info
-        if self.json:
-            self.out(group_row(info))
-            return 0
-        print(f"invited {safe(target)} to {safe(info.name)}; it joins once it accepts "
-              f"(tazcom group members {shlex.quote(safe(info.name))})")
-        return 0
+        name = shlex.quote(safe(info.name))
+        return self.group_done(info, f"invited {safe(target)} to {safe(info.name)}; it joins"
+                                     f" once it accepts (tazcom group members {name})")
 
     async def group_invites(self) -> int:
         table = await self.call("router", rpc.ListGroups())
@@ -620,30 +622,20 @@ class Cli:
 
     async def group_accept(self) -> int:
         info = (await self.group_call(rpc.AcceptGroup, group=self.args.name)).info
-        if self.json:
-            self.out(group_row(info))
-            return 0
         n = member_count(info)
-        print(f"joined {safe(info.name)} ({n} member{'s' if n != 1 else ''}); write with: "
-              f"tazcom group say {shlex.quote(safe(info.name))} TEXT")
-        return 0
+        name = shlex.quote(safe(info.name))
+        return self.group_done(info, f"joined {safe(info.name)} ({n} member"
+                                     f"{'s' if n != 1 else ''}); write with: "
+                                     f"tazcom group say {name} TEXT")
 
     async def group_decline(self) -> int:
         info = (await self.group_call(rpc.DeclineGroup, group=self.args.name)).info
-        if self.json:
-            self.out(group_row(info))
-            return 0
-        print(f"declined the invitation to {safe(info.name)}")
-        return 0
+        return self.group_done(info, f"declined the invitation to {safe(info.name)}")
 
     async def group_leave(self) -> int:
         info = (await self.group_call(rpc.LeaveGroup, group=self.args.name)).info
-        if self.json:
-            self.out(group_row(info))
-            return 0
-        print(f"left {safe(info.name)}; the others re-key and what follows is not readable "
-              "here")
-        return 0
+        return self.group_done(info, f"left {safe(info.name)}; the others re-key and what "
+                                     "follows is not readable here")
 
     async def group_remove(self) -> int:
         group = await self.group_info(self.args.name)
@@ -653,12 +645,8 @@ class Cli:
         info = (await self.group_call(
             rpc.RemoveFromGroup, group=group.group, peer=target.key,
             codes={"not_member": "not a member of the group, nor invited"})).info
-        if self.json:
-            self.out(group_row(info))
-            return 0
-        print(f"removed {safe(target)} from {safe(info.name)}; the others re-key (epoch "
-              f"{info.epoch})")
-        return 0
+        return self.group_done(info, f"removed {safe(target)} from {safe(info.name)}; the "
+                                     f"others re-key (epoch {info.epoch})")
 
     async def group_members(self) -> int:
         info = await self.group_info(self.args.name)

@@ -331,3 +331,31 @@ def test_a_group_of_100_members_reads_and_a_removal_locks_one_out() -> None:
     readers = [k for k in keys if (writer, "after the removal") in mesh.shown[k]]
     assert len(readers) == 98 and gone not in readers
     assert all(not r for k, r in mesh.refused.items() if k != gone)
+
+
+def test_an_op_that_overtakes_the_welcome_is_applied_once_the_welcome_is_in() -> None:
+    """C's accept reaches D (invited too) by a shorter way than A's welcome to D: D refuses
+    it at first (no such group yet), remembers it, and applies it with the welcome."""
+    a, c, d = GroupCore(A), GroupCore(C), GroupCore(D)
+    a.create("race", G, 1)
+    to_c = a.invite(G, C, 2)
+    to_d = a.invite(G, D, 3)
+    for act in to_c + to_d:  # C has its welcome, and the op that invites D
+        if isinstance(act, SealTo) and act.recipient == C:
+            handler = c.on_welcome if act.kind == groupwire.KIND_WELCOME else c.on_op
+            handler(A, act.body)
+    assert D in c.state(G).invited
+    accept = [x for x in c.accept(G, 4) if isinstance(x, SealTo) and x.recipient == D]
+    assert accept
+    for x in accept:  # before D has the group
+        assert codes(d.on_op(C, x.body)) == ["unknown_group"]
+    assert d.refused["unknown_group"] == len(accept)
+    for act in to_d:
+        if isinstance(act, SealTo) and act.recipient == D and act.kind == groupwire.KIND_WELCOME:
+            d.on_welcome(A, act.body)
+    assert C in d.state(G).members and D in d.state(G).invited
+    # a welcome to a group it has, from a non-admin, merges nothing
+    fake = groupstate.make_op("remove", G, A, C, d.state(G).heads, 9)
+    root = d.state(G).get(d.state(G).snapshot()["order"][0])
+    assert codes(d.on_welcome(C, groupwire.encode_welcome(G, [root, fake]))) == ["not_admin"]
+    assert C in d.state(G).members
