@@ -8,7 +8,7 @@ limits, store actions and forwarding). The decisions about membership and keys a
 
 * ``SealTo`` becomes a ``group_ctl`` envelope (kind 7) to that member, the body sealed to
   its DM key: routed, held and acknowledged like a DM. A member whose profile (its DM key)
-  has not reached us yet waits in ``group_outbox`` until it does.
+  has not reached us yet waits in ``group_outbox`` until it does (saved with the groups).
 * ``Publish`` becomes a ``group`` envelope (kind 8) whose ``to`` is the group id: flooded
   and caught up like a room message, one ciphertext whatever the size of the group.
 * ``Show`` puts the text into the stored row (``StoreText``: the row was committed, as
@@ -81,7 +81,7 @@ class SaveAcks:
 
 @dataclass(slots=True)
 class SaveGroups:
-    """Write the groups' state (the service skips those unchanged)."""
+    """Write the groups' state and ``group_outbox`` (the service skips what is unchanged)."""
 
 
 @dataclass(slots=True)
@@ -302,6 +302,16 @@ class GroupRouter:
         ready = [s for s in self.group_outbox if s.recipient == origin]
         self.group_outbox = [s for s in self.group_outbox if s.recipient != origin]
         yield from self.send_group_ctl(ready, now, mono)
+        yield SaveGroups()
+
+    def flush_known_outbox(self: RouterCore, now: float, mono: float) -> Step:  # type: ignore[misc]
+        """At start: what waited (saved) for a DM key that the directory now holds."""
+        ready = [s for s in self.group_outbox if s.recipient in self.directory]
+        if not ready:
+            return
+        self.group_outbox = [s for s in self.group_outbox if s.recipient not in self.directory]
+        yield from self.send_group_ctl(ready, now, mono)
+        yield SaveGroups()
 
     def group_acked(self: RouterCore, receipt: Envelope, msg_id: bytes) -> Step:  # type: ignore[misc]
         """A member's receipt for one of our group messages."""

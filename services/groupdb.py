@@ -1,5 +1,6 @@
-"""groups.sqlite: this node's private groups, one row per group (``GroupCore.dump``), and
-who has acknowledged each of our newest group messages (``acks``).
+"""groups.sqlite: this node's private groups, one row per group (``GroupCore.dump``), the
+control messages waiting for a member's profile (``outbox``), and who has acknowledged
+each of our newest group messages (``acks``).
 
 The rows hold the groups' sender keys (secret), so the file is the node's alone (0600), as
 store.sqlite and files.sqlite are. A row is written when its group's state changed: the
@@ -18,6 +19,12 @@ CREATE TABLE IF NOT EXISTS groups (
     id BLOB PRIMARY KEY,
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    n INTEGER PRIMARY KEY,
+    recipient BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS acks (
     id BLOB PRIMARY KEY,
     grp BLOB NOT NULL,
@@ -33,6 +40,7 @@ class GroupDB:
     def __init__(self, path: Path) -> None:
         self.db = open_private(path, SCHEMA)
         self._written: dict[bytes, bytes] = {}
+        self._outbox: list[tuple[bytes, str, bytes]] = []
 
     def load(self) -> list[tuple[bytes, bytes]]:
         rows = [(bytes(i), bytes(s)) for i, s in self.db.execute("SELECT id, state FROM groups")]
@@ -49,6 +57,23 @@ class GroupDB:
                                     changed)
             self._written.update(changed)
         return len(changed)
+
+    def save_outbox(self, items: list[tuple[bytes, str, bytes]]) -> None:
+        """Control messages waiting for their recipient's profile (its DM key), in order;
+        written when they changed."""
+        if items == self._outbox:
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM outbox")
+            self.db.executemany("INSERT INTO outbox (recipient, kind, body) VALUES (?, ?, ?)",
+                                items)
+        self._outbox = list(items)
+
+    def outbox(self) -> list[tuple[bytes, str, bytes]]:
+        self._outbox = [(bytes(r), k, bytes(b)) for r, k, b in self.db.execute(
+            "SELECT recipient, kind, body FROM outbox ORDER BY n")]
+        return list(self._outbox)
 
     def save_acks(self, msg_id: bytes, group: bytes, epoch: int, acked: list[bytes]) -> None:
         with self.db:

@@ -39,6 +39,7 @@ from tazcom.common import clock, gossip, rpc, tables
 from tazcom.common import routercore as core
 from tazcom.common.errors import RequestFailed, TazcomError
 from tazcom.common.events import ChatStatus, Event, IdentityChanged, RouterDropped
+from tazcom.common.groupcore import SealTo
 from tazcom.common.keyring import DmKey
 from tazcom.common.keys import fingerprint
 from tazcom.common.mirror import Change, Mirror
@@ -215,6 +216,8 @@ class Router:
         elif isinstance(a, core.SaveGroups):
             g = self.c.groups
             self.group_db.save({gid: g.dump(gid) for gid in g.groups})
+            self.group_db.save_outbox([(x.recipient, x.kind, x.body)
+                                       for x in self.c.group_outbox])
         else:
             raise TypeError(f"unknown action {a!r}")
         return None
@@ -465,6 +468,7 @@ class Router:
                 self.rt.log.error("group %s: its saved state does not load (%s); skipped",
                                   gid.hex()[:16], e)
         self.c.load_acks(self.group_db.acks())
+        self.c.group_outbox = [SealTo(r, k, b) for r, k, b in self.group_db.outbox()]
         if self.c.groups.groups:
             self.rt.log.info("loaded %d private groups", len(self.c.groups.groups))
 
@@ -530,6 +534,7 @@ async def main(rt: Runtime) -> None:
         await router.load()
         router.files.load()
         router.load_groups()
+        await router.run(router.c.flush_known_outbox(router.wall(), time.monotonic()))
         router.follow_links()
         rt.serve({rpc.Post: router.post, rpc.GetRouterStats: lambda _r: router.c.stats(),
                   rpc.GetMesh: lambda _r: router.c.mesh_table(),

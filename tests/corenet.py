@@ -291,6 +291,7 @@ class Node:
         self.texts: dict[bytes, str] = {}
         self.group_disk: dict[bytes, bytes] = {}
         self.acks_disk: dict[bytes, tuple[bytes, bytes, int, list[bytes]]] = {}
+        self.outbox_disk: list[Any] = []
 
     def __repr__(self) -> str:
         return f"<Node {self.index} {self.nickname}>"
@@ -304,6 +305,7 @@ class Node:
         for blob in getattr(self, "group_disk", {}).values():
             core.groups.load(blob)
         core.load_acks(list(getattr(self, "acks_disk", {}).values()))
+        core.group_outbox = list(getattr(self, "outbox_disk", []))
         if self.net.delegated:
             # as services/router.py: a delegated key identity certified signs our envelopes
             if getattr(self, "ring", None) is None:
@@ -381,6 +383,7 @@ class Node:
             self.acks_disk[a.id] = (a.id, a.group, a.epoch, list(a.acked))
         elif t is rc.SaveGroups:
             self.group_disk = {g: self.core.groups.dump(g) for g in self.core.groups.groups}
+            self.outbox_disk = list(self.core.group_outbox)
         else:
             raise TypeError(f"unknown action {a!r}")
         return None
@@ -470,6 +473,7 @@ class Node:
                   receipts=self.store.fetch(receipt_ids), usage=self.store.usage(core.own_key),
                   policies=list(self.store.policies.values()))
         self.run(core.set_links(self.links, net.now, net.mono))
+        self.run(core.flush_known_outbox(net.now, net.mono))
 
 
 # -- the net -------------------------------------------------------------------------------

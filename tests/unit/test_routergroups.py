@@ -258,3 +258,22 @@ def test_the_count_of_receipts_outlives_a_restart_of_the_author() -> None:
     assert "D is away" in texts(d)
     assert last()["delivered"] == 2 and last()["reason"] == "2 of 2 members"
     assert not net.violations
+
+
+def test_a_key_waiting_for_a_members_profile_outlives_a_restart() -> None:
+    """A's chain for C waits for C's DM key (its profile is not in A's directory); A
+    restarts; the key goes once the profile is known, and C reads A."""
+    net, a, _b, c, d = mesh()
+    group(net, a, c, d)
+    prof = a.core.directory.pop(c.key)
+    say(a, "friends", "for C too")
+    net.run_for(1.0)
+    assert "for C too" in texts(d) and "for C too" not in texts(c)
+    assert [s.recipient for s in a.core.group_outbox] == [c.key]
+    assert a.outbox_disk and a.outbox_disk[0].recipient == c.key
+    a.restart()  # its store has C's profile: the directory has it again at load
+    assert prof.enc_key == a.core.directory[c.key].enc_key
+    assert a.core.group_outbox == []
+    net.settle()
+    assert "for C too" in texts(c)
+    assert not net.violations
