@@ -24,6 +24,7 @@ members"), updated as receipts come.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ CTL_TYPE = {groupwire.KIND_OP: "op", groupwire.KIND_WELCOME: "welcome",
             groupwire.KIND_KEY: "key"}
 #: Our group messages whose receipts we count (the newest).
 ACKS_KEPT = 4096
+#: The personalisation of a group id derived from a ``group.create`` client_id.
+CREATE_PERSON = b"tazcom-gcreate"
 #: Control messages waiting for their recipient's profile.
 OUTBOX_MAX = 10_000
 
@@ -329,6 +332,17 @@ class GroupRouter:
                                          to=acks.group.hex(), delivered=k, members=n))
 
     # -- what the user does ---------------------------------------------------------------------
+
+    def group_create(self: RouterCore, name: str, client_id: bytes | None,  # type: ignore[misc]
+                     fresh: bytes, now: float, mono: float
+                     ) -> Generator[Any, Any, rpc.GroupInfo | PostRefused]:
+        """A new group whose id is ``fresh`` (random, from the caller), or, with a
+        ``client_id``, derived from it: a retry names the same group and finds it made."""
+        gid = fresh if client_id is None else hashlib.blake2b(
+            self.own_key + client_id, digest_size=32, person=CREATE_PERSON).digest()
+        if gid in self.groups.groups:
+            return self.group_info(gid)
+        return (yield from self.group_local("create", gid.hex(), name, now, mono))
 
     def group_local(self: RouterCore, method: str, ref: str | None, arg: Any,  # type: ignore[misc]
                     now: float, mono: float

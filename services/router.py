@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import sqlite3
 import time
@@ -473,21 +472,19 @@ class Router:
             self.rt.log.info("loaded %d private groups", len(self.c.groups.groups))
 
     async def group_local(self, method: str, ref: str | None, arg: Any) -> rpc.GroupAnswer:
-        out = await self.run(self.c.group_local(method, ref, arg, self.wall(),
-                                                time.monotonic()))
+        return self.group_answer(await self.run(self.c.group_local(
+            method, ref, arg, self.wall(), time.monotonic())))
+
+    @staticmethod
+    def group_answer(out: rpc.GroupInfo | core.PostRefused) -> rpc.GroupAnswer:
         if isinstance(out, core.PostRefused):
             raise RequestFailed(out.message, code=out.code)
         return rpc.GroupAnswer(info=out)
 
     async def group_create(self, req: rpc.CreateGroup) -> rpc.GroupAnswer:
-        if req.client_id is None:
-            gid = os.urandom(32)
-        else:  # a retry names the same group, and finds it made
-            gid = hashlib.blake2b(self.c.own_key + req.client_id, digest_size=32,
-                                  person=b"tazcom-gcreate").digest()
-            if gid in self.c.groups.groups:
-                return rpc.GroupAnswer(info=self.c.group_info(gid))
-        return await self.group_local("create", gid.hex(), req.name)
+        out = await self.run(self.c.group_create(req.name, req.client_id, os.urandom(32),
+                                                 self.wall(), time.monotonic()))
+        return self.group_answer(out)
 
     async def group_say(self, req: rpc.GroupSay) -> rpc.PostResult:
         out = await self.run(self.c.group_say(req.group, req.text, req.client_id, self.wall(),

@@ -277,3 +277,13 @@ def test_a_key_waiting_for_a_members_profile_outlives_a_restart() -> None:
     net.settle()
     assert "for C too" in texts(c)
     assert not net.violations
+
+
+def test_create_with_a_client_id_is_safe_to_retry() -> None:
+    net, a, *_ = mesh()
+    now, mono = net.now, net.mono
+    first = a.run(a.core.group_create("twice", b"client-1", bytes(32), now, mono))
+    again = a.run(a.core.group_create("twice", b"client-1", bytes([1]) * 32, now, mono))
+    assert first == again and len(a.core.groups.groups) == 1
+    other = a.run(a.core.group_create("twice", None, bytes([2]) * 32, now, mono))
+    assert other.group == "02" * 32 and len(a.core.groups.groups) == 2
