@@ -67,7 +67,7 @@ from .keyring import DM_KEY_KEEP
 from .keys import fingerprint
 from .mirror import Numbering
 from .quota import QuotaBook, QuotaSettings, evictable, row_bytes
-from .routergroups import GroupRouter, SaveAcks, SaveGroups, StoreReason, StoreText
+from .routergroups import CAP_GROUP, GroupRouter, SaveAcks, SaveGroups, StoreReason, StoreText
 from .scoring import PeerScores, ScoreSettings
 
 #: A frame of envelopes stays under this many bytes (router messages are <= 65455).
@@ -561,6 +561,14 @@ class RouterCore(GroupRouter):
             self.want_profile(mono)
         if self.summary_at is None:
             self.summary_at = mono + self.settings.anti_entropy
+
+    def set_caps(self, caps: dict[bytes, tuple[str, ...]]) -> None:
+        """What each open link said in its hello: which envelopes it can be sent (version
+        1 only without ``env/2``; no file manifests without ``file/1``; no group kinds
+        without ``group/1``)."""
+        self.old_links = {k for k, c in caps.items() if CAP_ENV2 not in c}
+        self.nofile_links = {k for k, c in caps.items() if CAP_FILE not in c}
+        self.nogroup_links = {k for k, c in caps.items() if CAP_GROUP not in c}
 
     def set_nickname(self, nickname: str, mono: float) -> None:
         if nickname != self.nickname:

@@ -43,7 +43,6 @@ from tazcom.common.keyring import DmKey
 from tazcom.common.keys import fingerprint
 from tazcom.common.mirror import Change, Mirror
 from tazcom.common.rejects import RejectLog
-from tazcom.common.routergroups import CAP_GROUP
 
 from .busclient import Readable, tune
 from .files import FileService
@@ -282,12 +281,8 @@ class Router:
         links = tables.verified_keys(rows)
         addresses = {bytes.fromhex(r.key): r.address for r in rows
                      if r.state == "open" and r.key}
-        self.c.old_links = {bytes.fromhex(r.key) for r in rows if r.state == "open" and r.key
-                            and core.CAP_ENV2 not in r.caps}
-        self.c.nofile_links = {bytes.fromhex(r.key) for r in rows if r.state == "open"
-                               and r.key and core.CAP_FILE not in r.caps}
-        self.c.nogroup_links = {bytes.fromhex(r.key) for r in rows if r.state == "open"
-                                and r.key and CAP_GROUP not in r.caps}
+        self.c.set_caps({bytes.fromhex(r.key): tuple(r.caps) for r in rows
+                         if r.state == "open" and r.key})
         self.files.set_links(links - self.c.nofile_links)
         self.run_now(self.c.set_links(links, self.wall(), time.monotonic(), addresses))
 

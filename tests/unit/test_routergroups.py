@@ -287,3 +287,11 @@ def test_create_with_a_client_id_is_safe_to_retry() -> None:
     assert first == again and len(a.core.groups.groups) == 1
     other = a.run(a.core.group_create("twice", None, bytes([2]) * 32, now, mono))
     assert other.group == "02" * 32 and len(a.core.groups.groups) == 2
+
+
+def test_what_a_link_said_in_its_hello_decides_what_it_is_sent() -> None:
+    _net, a, *_ = mesh()
+    new, old = bytes([1]) * 32, bytes([2]) * 32
+    a.core.set_caps({new: ("app/1", "env/2", "file/1", "group/1"), old: ("app/1", "env/2")})
+    assert a.core.old_links == set()
+    assert a.core.nofile_links == a.core.nogroup_links == {old}
